@@ -1,0 +1,50 @@
+"""Exceptions raised by zcompress. All derive from :class:`ZCompressError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ZCompressError",
+    "CorruptCodeError",
+    "ModelMismatchError",
+    "ChecksumMismatchError",
+    "UnsupportedTextError",
+    "LatentUnavailableError",
+    "BackboneLoadError",
+    "ConfigError",
+]
+
+
+class ZCompressError(Exception):
+    """Base class of every error zcompress raises on purpose."""
+
+
+class ConfigError(ZCompressError, ValueError):
+    """A setting or argument has a value that is not allowed."""
+
+
+class CorruptCodeError(ZCompressError, ValueError):
+    """The bytes or string given as a Z code are truncated, damaged or not a Z code at all."""
+
+
+class ModelMismatchError(ZCompressError):
+    """The code was made by a different backbone or adapter set than the one asked to decode it."""
+
+
+class ChecksumMismatchError(ZCompressError):
+    """Decoding finished but the result does not match the checksum of the original text.
+
+    Raised instead of returning wrong text: the code was decoded on hardware or software that computes the
+    model's probabilities differently from the machine that encoded it, or the code is damaged.
+    """
+
+
+class UnsupportedTextError(ZCompressError, ValueError):
+    """The input cannot be coded (for example, it is not a ``str``/``bytes``)."""
+
+
+class LatentUnavailableError(ZCompressError):
+    """The latent codec was asked for, but no trained adapters are loaded."""
+
+
+class BackboneLoadError(ZCompressError):
+    """The backbone model could not be loaded (missing package, unsupported option, offline without weights)."""
