@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random Llama (fast, offline, for logic) and the real default model (for truth)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
+    "LangChain and LlamaIndex retrieve documents; the model answers questions about them. "
+    "Wikipedia paragraphs, news articles and agent memories are all plain English prose. 0123456789 "
+)
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random Llama with a byte-level BPE tokenizer (all 256 bytes + merges) to ``folder``."""
+    import tokenizers
+    import torch
+    import transformers
+
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator([_CORPUS] * 20, vocab_size=512, min_frequency=1, special_tokens=["<s>", "</s>"])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama (hidden 64) with a byte-level BPE tokenizer, saved once per test run."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_compressor(tiny_model_dir: Path) -> Any:
+    """A ZCompressor over the tiny random model (no adapters), shared by the whole run."""
+    from zcompress_integrations import ZCompressor
+
+    return ZCompressor.from_pretrained(tiny_model_dir, adapters=None, window=64)
+
+
+@pytest.fixture(scope="session")
+def default_compressor() -> Any:
+    """The real embedded default (SmolLM2-135M). Use only in tests marked ``slow``."""
+    from zcompress_integrations import ZCompressor
+
+    return ZCompressor.from_pretrained()
