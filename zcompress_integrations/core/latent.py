@@ -495,6 +495,12 @@ class LatentCodec:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.peft_model.save_pretrained(out, selected_adapters=list(ADAPTERS))
+        import torch
+        from safetensors.torch import load_file
+
+        for name in ADAPTERS:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
+            path = out / name / "adapter_model.safetensors"
+            save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(path)).items()}, str(path))
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.modules.state_dict().items()}
         save_file(tensors, str(out / MODULES_NAME))
         self.config.save(out)

@@ -42,6 +42,7 @@ class TrainConfig:
 
     out_dir: str = "runs/latent"
     data: list[str] = field(default_factory=list)  # jsonl files (field "text") or a prepared .npy of segments
+    max_data_tokens: int = 0  # 0 = tokenise all of ``data``; else stop reading after this many tokens
     model: str | None = None  # backbone name or path; None = embedded default
     max_steps: int = 1000
     max_minutes: float = 0.0  # 0 = no time limit; else stop (and save) after this wall time
@@ -68,6 +69,7 @@ class TrainConfig:
     dtype: str | None = None
     quantization: str | None = None
     resume: bool = False
+    progress: bool = False  # tqdm bar with loss, ratio and code usage
     latent: dict[str, Any] = field(default_factory=dict)  # LatentConfig overrides
 
     def __post_init__(self) -> None:
@@ -154,7 +156,10 @@ def train(
     device = backbone.device
     latent_cfg = LatentConfig(**cfg.latent)
     if segments is None:
-        segments = prepare_segments(backbone.tokenizer, cfg.data, latent_cfg.segment_len)
+        segments = prepare_segments(
+            backbone.tokenizer, cfg.data, latent_cfg.segment_len, max_tokens=cfg.max_data_tokens or None
+        )
+        np.random.default_rng(cfg.seed).shuffle(segments)  # files are in source order
     segments = np.asarray(segments, dtype=np.int64)
     n_val = min(cfg.val_segments, max(1, len(segments) // 10))
     train_segs, val_segs = segments[:-n_val], segments[-n_val:]
@@ -251,6 +256,11 @@ def train(
     codec.peft_model.train()
     codec.modules.train()
     log_file = (out / "log.jsonl").open("a")
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step")
     t0 = time.time() - wall
     next_eval_s = wall + cfg.eval_every_minutes * 60
     while step < cfg.max_steps:
@@ -311,6 +321,10 @@ def train(
             log_file.write(json.dumps(rec) + "\n")
             log_file.flush()
             logger.info("step %d loss %.4f ratio %.2f", step, loss_sum, length / m)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum:.3f}", ratio=f"{length / m:.2f}", codes=usage)
+        if bar is not None:
+            bar.update(1)
         timed_eval = cfg.eval_every_minutes and wall >= next_eval_s
         if timed_eval:
             next_eval_s += cfg.eval_every_minutes * 60
@@ -325,6 +339,8 @@ def train(
             save_checkpoint()
     save_checkpoint()
     log_file.close()
+    if bar is not None:
+        bar.close()
     latent_cfg.training.update(
         {"steps": step, "tokens_seen": tokens_seen, "wall_s": round(wall, 1), "device": str(device)}
     )
