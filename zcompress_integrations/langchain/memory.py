@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.chat_history import BaseChatMessageHistory, InMemoryChatMessageHistory
+from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, HumanMessage, messages_from_dict, messages_to_dict
 from pydantic import ConfigDict, Field
 
@@ -52,9 +52,31 @@ _ENVELOPE = "zcompress_memory"
 _ROLES = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
 
 
-def encode_messages(messages: Sequence[BaseMessage]) -> str:
-    """The text a memory code holds: a JSON envelope of ``messages_to_dict`` (everything needed to rebuild them)."""
-    return json.dumps({_ENVELOPE: 1, "messages": messages_to_dict(list(messages))}, ensure_ascii=False)
+def encode_messages(messages: Sequence[BaseMessage], *, keep_ids: bool = True) -> str:
+    """The text a memory code holds: compact JSON of ``messages_to_dict``, everything needed to rebuild them.
+
+    A message with nothing but a type and string content is ``["human", "text"]``; others keep their
+    non-default fields (``{"type": ..., "data": {...}}``), so ids, names, tool calls and metadata come back too.
+    ``keep_ids=False`` leaves message ids out (random UUIDs cost ~30 tokens each and rarely matter once summarised).
+    """
+    items: list[Any] = []
+    msgs = list(messages)
+    for message, entry in zip(msgs, messages_to_dict(msgs), strict=True):
+        fields = type(message).model_fields
+        data = {
+            k: v
+            for k, v in entry["data"].items()
+            if k != "type" and not (k in fields and v == fields[k].get_default(call_default_factory=True))
+        }
+        if not keep_ids:
+            data.pop("id", None)
+        content = entry["data"].get("content", "")
+        if set(data) <= {"content"} and isinstance(content, str):
+            items.append([entry["type"], content])
+        else:
+            data["content"] = content
+            items.append({"type": entry["type"], "data": data})
+    return json.dumps({_ENVELOPE: 1, "messages": items}, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_memory(text: str) -> list[BaseMessage] | None:
@@ -67,7 +89,11 @@ def decode_memory(text: str) -> list[BaseMessage] | None:
         return None
     if not isinstance(data, dict) or data.get(_ENVELOPE) != 1 or not isinstance(data.get("messages"), list):
         return None
-    return messages_from_dict(data["messages"])
+    entries = [
+        {"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item
+        for item in data["messages"]
+    ]
+    return messages_from_dict(entries)
 
 
 def render_transcript(messages: Sequence[BaseMessage]) -> str:
@@ -75,10 +101,10 @@ def render_transcript(messages: Sequence[BaseMessage]) -> str:
     return "\n".join(f"{_ROLES.get(m.type, m.type.capitalize())}: {m.text}" for m in messages)
 
 
-def _compress_messages(zc: ZCompressor, messages: Sequence[BaseMessage], mode: str) -> ZCode:
+def _compress_messages(zc: ZCompressor, messages: Sequence[BaseMessage], mode: str, keep_ids: bool) -> ZCode:
     msgs = list(messages)
     # exact codes hold the envelope (exactly recoverable); latent codes hold the transcript the model reads
-    text = encode_messages(msgs) if mode == "exact" else render_transcript(msgs)
+    text = encode_messages(msgs, keep_ids=keep_ids) if mode == "exact" else render_transcript(msgs)
     return zc.compress(text, mode=mode)  # type: ignore[arg-type]
 
 
@@ -142,10 +168,13 @@ class ZCompressSummarizer(ZCompressBackend):
 
     mode: Literal["exact", "latent"] = "exact"
     """``"exact"``: the turns are exactly recoverable. ``"latent"``: shorter for the model to read, lossy."""
+    keep_ids: bool = True
+    """Store message ids too. ``SummarizationMiddleware`` gives every message a random UUID before summarising;
+    ``keep_ids=False`` saves their cost (everything else still comes back exactly)."""
 
     def __call__(self, messages: Sequence[BaseMessage]) -> str:
         """The messages as one Z code string (``ZCode.to_string()``)."""
-        return _compress_messages(self.zcompressor, messages, self.mode).to_string()
+        return _compress_messages(self.zcompressor, messages, self.mode, self.keep_ids).to_string()
 
 
 class ZCompressChatMessageHistory(ZCompressBackend, BaseChatMessageHistory):
@@ -170,34 +199,34 @@ class ZCompressChatMessageHistory(ZCompressBackend, BaseChatMessageHistory):
     """How many of the latest messages stay uncompressed."""
     mode: Literal["exact", "latent"] = "exact"
     """Codec of the memory blocks (``"exact"`` keeps every turn recoverable)."""
-    store: BaseChatMessageHistory = Field(default_factory=InMemoryChatMessageHistory)
-    """Where the (compressed) history lives; any LangChain chat history."""
+    keep_ids: bool = True
+    """Store message ids in the memory blocks too."""
+    messages: list[BaseMessage] = Field(default_factory=list)
+    """The stored history: memory blocks first, then the recent messages as they were added."""
 
-    @property
-    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        return list(self.store.messages)
+    def _replace(self, messages: list[BaseMessage]) -> None:
+        self.messages = list(messages)
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages``, then compress everything older than the last ``keep_last`` raw messages."""
-        current = list(self.store.messages) + list(messages)
+        current = self.messages + list(messages)
         memory = [m for m in current if MEMORY_KEY in m.additional_kwargs]
         raw = [m for m in current if MEMORY_KEY not in m.additional_kwargs]
         cut = len(raw) - self.keep_last
         if cut <= 0:
-            self.store.add_messages(messages)
+            self._replace(current)
             return
-        code = _compress_messages(self.zcompressor, raw[:cut], self.mode)
+        code = _compress_messages(self.zcompressor, raw[:cut], self.mode, self.keep_ids)
         block = HumanMessage(
-            content=f"Earlier conversation (compressed): {code.to_string()}",
+            content=f"Earlier turns: {code.to_string()}",
             additional_kwargs={MEMORY_KEY: cut},
         )
-        self.store.clear()
-        self.store.add_messages([*memory, block, *raw[cut:]])
+        self._replace([*memory, block, *raw[cut:]])
 
     def original_messages(self) -> list[BaseMessage]:
         """The whole conversation as it was added (exact memory only)."""
         out: list[BaseMessage] = []
-        for message in self.store.messages:
+        for message in self.messages:
             if MEMORY_KEY in message.additional_kwargs:
                 out += recover_messages(message, self.zcompressor)
             else:
@@ -205,4 +234,4 @@ class ZCompressChatMessageHistory(ZCompressBackend, BaseChatMessageHistory):
         return out
 
     def clear(self) -> None:
-        self.store.clear()
+        self._replace([])
