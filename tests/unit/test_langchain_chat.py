@@ -49,7 +49,10 @@ def test_invoke_returns_usage_and_uncompressed_count(chat, tiny_compressor, code
     msg = chat.invoke(f"Context: {code_string}\nQuestion: who jumps?")
     assert isinstance(msg, AIMessage) and isinstance(msg.content, str)
     usage = msg.usage_metadata
-    assert 0 < usage["output_tokens"] <= 6 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert (
+        0 < usage["output_tokens"] <= 6
+        and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    )
     # an exact code is opaque bits: it is decoded and fed as text, so fed == uncompressed
     assert msg.response_metadata["uncompressed_input_tokens"] == usage["input_tokens"]
     assert usage["input_tokens"] > tiny_compressor.count_tokens(DOC)
@@ -58,7 +61,9 @@ def test_invoke_returns_usage_and_uncompressed_count(chat, tiny_compressor, code
 
 def test_codes_in_content_and_in_additional_kwargs_are_the_same_context(chat, code_string) -> None:
     inline = chat.invoke([HumanMessage(f"{code_string}\nWho jumps?")])
-    side = chat.invoke([HumanMessage("[Document 1]\nWho jumps?", additional_kwargs={"zcompress_codes": [code_string]})])
+    side = chat.invoke(
+        [HumanMessage("[Document 1]\nWho jumps?", additional_kwargs={"zcompress_codes": [code_string]})]
+    )
     assert inline.content == side.content and inline.usage_metadata == side.usage_metadata
 
 
@@ -131,7 +136,7 @@ def test_astream_can_stop_early_without_leaking_the_lock(chat, tiny_compressor) 
 
 def test_bad_codes_are_clear_errors(chat, code_string) -> None:
     with pytest.raises(CorruptCodeError, match=r"messages\[0\]"):
-        chat.invoke(f"Context: zc1:AAAAAAAA\nQ?")
+        chat.invoke("Context: zc1:AAAAAAAA\nQ?")
     foreign = dataclasses.replace(ZCode.from_string(code_string), fingerprint=b"\x00\x01\x02\x03").to_string()
     with pytest.raises(ModelMismatchError, match=r"messages\[0\]"):
         chat.invoke(f"Context: {foreign}\nQ?")
@@ -142,7 +147,11 @@ def test_bad_codes_are_clear_errors(chat, code_string) -> None:
 
 
 def _rag_store() -> InMemoryVectorStore:
-    texts = [DOC, "Compression turns long text into a few tokens.", "The model answers questions about documents."]
+    texts = [
+        DOC,
+        "Compression turns long text into a few tokens.",
+        "The model answers questions about documents.",
+    ]
     store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
     store.add_documents([Document(t, id=str(i)) for i, t in enumerate(texts)])
     return store
@@ -159,15 +168,20 @@ def test_rag_lcel_chain_before_and_after_one_changed_line(chat, tiny_compressor)
 
     before = {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | chat
     after = (
-        {"context": retriever | zcompress_formatter(ZCompressDocumentCompressor(compressor=tiny_compressor)),
-         "question": RunnablePassthrough()}
+        {
+            "context": retriever
+            | zcompress_formatter(ZCompressDocumentCompressor(compressor=tiny_compressor)),
+            "question": RunnablePassthrough(),
+        }
         | PROMPT
         | chat
     )
     plain, compressed = before.invoke("who jumps?"), after.invoke("who jumps?")
     assert isinstance(plain.content, str) and isinstance(compressed.content, str)
     # exact codes are decoded before the model reads them, so the documents cost the same tokens either way
-    assert compressed.response_metadata["uncompressed_input_tokens"] == compressed.usage_metadata["input_tokens"]
+    assert (
+        compressed.response_metadata["uncompressed_input_tokens"] == compressed.usage_metadata["input_tokens"]
+    )
     assert asyncio.run(after.ainvoke("who jumps?")).content == compressed.content
 
 
@@ -177,9 +191,13 @@ def test_default_model_rag_round_trip(default_compressor) -> None:
     store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
     store.add_documents([Document(t) for t in texts])
     compressor = ZCompressDocumentCompressor(compressor=default_compressor)
-    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=store.as_retriever())
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=store.as_retriever()
+    )
     llm = ChatZCompress(compressor=default_compressor, max_tokens=16)
-    chain = {"context": retriever | format_docs_for_zcompress, "question": RunnablePassthrough()} | PROMPT | llm
+    chain = (
+        {"context": retriever | format_docs_for_zcompress, "question": RunnablePassthrough()} | PROMPT | llm
+    )
     msg = chain.invoke("What colour is the sky of the planet Zorb?")
     assert "green" in msg.content.lower()
     assert msg.usage_metadata["input_tokens"] > 0

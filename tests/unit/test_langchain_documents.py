@@ -68,14 +68,18 @@ def test_importing_the_package_does_not_import_langchain_or_torch() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_one_output_per_input_in_order_with_ids_metadata_and_exact_codes(compressor, docs, tiny_compressor) -> None:
+def test_one_output_per_input_in_order_with_ids_metadata_and_exact_codes(
+    compressor, docs, tiny_compressor
+) -> None:
     out = compressor.compress_documents(docs, "unused query")
     assert len(out) == len(docs)
     for doc, got in zip(docs, out, strict=True):
         assert got.id == doc.id
         assert {k: got.metadata[k] for k in doc.metadata} == doc.metadata
         assert META_KEYS <= set(got.metadata)
-        assert got.page_content == doc.page_content  # exact codes keep the text (the LLM cannot read the bits)
+        assert (
+            got.page_content == doc.page_content
+        )  # exact codes keep the text (the LLM cannot read the bits)
         code = ZCode.from_string(got.metadata["zcompress_code"])
         assert code.codec == "exact" == got.metadata["zcompress_codec"]
         assert got.metadata["zcompress_z_tokens"] == code.z_tokens
@@ -113,7 +117,9 @@ def test_document_longer_than_the_model_context_is_windowed(compressor, tiny_com
     assert tiny_compressor.decompress(out.metadata["zcompress_code"]) == long_text
 
 
-def test_codes_made_at_indexing_time_are_reused_and_bad_ones_replaced(compressor, tiny_compressor, docs) -> None:
+def test_codes_made_at_indexing_time_are_reused_and_bad_ones_replaced(
+    compressor, tiny_compressor, docs
+) -> None:
     indexed = compressor.compress_documents(docs[:3], "q")
     again = compressor.compress_documents(indexed, "q")
     assert [d.metadata["zcompress_code"] for d in again] == [d.metadata["zcompress_code"] for d in indexed]
@@ -137,7 +143,9 @@ def test_codes_made_at_indexing_time_are_reused_and_bad_ones_replaced(compressor
 
 
 def test_a_bad_code_without_its_text_is_a_clear_error(tiny_compressor, docs) -> None:
-    dropped = ZCompressDocumentTransformer(compressor=tiny_compressor, keep_text=False).transform_documents(docs[:1])
+    dropped = ZCompressDocumentTransformer(compressor=tiny_compressor, keep_text=False).transform_documents(
+        docs[:1]
+    )
     assert dropped[0].page_content.startswith("zc1:")
     comp = ZCompressDocumentCompressor(compressor=tiny_compressor)
     (reused,) = comp.compress_documents(dropped, "q")  # a valid code with no text: passed through as is
@@ -155,15 +163,20 @@ def test_transformer_keeps_or_drops_text(tiny_compressor, docs) -> None:
     docs = docs[:3]
     kept = ZCompressDocumentTransformer(compressor=tiny_compressor).transform_documents(docs)
     assert [d.page_content for d in kept] == TEXTS[:3] and all(META_KEYS <= set(d.metadata) for d in kept)
-    dropped = ZCompressDocumentTransformer(compressor=tiny_compressor, keep_text=False).transform_documents(docs)
+    dropped = ZCompressDocumentTransformer(compressor=tiny_compressor, keep_text=False).transform_documents(
+        docs
+    )
     assert [d.id for d in dropped] == [d.id for d in docs]
     assert tiny_compressor.decompress_batch([d.page_content for d in dropped]) == TEXTS[:3]
-    assert asyncio.run(
-        ZCompressDocumentTransformer(compressor=tiny_compressor).atransform_documents(docs)
-    ) == kept
+    assert (
+        asyncio.run(ZCompressDocumentTransformer(compressor=tiny_compressor).atransform_documents(docs))
+        == kept
+    )
 
 
-def test_contextual_compression_retriever_over_a_real_vector_store(compressor, store, tiny_compressor) -> None:
+def test_contextual_compression_retriever_over_a_real_vector_store(
+    compressor, store, tiny_compressor
+) -> None:
     base = store.as_retriever(search_kwargs={"k": 3})
     retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
     plain = base.invoke("fox")
@@ -239,6 +252,9 @@ def test_latent_mode_is_passed_through(tiny_compressor, docs) -> None:
     comp = ZCompressDocumentCompressor(compressor=tiny_compressor, mode="latent", ratio=4.0)
     try:
         out = comp.compress_documents(docs[:2], "q")
-    except (LatentUnavailableError, ImportError) as exc:  # ImportError: the latent codec module is not merged yet
+    except (
+        LatentUnavailableError,
+        ImportError,
+    ) as exc:  # ImportError: the latent codec module is not merged yet
         pytest.skip(f"latent codec unavailable here: {type(exc).__name__}")
     assert all(d.metadata["zcompress_codec"] == "latent" and d.page_content.startswith("<z_") for d in out)

@@ -38,7 +38,9 @@ META_TEXT_TOKENS = "zcompress_text_tokens"
 META_Z_TOKENS = "zcompress_z_tokens"
 META_FINGERPRINT = "zcompress_fingerprint"  # hex of the backbone fingerprint stored in the code
 META_SKIPPED = "zcompress_skipped"  # why a document was left as text (e.g. "empty", "shorter than min_chars")
-META_TEXT = "zcompress_text"  # the original text, when the page content was replaced and keep_text asks for it
+META_TEXT = (
+    "zcompress_text"  # the original text, when the page content was replaced and keep_text asks for it
+)
 META_REPLACED = "zcompress_replaced_code"  # why a code found in metadata was not reused
 
 _CACHE: dict[tuple[Any, ...], ZCompressor] = {}

@@ -62,7 +62,9 @@ def _describe(i: int, doc: Any) -> str:
     return f"documents[{i}]" + (f" (id={doc_id!r})" if doc_id is not None else "")
 
 
-def _existing_code(i: int, doc: Document, opts: ZCompressOptions) -> tuple[ZCode | None, str | None, str | None]:
+def _existing_code(
+    i: int, doc: Document, opts: ZCompressOptions
+) -> tuple[ZCode | None, str | None, str | None]:
     """(code to reuse or None, original text if known, reason a found code was replaced)."""
     from zcompress_integrations.core.zcode import text_checksum
 
@@ -77,7 +79,9 @@ def _existing_code(i: int, doc: Document, opts: ZCompressOptions) -> tuple[ZCode
     except CorruptCodeError as exc:
         text = stored_text if isinstance(stored_text, str) else (None if raw is None else content)
         if text is None or text.startswith(_PREFIX):
-            raise CorruptCodeError(f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed") from exc
+            raise CorruptCodeError(
+                f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
+            ) from exc
         return None, text, f"corrupt code: {exc}"
     if isinstance(stored_text, str):
         text: str | None = stored_text
@@ -90,7 +94,9 @@ def _existing_code(i: int, doc: Document, opts: ZCompressOptions) -> tuple[ZCode
         check_fingerprint(code, opts.zcompressor)
     except ModelMismatchError as exc:
         if text is None:
-            raise ModelMismatchError(f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed") from exc
+            raise ModelMismatchError(
+                f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
+            ) from exc
         reason = f"foreign code: {exc}"
     if reason is None and text is not None:
         if code.codec == "exact" and text_checksum(text.encode("utf-8")) != code.checksum:
@@ -102,7 +108,9 @@ def _existing_code(i: int, doc: Document, opts: ZCompressOptions) -> tuple[ZCode
     return code, text, None
 
 
-def compress_documents(opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool) -> list[Document]:
+def compress_documents(
+    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
+) -> list[Document]:
     """Compress ``documents`` (see the module docstring). ``content(code, text)`` gives the new page content;
     ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it."""
     from langchain_core.documents import Document
@@ -112,7 +120,9 @@ def compress_documents(opts: ZCompressOptions, documents: Sequence[Document], co
         return []
     for i, doc in enumerate(docs):
         if not isinstance(doc, Document):
-            raise UnsupportedTextError(f"documents[{i}] must be a langchain Document; got {type(doc).__name__}")
+            raise UnsupportedTextError(
+                f"documents[{i}] must be a langchain Document; got {type(doc).__name__}"
+            )
         if not isinstance(doc.page_content, str):
             raise UnsupportedTextError(
                 f"{_describe(i, doc)}.page_content must be str; got {type(doc.page_content).__name__}"

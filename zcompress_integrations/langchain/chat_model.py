@@ -137,6 +137,7 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         raw_codes: list[tuple[int, Any]] = []
         lines: list[tuple[str, str]] = []
         for i, message in enumerate(messages):
+
             def _ref(match: Any, i: int = i) -> str:
                 raw_codes.append((i, match.group(0)))
                 return f"[Document {len(raw_codes)}]"
@@ -178,7 +179,11 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         }
 
     def _pieces(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], cancel: threading.Event | None
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None,
     ) -> Iterator[str | dict[str, Any]]:
         """Text pieces, then one dict with the token accounting. Runs wholly in the calling thread."""
         from zcompress_integrations.core.generation import build_prompt
@@ -203,7 +208,9 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         text = "".join(parts)
         output = zc.count_tokens(text) if text else 0
         yield {
-            "usage": UsageMetadata(input_tokens=len(ids), output_tokens=output, total_tokens=len(ids) + output),
+            "usage": UsageMetadata(
+                input_tokens=len(ids), output_tokens=output, total_tokens=len(ids) + output
+            ),
             "response": {
                 "model_name": self._model_label,
                 "model_provider": "zcompress",
