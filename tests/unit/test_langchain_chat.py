@@ -201,3 +201,14 @@ def test_default_model_rag_round_trip(default_compressor) -> None:
     msg = chain.invoke("What colour is the sky of the planet Zorb?")
     assert "green" in msg.content.lower()
     assert msg.usage_metadata["input_tokens"] > 0
+
+
+def test_chat_model_pickles_as_its_settings(tiny_model_dir) -> None:
+    import pickle
+
+    llm = ChatZCompress(
+        model=str(tiny_model_dir), adapters=None, compressor_kwargs={"window": 64}, max_tokens=3
+    )
+    clone = pickle.loads(pickle.dumps(llm))
+    assert clone.model_dump() == llm.model_dump()
+    assert clone.invoke("hi").content == llm.invoke("hi").content
