@@ -55,7 +55,7 @@ def counter(zc):
     return zcompress_token_counter(zc)
 
 
-def test_history_compacts_as_it_grows_and_recovers_every_turn_exactly(zc, counter) -> None:
+def test_history_compacts_as_it_grows_and_recovers_every_turn_exactly(tiny_compressor) -> None:
     messages = [
         HumanMessage(SENTENCES[0]),
         AIMessage(SENTENCES[1]),
@@ -63,7 +63,7 @@ def test_history_compacts_as_it_grows_and_recovers_every_turn_exactly(zc, counte
         AIMessage(SENTENCES[3]),
     ]
     messages += [HumanMessage("Thanks."), AIMessage("You are welcome.")]
-    history = ZCompressChatMessageHistory(compressor=zc, keep_last=2)
+    history = ZCompressChatMessageHistory(compressor=tiny_compressor, keep_last=2)
     history.add_messages(messages[:2])  # not more than keep_last + 1 raw messages: nothing compressed yet
     assert history.messages == messages[:2]
     history.add_messages(messages[2:4])  # compaction happens as the conversation grows
