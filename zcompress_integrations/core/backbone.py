@@ -109,7 +109,11 @@ class Backbone:
 
 
 def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
-    """4-byte digest of the model's config and a sample of its weights (original vocabulary rows only)."""
+    """4-byte digest of the model's config and a sample of its weights (original vocabulary rows only).
+
+    Weights are rounded to bf16 before hashing, so the same model loaded in fp32 (CPU) or bf16 (GPU) has one
+    fingerprint: adapters trained on a GPU load on a CPU.
+    """
     import torch
 
     h = hashlib.blake2b(digest_size=4)
@@ -119,10 +123,10 @@ def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         emb = model.get_input_embeddings().weight[: min(text_vocab_size, 512)]
-        h.update(emb.detach().float().cpu().numpy().tobytes())
+        h.update(emb.detach().to(torch.bfloat16).float().cpu().numpy().tobytes())
         for name, param in model.named_parameters():
             if "layers.0." in name or name.endswith("norm.weight"):
-                h.update(param.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+                h.update(param.detach().to(torch.bfloat16).float().cpu().flatten()[:4096].numpy().tobytes())
     return h.digest()
 
 
@@ -144,7 +148,10 @@ def _convert_default(path: Path, target: Path) -> None:
     # transformers marks GGUF-loaded models as quantized; the weights are plain fp32 now, so drop the marker
     # or save_pretrained refuses.
     model.hf_quantizer = None
-    model.is_quantized = False
+    try:
+        model.is_quantized = False
+    except AttributeError:  # a read-only property in some transformers versions
+        pass
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
