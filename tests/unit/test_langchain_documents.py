@@ -252,9 +252,6 @@ def test_latent_mode_is_passed_through(tiny_compressor, docs) -> None:
     comp = ZCompressDocumentCompressor(compressor=tiny_compressor, mode="latent", ratio=4.0)
     try:
         out = comp.compress_documents(docs[:2], "q")
-    except (
-        LatentUnavailableError,
-        ImportError,
-    ) as exc:  # ImportError: the latent codec module is not merged yet
+    except LatentUnavailableError as exc:  # no trained adapters for the tiny model
         pytest.skip(f"latent codec unavailable here: {type(exc).__name__}")
     assert all(d.metadata["zcompress_codec"] == "latent" and d.page_content.startswith("<z_") for d in out)

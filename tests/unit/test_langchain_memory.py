@@ -123,9 +123,6 @@ def test_recover_messages_refuses_what_is_not_an_exact_memory(tiny_compressor) -
 def test_latent_memory_is_passed_through(tiny_compressor) -> None:
     try:
         code = ZCompressSummarizer(compressor=tiny_compressor, mode="latent")(conversation(1))
-    except (
-        LatentUnavailableError,
-        ImportError,
-    ) as exc:  # ImportError: the latent codec module is not merged yet
+    except LatentUnavailableError as exc:  # no trained adapters for the tiny model
         pytest.skip(f"latent codec unavailable here: {type(exc).__name__}")
     assert code.startswith("zc1:")
