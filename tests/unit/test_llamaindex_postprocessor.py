@@ -58,12 +58,16 @@ def test_one_compressed_node_per_node_with_provenance(post, tiny_compressor):
     assert decoded == TEXTS
     for before, after in zip(nodes, out, strict=True):
         meta = after.node.metadata
-        assert meta["source"] == before.node.metadata["source"] and meta["page"] == before.node.metadata["page"]
+        assert (
+            meta["source"] == before.node.metadata["source"] and meta["page"] == before.node.metadata["page"]
+        )
         assert after.node.relationships == before.node.relationships
         assert set(STATS_KEYS) <= set(meta)
         code = ZCode.from_string(meta["zcompress_code"])
         assert meta["zcompress_codec"] == "exact"
-        assert meta["zcompress_text_tokens"] == code.text_tokens and meta["zcompress_z_tokens"] == code.z_tokens
+        assert (
+            meta["zcompress_text_tokens"] == code.text_tokens and meta["zcompress_z_tokens"] == code.z_tokens
+        )
         assert meta["zcompress_fingerprint"] == tiny_compressor.fingerprint.hex()
         # exact codes are not LLM-readable: the text stays, the code rides along, out of embed/LLM strings
         assert after.node.text == before.node.text
@@ -77,7 +81,9 @@ def test_one_compressed_node_per_node_with_provenance(post, tiny_compressor):
 def test_content_form_code_puts_the_code_string(tiny_compressor):
     post = ZCompressNodePostprocessor(compressor=tiny_compressor, content_form="code")
     out = post.postprocess_nodes(_nodes())
-    assert all(n.node.text.startswith("zc1:") and n.node.text == n.node.metadata["zcompress_code"] for n in out)
+    assert all(
+        n.node.text.startswith("zc1:") and n.node.text == n.node.metadata["zcompress_code"] for n in out
+    )
     assert tiny_compressor.decompress_batch([n.node.text for n in out]) == TEXTS
 
 
@@ -93,7 +99,11 @@ def test_latent_mode_passes_through_or_reports_unavailable(tiny_compressor):
 def test_empty_short_and_non_text_nodes_pass_through(tiny_compressor):
     post = ZCompressNodePostprocessor(compressor=tiny_compressor, min_chars=40)
     weird = TextNode.model_construct(
-        text=123, id_="weird", metadata={}, excluded_embed_metadata_keys=[], excluded_llm_metadata_keys=[],
+        text=123,
+        id_="weird",
+        metadata={},
+        excluded_embed_metadata_keys=[],
+        excluded_llm_metadata_keys=[],
         relationships={},
     )
     nodes = [
@@ -128,7 +138,9 @@ def test_stored_codes_reused_and_bad_ones_recompressed(post, tiny_compressor, ca
     foreign = ZCode.from_string(first[2].node.metadata["zcompress_code"])
     foreign = dataclasses.replace(foreign, fingerprint=b"\x00\x01\x02\x03")
     nodes[2].node.metadata["zcompress_code"] = foreign.to_string()
-    extra = NodeWithScore(node=TextNode(text=TEXTS[1] + " More.", id_="stale", metadata={"zcompress_code": good}))
+    extra = NodeWithScore(
+        node=TextNode(text=TEXTS[1] + " More.", id_="stale", metadata={"zcompress_code": good})
+    )
     out = post.postprocess_nodes([*nodes, extra])
     assert len(out) == 4
     assert out[0].node.metadata["zcompress_code"] == good
@@ -140,7 +152,9 @@ def test_stored_codes_reused_and_bad_ones_recompressed(post, tiny_compressor, ca
 async def test_async_matches_sync_and_does_not_block(post):
     sync = post.postprocess_nodes(_nodes())
     out = await post.apostprocess_nodes(_nodes(), query_str="q")
-    assert [n.node.metadata["zcompress_code"] for n in out] == [n.node.metadata["zcompress_code"] for n in sync]
+    assert [n.node.metadata["zcompress_code"] for n in out] == [
+        n.node.metadata["zcompress_code"] for n in sync
+    ]
 
 
 def test_options_are_checked(tiny_compressor):

@@ -31,6 +31,7 @@ __all__ = [
     "add_code_metadata",
     "stored_code",
     "find_code_strings",
+    "node_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class CompressorSettings(BaseModel):
     model_name_or_path: str | None = Field(
         default=None, description="Local model directory or cached Hub id; None for the embedded default."
     )
-    adapters: str | None = Field(default="default", description="Latent adapter directory, 'default' or None.")
+    adapters: str | None = Field(
+        default="default", description="Latent adapter directory, 'default' or None."
+    )
     device: str | None = Field(default="auto", description="'auto', 'cpu', 'cuda', ...")
     window: int = Field(default=256, ge=2, description="Tokens per window of the exact codec.")
     k: int = Field(default=4096, ge=2, description="Z vocabulary size of the exact codec (a power of two).")
@@ -146,16 +149,41 @@ def stored_code(node: BaseNode, text: str, *, mode: str, fingerprint: bytes | No
     try:
         code = ZCode.load(value)
         if fingerprint is not None and code.fingerprint != fingerprint:
-            raise ModelMismatchError(f"code fingerprint {code.fingerprint.hex()} != model {fingerprint.hex()}")
+            raise ModelMismatchError(
+                f"code fingerprint {code.fingerprint.hex()} != model {fingerprint.hex()}"
+            )
     except (CorruptCodeError, ModelMismatchError, TypeError, ValueError) as exc:
-        logger.warning("node %s: ignoring the stored Z code (%s); compressing its text again", node.node_id, exc)
+        logger.warning(
+            "node %s: ignoring the stored Z code (%s); compressing its text again", node.node_id, exc
+        )
         return None
     if code.codec != mode:
         return None
     if code.checksum != text_checksum(text.encode("utf-8")):
-        logger.warning("node %s: the stored Z code does not match the node's text; compressing it again", node.node_id)
+        logger.warning(
+            "node %s: the stored Z code does not match the node's text; compressing it again", node.node_id
+        )
         return None
     return code
+
+
+def node_text(node: BaseNode, min_chars: int) -> str | None:
+    """The text to compress, or None when the node passes through unchanged (no text, empty, too short)."""
+    from llama_index.core.schema import MetadataMode, Node, TextNode
+
+    if not isinstance(
+        node, TextNode | Node
+    ):  # other node kinds (index nodes' objects...) have no text to code
+        return None
+    text = node.get_content(metadata_mode=MetadataMode.NONE)
+    if not isinstance(text, str):
+        logger.warning(
+            "node %s has non-text content (%s); passing it through", node.node_id, type(text).__name__
+        )
+        return None
+    if not text.strip() or len(text) < min_chars:
+        return None
+    return text
 
 
 def find_code_strings(text: str) -> tuple[list[str], str]:

@@ -80,7 +80,9 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     num_output: int = Field(default=256, ge=1, description="Most tokens generated per call (max_new_tokens).")
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy and deterministic.")
     context_window: int | None = Field(
-        default=None, ge=1, description="Prompt window in tokens; None reads the model's max_position_embeddings."
+        default=None,
+        ge=1,
+        description="Prompt window in tokens; None reads the model's max_position_embeddings.",
     )
 
     @classmethod
@@ -140,7 +142,9 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
             },
         )
 
-    def _stream(self, prompt: str, stop_event: threading.Event | None = None, **kwargs: Any) -> CompletionResponseGen:
+    def _stream(
+        self, prompt: str, stop_event: threading.Event | None = None, **kwargs: Any
+    ) -> CompletionResponseGen:
         from zcompress_integrations.core.generation import build_prompt
 
         question, context = self._context(prompt)

@@ -63,9 +63,12 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
     """
 
     name: str = Field(default="compressed_history", description="The name of the memory block.")
-    max_entries: int | None = Field(default=None, ge=1, description="Most entries returned by aget (newest kept).")
+    max_entries: int | None = Field(
+        default=None, ge=1, description="Most entries returned by aget (newest kept)."
+    )
     entries: list[dict[str, Any]] = Field(
-        default_factory=list, description="Stored flushes: {'code': 'zc1:...', 'roles': [...], 'lengths': [...]}."
+        default_factory=list,
+        description="Stored flushes: {'code': 'zc1:...', 'roles': [...], 'lengths': [...]}.",
     )
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
@@ -80,9 +83,7 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
             return
         text = _transcript(roles, contents)
         code = (await asyncio.to_thread(self.compressor.compress_batch, [text], mode="exact"))[0]
-        self.entries.append(
-            {"code": code.to_string(), "roles": roles, "lengths": [len(c) for c in contents]}
-        )
+        self.entries.append({"code": code.to_string(), "roles": roles, "lengths": [len(c) for c in contents]})
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         entries = self.entries if self.max_entries is None else self.entries[-self.max_entries :]

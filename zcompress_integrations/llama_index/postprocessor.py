@@ -8,11 +8,16 @@ from typing import Literal
 
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import ConfigError
-from zcompress_integrations.llama_index._common import CompressorSettings, add_code_metadata, stored_code
+from zcompress_integrations.llama_index._common import (
+    CompressorSettings,
+    add_code_metadata,
+    node_text,
+    stored_code,
+)
 
 __all__ = ["ZCompressNodePostprocessor"]
 
@@ -64,7 +69,9 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
             nodes = await post.apostprocess_nodes(retrieved, query_str="...")  # runs in a worker thread
     """
 
-    mode: Literal["exact", "latent"] = Field(default="exact", description="Codec: 'exact' (lossless) or 'latent'.")
+    mode: Literal["exact", "latent"] = Field(
+        default="exact", description="Codec: 'exact' (lossless) or 'latent'."
+    )
     ratio: float | None = Field(default=None, gt=1.0, description="Target ratio for mode='latent'.")
     min_chars: int = Field(default=0, ge=0, description="Nodes with fewer characters pass through unchanged.")
     batch_size: int = Field(default=32, ge=1, description="Texts compressed side by side per batch.")
@@ -74,9 +81,13 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
 
     def _check_options(self) -> None:
         if self.mode == "exact" and self.ratio is not None:
-            raise ConfigError("ratio applies to mode='latent'; the exact codec's ratio is set by the text itself")
+            raise ConfigError(
+                "ratio applies to mode='latent'; the exact codec's ratio is set by the text itself"
+            )
         if self.mode == "exact" and self.content_form == "prompt":
-            raise ConfigError("content_form='prompt' needs mode='latent': exact codes are not readable by an LLM")
+            raise ConfigError(
+                "content_form='prompt' needs mode='latent': exact codes are not readable by an LLM"
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -119,23 +130,15 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _text_of(self, item: NodeWithScore) -> str | None:
-        """The text to compress, or None when the node passes through unchanged."""
-        node = item.node
-        if not isinstance(node, TextNode):
-            return None
-        text = node.get_content(metadata_mode=MetadataMode.NONE)
-        if not isinstance(text, str):
-            logger.warning("node %s has non-text content (%s); passing it through", node.node_id, type(text).__name__)
-            return None
-        if not text.strip() or len(text) < self.min_chars:
-            return None
-        return text
+        return node_text(item.node, self.min_chars)
 
-    def _compressed_copy(self, node: TextNode, code: ZCode) -> TextNode:
+    def _compressed_copy(self, node: BaseNode, code: ZCode) -> BaseNode:
         form = self.content_form
         if form == "auto":
             form = "prompt" if code.codec == "latent" else "text"
-        new = node.model_copy()  # shallow: same id, relationships, embedding; own metadata and key lists below
+        new = (
+            node.model_copy()
+        )  # shallow: same id, relationships, embedding; own metadata and key lists below
         new.metadata = dict(node.metadata)
         new.excluded_embed_metadata_keys = list(node.excluded_embed_metadata_keys)
         new.excluded_llm_metadata_keys = list(node.excluded_llm_metadata_keys)

@@ -8,10 +8,15 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field
-from llama_index.core.schema import BaseNode, MetadataMode, TextNode, TransformComponent
+from llama_index.core.schema import BaseNode, TransformComponent
 
 from zcompress_integrations.errors import ConfigError
-from zcompress_integrations.llama_index._common import CompressorSettings, add_code_metadata, stored_code
+from zcompress_integrations.llama_index._common import (
+    CompressorSettings,
+    add_code_metadata,
+    node_text,
+    stored_code,
+)
 
 __all__ = ["ZCompressTransform"]
 
@@ -58,7 +63,9 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
             nodes = await pipeline.arun(documents=docs)
     """
 
-    mode: Literal["exact", "latent"] = Field(default="exact", description="Codec: 'exact' (lossless) or 'latent'.")
+    mode: Literal["exact", "latent"] = Field(
+        default="exact", description="Codec: 'exact' (lossless) or 'latent'."
+    )
     ratio: float | None = Field(default=None, gt=1.0, description="Target ratio for mode='latent'.")
     min_chars: int = Field(default=0, ge=0, description="Nodes with fewer characters get no code.")
     batch_size: int = Field(default=32, ge=1, description="Texts compressed side by side per batch.")
@@ -66,7 +73,9 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
 
     def _check_options(self) -> None:
         if self.mode == "exact" and self.ratio is not None:
-            raise ConfigError("ratio applies to mode='latent'; the exact codec's ratio is set by the text itself")
+            raise ConfigError(
+                "ratio applies to mode='latent'; the exact codec's ratio is set by the text itself"
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -97,12 +106,4 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
         return await asyncio.to_thread(self.__call__, nodes, **kwargs)
 
     def _text_of(self, node: BaseNode) -> str | None:
-        if not isinstance(node, TextNode):
-            return None
-        text = node.get_content(metadata_mode=MetadataMode.NONE)
-        if not isinstance(text, str):
-            logger.warning("node %s has non-text content (%s); no code made", node.node_id, type(text).__name__)
-            return None
-        if not text.strip() or len(text) < self.min_chars:
-            return None
-        return text
+        return node_text(node, self.min_chars)
