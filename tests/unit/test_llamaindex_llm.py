@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -12,7 +13,8 @@ from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.embeddings import MockEmbedding  # noqa: E402
 
-from zcompress_integrations.errors import CorruptCodeError  # noqa: E402
+from zcompress_integrations import ZCode  # noqa: E402
+from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError, UnsupportedTextError  # noqa: E402
 from zcompress_integrations.llama_index import ZCompressLLM, ZCompressNodePostprocessor  # noqa: E402
 
 DOC = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens."
@@ -116,6 +118,11 @@ def test_corrupt_code_in_prompt_is_a_clear_error(llm, code_string):
     broken = code_string[:20] + "A"  # cut inside the code
     with pytest.raises(CorruptCodeError, match="damaged Z code"):
         llm.complete(f"{broken}\nwho jumps?")
+    foreign = dataclasses.replace(ZCode.from_string(code_string), fingerprint=b"\x00\x01\x02\x03")
+    with pytest.raises(ModelMismatchError):
+        llm.complete(f"{foreign.to_string()}\nwho jumps?")
+    with pytest.raises(UnsupportedTextError):
+        llm.complete(b"bytes are not a prompt")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from zcompress_integrations.core.zcode import ZCode
-from zcompress_integrations.errors import CorruptCodeError
+from zcompress_integrations.errors import CorruptCodeError, UnsupportedTextError
 from zcompress_integrations.llama_index._common import CompressorSettings, find_code_strings
 
 __all__ = ["ZCompressLLM"]
@@ -105,6 +105,8 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     # ---- the work (undecorated; the public methods below add LlamaIndex's callbacks) ---------------------
     def _context(self, prompt: str) -> tuple[str, list[ZCode | str]]:
         """(question, context items): codes parsed, exact ones decoded to text in one batch."""
+        if not isinstance(prompt, str):
+            raise UnsupportedTextError(f"prompt must be a str; got {type(prompt).__name__}")
         strings, question = find_code_strings(prompt)
         codes = []
         for s in strings:
