@@ -134,7 +134,7 @@ def index_settings(tiny_compressor):
     Settings._llm, Settings._embed_model = saved
 
 
-async def test_query_engine_end_to_end(index_settings, tiny_compressor, spy):
+async def test_query_engine_end_to_end(index_settings, tiny_compressor, spy, monkeypatch):
     from llama_index.core.node_parser import SentenceSplitter
 
     from zcompress_integrations.llama_index import ZCompressTransform
@@ -145,7 +145,13 @@ async def test_query_engine_end_to_end(index_settings, tiny_compressor, spy):
     index = VectorStoreIndex.from_documents(docs, transformations=[SentenceSplitter(), transform])
     post = ZCompressNodePostprocessor(compressor=tiny_compressor, content_form="code")
     engine = index.as_query_engine(similarity_top_k=3, node_postprocessors=[post])
+    compressed = []
+    real_batch = tiny_compressor.compress_batch
+    monkeypatch.setattr(
+        tiny_compressor, "compress_batch", lambda t, **kw: compressed.append(t) or real_batch(t, **kw)
+    )
     response = engine.query("who jumps?")
+    assert compressed == []  # the ingestion codes were reused
     assert len(response.source_nodes) == 3
     assert {n.node.ref_doc_id for n in response.source_nodes} == {"d0", "d1", "d2"}
     assert all(n.node.metadata["zcompress_codec"] == "exact" for n in response.source_nodes)
