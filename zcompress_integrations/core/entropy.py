@@ -332,7 +332,7 @@ class EntropyCodec:
         return self.cross_entropy_bits_batch([text])[0]
 
     def cross_entropy_bits_batch(
-        self, items: Sequence[bytes | str], *, batch_windows: int = 16
+        self, items: Sequence[bytes | str], *, batch_windows: int = 8
     ) -> list[float]:
         """``-sum log2 p(token)`` of each text under the backbone, on the same windows and start token the codec
         codes, with one parallel (not KV-cached) forward pass per batch of windows.
@@ -367,13 +367,14 @@ class EntropyCodec:
                     feed = [self.start_token] + [t if t < vocab else self.start_token for t in toks[:-1]]
                     ids[r, : len(feed)] = torch.tensor(feed)
                     mask[r, : len(feed)] = 1
-                hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-                logits = torch.nn.functional.linear(hidden.float(), runner.head_weight)
-                logp = torch.log_softmax(logits.double(), dim=-1).cpu()  # [B, T, V]
+                hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # [B, T, H]
                 for r, (owner, toks) in enumerate(chunk):
+                    # one row at a time: [T, V] logits in float64 (~100 MB for 256 tokens of a 49k vocabulary)
+                    logits = torch.nn.functional.linear(hidden[r, : len(toks)].float(), runner.head_weight)
+                    logp = torch.log_softmax(logits.double(), dim=-1).cpu()  # [T, V]
                     target = torch.tensor(toks)
                     real = target < vocab
-                    picked = logp[r, torch.arange(len(toks))[real], target[real]]
+                    picked = logp[torch.arange(len(toks))[real], target[real]]
                     totals[owner] += float(-picked.sum()) / math.log(2) + virtual_bits * int((~real).sum())
         return totals
 
