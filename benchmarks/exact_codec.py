@@ -190,9 +190,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 Command: `{command}`
 
-Machine: {machine["nproc"]} CPUs ({machine["cpu"]}), torch {machine["torch"]} with {machine["torch_threads"]} threads,
+Machine: {machine["nproc"]} CPUs ({machine["cpu"]}), torch {machine["torch"]} ({machine["torch_threads"]} threads; the codec
+runs with {codes[0].params.get("threads")} thread, recorded in each code),
 Python {machine["python"]}; model {machine["model"]} (fingerprint {machine["fingerprint"]}), K = {machine["k"]},
-window = {machine["window"]} tokens, batch_size = {machine["batch_size"]}. The machine was shared with other jobs.
+window = {machine["window"]} tokens, batch_size = {machine["batch_size"]}. The machine was shared with other jobs (load average ~6 on 2 cores
+during the recorded run), so the times are pessimistic; sizes and bits do not depend on load.
 
 Data: the first {len(texts)} paragraphs of `wikipedia/hotpotqa_train_wiki_paragraphs.jsonl` ({chars} characters,
 {n_tokens} text tokens). All {len(texts)} texts compressed in one `compress_batch` call; {len(chosen)} decompressed
@@ -223,9 +225,11 @@ fingerprint, text checksum and CRC-32, about {sum(r["zcode_bytes"] for r in per_
 
 Decoding is sequential: each text token needs the model's distribution given all tokens before it, so the
 decoder runs one KV-cache step per token. A step costs about one pass over the weights (135M parameters, fp32:
-~0.5 GB read from memory), ~80 ms with one lane and ~250 ms with 32 lanes on this CPU: small-batch CPU matmuls
-are memory-bound, so coding {summary["lanes_batch"]} windows side by side multiplies throughput almost by the
-number of lanes. The encoder takes the same step-wise path on purpose (a parallel forward would compute slightly
+~0.5 GB read from memory), ~80-250 ms depending on lanes on an idle core of this CPU; measured here
+{1000 * sec["decompress_single"] / one.text_tokens:.0f} ms per step with one lane (single paragraph) and at most
+{1000 * sec["compress_batch"] / max(1.0, n_tokens / summary["lanes_batch"]):.0f} ms per step with
+{summary["lanes_batch"]} lanes (batch; fewer when windows are short or runs not full). Small-batch CPU matmuls are memory-bound, so coding windows side by side
+multiplies throughput almost by the number of lanes. The encoder takes the same step-wise path on purpose (a parallel forward would compute slightly
 different floating-point logits, and encoder and decoder must build bit-identical frequency tables), so compress
 and decompress run at about the same speed; the arithmetic coder itself costs microseconds per token. A single
 paragraph gets one lane and is bounded by the per-step latency. The parallel cross-entropy pass shows what a
