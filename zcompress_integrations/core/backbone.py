@@ -23,6 +23,7 @@ from zcompress_integrations.errors import BackboneLoadError, ConfigError
 
 __all__ = [
     "Backbone",
+    "cache_kwargs",
     "DEFAULT_MODEL",
     "default_gguf_path",
     "load_backbone",
@@ -109,7 +110,11 @@ class Backbone:
 
 
 def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
-    """4-byte digest of the model's config and a sample of its weights (original vocabulary rows only)."""
+    """4-byte digest of the model's config and a sample of its weights (original vocabulary rows only).
+
+    Weights are rounded to bf16 before hashing, so the same model loaded in fp32 (CPU) or bf16 (GPU) has one
+    fingerprint: adapters trained on a GPU load on a CPU.
+    """
     import torch
 
     h = hashlib.blake2b(digest_size=4)
@@ -119,10 +124,10 @@ def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         emb = model.get_input_embeddings().weight[: min(text_vocab_size, 512)]
-        h.update(emb.detach().float().cpu().numpy().tobytes())
+        h.update(emb.detach().to(torch.bfloat16).float().cpu().numpy().tobytes())
         for name, param in model.named_parameters():
             if "layers.0." in name or name.endswith("norm.weight"):
-                h.update(param.detach().float().cpu().flatten()[:4096].numpy().tobytes())
+                h.update(param.detach().to(torch.bfloat16).float().cpu().flatten()[:4096].numpy().tobytes())
     return h.digest()
 
 
@@ -144,7 +149,10 @@ def _convert_default(path: Path, target: Path) -> None:
     # transformers marks GGUF-loaded models as quantized; the weights are plain fp32 now, so drop the marker
     # or save_pretrained refuses.
     model.hf_quantizer = None
-    model.is_quantized = False
+    try:
+        model.is_quantized = False
+    except AttributeError:  # a read-only property in some transformers versions
+        pass
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +266,14 @@ def load_backbone(
         device=dev,
         extra={"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)},
     )
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{"cache": cache}`` on transformers versions that renamed ``past_key_values`` (5.2x), else the old name."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom") -> Backbone:

@@ -197,9 +197,8 @@ class ZCompressor:
     def _disable_adapters(self) -> Any:
         import contextlib
 
-        model = self.backbone.model
-        if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
-            return model.disable_adapter()
+        if self._latent is not None:
+            return self._latent.peft_model.disable_adapter()
         return contextlib.nullcontext()
 
     def _latent_codec(self) -> Any:

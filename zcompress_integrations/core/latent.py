@@ -1,0 +1,556 @@
+"""The latent codec: LoRA adapters that make the backbone write and read Z-tokens (arXiv 2603.25340, adapted).
+
+Text is cut into segments of up to ``segment_len`` tokens. The ``compress`` adapter reads a segment followed by
+``m`` learned slot embeddings; the last hidden state at each slot is quantised into one Z-token. The
+``decompress`` adapter reads the Z-tokens' embeddings, a separator, and writes the segment back (greedy, KV cache).
+
+Z-tokens. Each Z-token is a code of a factorised vocabulary: finite scalar quantisation (FSQ, Mentzer et al. 2023)
+of a ``fsq_dims``-dimensional projection into ``fsq_levels`` levels per dimension, so one Z-token takes one of
+``K_eff = fsq_levels ** fsq_dims`` values (32^8 = 2^40 by default) and carries ``log2(K_eff)`` bits. Its embedding
+is ``z_up(q)``, a sum of one learned vector per dimension scaled by that digit's level: the "several codebooks per
+Z-token, summed embeddings" design. Why FSQ and not a Gumbel-softmax over K new rows: with 12 bits per Z-token a 2x
+code must be near-perfectly efficient, and the Gumbel recipe collapsed or went unused in calibration here; FSQ has
+no codebook to collapse and needs no auxiliary losses. The backbone's own vocabulary rows are untouched, so exact
+codes stay valid with the adapters loaded.
+
+Length. The number of Z-tokens of a segment follows its surprisal under the base model:
+``m = round(len / ratio * nll / calib_nll)`` (clamped), where ``calib_nll`` is the mean per-token NLL of training
+text. Dense or unpredictable text gets more Z-tokens, predictable text fewer, and the mean ratio tracks ``ratio``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zcompress_integrations.core.zcode import ZCode, text_checksum
+from zcompress_integrations.errors import (
+    ConfigError,
+    CorruptCodeError,
+    LatentUnavailableError,
+    ModelMismatchError,
+)
+
+__all__ = [
+    "LatentConfig",
+    "LatentCodec",
+    "load_latent_codec",
+    "default_adapter_dir",
+    "CONFIG_NAME",
+    "MODULES_NAME",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "zcompress_config.json"
+MODULES_NAME = "latent_modules.safetensors"
+ADAPTERS = ("compress", "decompress")
+_LATENT_VERSION = 1
+
+
+@dataclass
+class LatentConfig:
+    """Settings of a latent codec; saved as ``zcompress_config.json`` beside the adapters.
+
+    Attributes:
+        segment_len: text tokens per segment.
+        fsq_levels: quantisation levels per FSQ dimension.
+        fsq_dims: FSQ dimensions per Z-token (``K_eff = fsq_levels ** fsq_dims``).
+        max_slots: most Z-tokens one segment may get.
+        default_ratio: ratio used when ``compress(..., ratio=None)``.
+        calib_nll: mean per-token NLL (nats) of training text under the base model (for adaptive lengths).
+        lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapters.
+        backbone: name of the backbone; ``backbone_fingerprint``: its fingerprint (hex).
+        max_decode_extra: decoding stops at the end token or after ``segment_len + max_decode_extra`` tokens.
+    """
+
+    segment_len: int = 64
+    fsq_levels: int = 32
+    fsq_dims: int = 8
+    max_slots: int = 64
+    default_ratio: float = 2.0
+    calib_nll: float = 2.9
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    backbone: str = ""
+    backbone_fingerprint: str = ""
+    max_decode_extra: int = 8
+    version: int = _LATENT_VERSION
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("segment_len", "fsq_levels", "fsq_dims", "max_slots", "lora_r"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"LatentConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        if self.fsq_levels < 2:
+            raise ConfigError(f"LatentConfig.fsq_levels must be >= 2; got {self.fsq_levels}")
+        if self.default_ratio <= 0:
+            raise ConfigError(f"LatentConfig.default_ratio must be > 0; got {self.default_ratio}")
+
+    @property
+    def k_eff(self) -> int:
+        """Distinct values one Z-token can take."""
+        return self.fsq_levels**self.fsq_dims
+
+    @property
+    def bits_per_z(self) -> float:
+        return self.fsq_dims * math.log2(self.fsq_levels)
+
+    def save(self, directory: Path) -> None:
+        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> LatentConfig:
+        data = json.loads((directory / CONFIG_NAME).read_text())
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning("ignoring unknown latent config keys %s (written by a newer zcompress?)", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def default_adapter_dir() -> Path:
+    """The adapters shipped inside the package (``zcompress_integrations/adapters/smollm2-135m``)."""
+    return Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m"
+
+
+def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float) -> Any:
+    """The small non-LoRA parts: slot embeddings, separator, FSQ projection down, Z embedding up.
+
+    Built inside a function so that this module imports without torch.
+    """
+    import torch
+    from torch import nn
+
+    class _Modules(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slots = nn.Parameter(torch.randn(config.max_slots, hidden) * embed_std)
+            self.sep = nn.Parameter(torch.randn(hidden) * embed_std)
+            self.down = nn.Linear(hidden, config.fsq_dims)
+            self.up = nn.Linear(config.fsq_dims, hidden)
+            nn.init.normal_(self.up.weight, std=embed_std)
+            nn.init.zeros_(self.up.bias)
+
+        # ---- FSQ: h[..., H] -> (digits[..., D] long, q[..., D] in [-1, 1] with straight-through) -------
+        def quantize(self, h: Any) -> tuple[Any, Any]:
+            half = (config.fsq_levels - 1) / 2
+            with torch.autocast(device_type=h.device.type, enabled=False):  # round in fp32 on every device
+                bounded = torch.tanh(self.down(h.float())) * half  # in (-half, half)
+                level = torch.round(bounded + half)  # in {0, ..., levels - 1}: one digit per dimension
+                q = bounded + (level - half - bounded).detach()  # straight-through rounding
+                digits = level.long()
+            return digits, q / half
+
+        def embed_digits(self, digits: Any) -> Any:
+            half = (config.fsq_levels - 1) / 2
+            return self.up((digits.float() - half) / half)
+
+    return _Modules()
+
+
+def digits_to_ids(digits: Any, levels: int) -> list[int]:
+    """[n, D] digits -> n combined Z ids (little-endian base ``levels``)."""
+    rows = digits.tolist()
+    return [sum(d * levels**i for i, d in enumerate(row)) for row in rows]
+
+
+def ids_to_digits(ids: Sequence[int], levels: int, dims: int) -> list[list[int]]:
+    return [[(z // levels**i) % levels for i in range(dims)] for z in ids]
+
+
+class LatentCodec:
+    """Compress/decompress with the ``compress``/``decompress`` adapters on a shared backbone.
+
+    Build with :func:`load_latent_codec` (trained adapters) or :meth:`create` (fresh, for training).
+    """
+
+    def __init__(
+        self, backbone: Any, config: LatentConfig, peft_model: Any, modules: Any, fingerprint: bytes
+    ):
+        self.backbone = backbone
+        self.config = config
+        self.peft_model = peft_model
+        self.modules = modules
+        self.fingerprint = fingerprint
+        self._eos = self._end_token(backbone.tokenizer)
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @staticmethod
+    def _end_token(tokenizer: Any) -> int:
+        for tid in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")):
+            if isinstance(tid, int) and tid >= 0:
+                return tid
+        return 0
+
+    @classmethod
+    def create(cls, backbone: Any, config: LatentConfig, seed: int = 0) -> LatentCodec:
+        """Fresh adapters + modules (slot/sep embeddings at the scale of the token embeddings)."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        model = backbone.model
+        emb = model.get_input_embeddings().weight
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            bias="none",
+        )
+        peft_model = get_peft_model(model, lora, adapter_name="compress")
+        peft_model.add_adapter("decompress", lora)
+        modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()))
+        modules.to(emb.device)
+        config.backbone = backbone.name
+        config.backbone_fingerprint = backbone.fingerprint.hex()
+        return cls(backbone, config, peft_model, modules, _latent_fingerprint(backbone.fingerprint, modules))
+
+    def refresh_fingerprint(self) -> None:
+        """Recompute the fingerprint after the modules changed (training)."""
+        self.fingerprint = _latent_fingerprint(self.backbone.fingerprint, self.modules)
+
+    # ---- adapter switching -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def adapter(self, name: str, train: bool = False) -> Iterator[None]:
+        """Activate one adapter. With ``train=True`` both adapters keep ``requires_grad`` (peft turns off the
+        inactive one's, but a training step backpropagates through both)."""
+        self.peft_model.base_model.set_adapter(name)
+        if train:
+            for pname, param in self.peft_model.named_parameters():
+                if "lora_" in pname:
+                    param.requires_grad_(True)
+        yield
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which the backbone reads Z-tokens (the ``decompress`` adapter)."""
+        return self.adapter("decompress")
+
+    @property
+    def _lm(self) -> Any:
+        return self.peft_model.base_model.model  # LlamaForCausalLM with LoRA layers injected
+
+    def _embed(self, ids: Any) -> Any:
+        return self._lm.get_input_embeddings()(ids)
+
+    # ---- differentiable pieces (training and inference share them) ---------------------------------------
+    def encode_hidden(self, text_ids: Any, m: int) -> Any:
+        """text_ids[B, L] -> slot hidden states [B, m, H] (compress adapter must be active)."""
+        import torch
+
+        batch = text_ids.shape[0]
+        slots = (
+            self.modules.slots[:m].to(self._embed(text_ids[:, :1]).dtype).unsqueeze(0).expand(batch, -1, -1)
+        )
+        x = torch.cat([self._embed(text_ids), slots], dim=1)
+        hidden = self._lm.model(inputs_embeds=x).last_hidden_state
+        return hidden[:, text_ids.shape[1] :]
+
+    def decoder_prefix(self, z_embeds: Any) -> Any:
+        """[B, m, H] Z embeddings -> [B, m + 1, H] decoder prefix (Z-tokens then the separator)."""
+        import torch
+
+        dtype = self._lm.get_input_embeddings().weight.dtype  # bf16 backbones get bf16 inputs
+        sep = self.modules.sep.view(1, 1, -1).expand(z_embeds.shape[0], 1, -1)
+        return torch.cat([z_embeds.to(dtype), sep.to(dtype)], dim=1)
+
+    def reconstruction_logits(self, z_embeds: Any, text_ids: Any) -> Any:
+        """Teacher-forced logits [B, L + 1, V] for ``text_ids`` then the end token (decompress active)."""
+        import torch
+
+        prefix = self.decoder_prefix(z_embeds)
+        x = torch.cat([prefix, self._embed(text_ids).to(prefix.dtype)], dim=1)
+        hidden = self._lm.model(inputs_embeds=x).last_hidden_state[:, prefix.shape[1] - 1 :]
+        return self._lm.lm_head(hidden)
+
+    # ---- slot counts -------------------------------------------------------------------------------------
+    def segment_nll(self, segments: list[list[int]]) -> list[float]:
+        """Mean per-token NLL (nats) of each segment under the base model (adapters off), one forward each
+        group of equal length."""
+        import torch
+
+        out = [0.0] * len(segments)
+        groups: dict[int, list[int]] = {}
+        for i, seg in enumerate(segments):
+            groups.setdefault(len(seg), []).append(i)
+        start = EntropyStart.token(self.backbone.tokenizer)
+        with self.peft_model.disable_adapter(), torch.inference_mode():
+            for length, idx in groups.items():
+                ids = torch.tensor([[start] + segments[i] for i in idx], device=self.backbone.device)
+                logits = self._lm(input_ids=ids).logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+                ).view(len(idx), length)
+                for j, i in enumerate(idx):
+                    out[i] = float(nll[j].mean())
+        return out
+
+    def slot_count(self, length: int, nll: float, ratio: float) -> int:
+        cfg = self.config
+        m = round(length / ratio * nll / max(cfg.calib_nll, 1e-6))
+        return int(min(max(m, 1), cfg.max_slots, max(length, 1)))
+
+    # ---- inference -----------------------------------------------------------------------------------------
+    def _segments(self, text: str) -> list[list[int]]:
+        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+        L = self.config.segment_len
+        return [ids[s : s + L] for s in range(0, len(ids), L)]
+
+    def compress_batch(
+        self,
+        items: Sequence[str | bytes],
+        *,
+        ratio: float | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[ZCode]:
+        """Latent codes for texts: segments of all texts are compressed together, left-padded in batches."""
+        import torch
+
+        ratio = float(ratio or self.config.default_ratio)
+        if ratio <= 0:
+            raise ConfigError(f"ratio must be > 0; got {ratio}")
+        texts = [x.decode("utf-8") if isinstance(x, bytes) else x for x in items]
+        seg_lists = [self._segments(t) for t in texts]
+        flat = [seg for segs in seg_lists for seg in segs]
+        nlls = self.segment_nll(flat) if flat else []
+        counts = [self.slot_count(len(seg), nll, ratio) for seg, nll in zip(flat, nlls, strict=True)]
+        ids_per_seg: list[list[int]] = [[] for _ in flat]
+        order = sorted(range(len(flat)), key=lambda j: len(flat[j]) + counts[j])
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="latent compress", unit="batch")
+        with self.adapter("compress"), torch.inference_mode():
+            for chunk in batches:
+                hidden = self._encode_padded([flat[j] for j in chunk], [counts[j] for j in chunk])
+                for j, h in zip(chunk, hidden, strict=True):
+                    digits, _ = self.modules.quantize(h)
+                    ids_per_seg[j] = digits_to_ids(digits, self.config.fsq_levels)
+        codes = []
+        pos = 0
+        for i, text in enumerate(texts):
+            segs = seg_lists[i]
+            z_ids: list[int] = []
+            seg_counts = []
+            for _ in segs:
+                z_ids += ids_per_seg[pos]
+                seg_counts.append(len(ids_per_seg[pos]))
+                pos += 1
+            codes.append(
+                ZCode(
+                    z_ids=tuple(z_ids),
+                    codec="latent",
+                    k=self.config.k_eff,
+                    text_tokens=sum(len(s) for s in segs),
+                    text_chars=len(text),
+                    checksum=text_checksum(text.encode("utf-8")),
+                    fingerprint=self.fingerprint,
+                    segments=tuple(seg_counts),
+                    params={"segment_len": self.config.segment_len, "ratio_x100": round(ratio * 100)},
+                )
+            )
+        return codes
+
+    def _encode_padded(self, segs: list[list[int]], counts: list[int]) -> list[Any]:
+        """Slot hidden states for segments of different lengths and Z counts, left-padded into one batch.
+
+        Positions restart at 0 after the padding (explicit ``position_ids``), exactly as in training.
+        """
+        import torch
+
+        dev = self.backbone.device
+        emb_layer = self._lm.get_input_embeddings()
+        rows, total = [], max(len(s) + m for s, m in zip(segs, counts, strict=True))
+        mask = torch.zeros(len(segs), total, dtype=torch.long, device=dev)
+        for b, (seg, m) in enumerate(zip(segs, counts, strict=True)):
+            text = emb_layer(torch.tensor(seg, device=dev))
+            row = torch.cat([text, self.modules.slots[:m].to(text.dtype)], dim=0)
+            pad = total - row.shape[0]
+            rows.append(torch.cat([row.new_zeros(pad, row.shape[1]), row], dim=0))
+            mask[b, pad:] = 1
+        x = torch.stack(rows)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        hidden = self._lm.model(
+            inputs_embeds=x, attention_mask=mask, position_ids=positions
+        ).last_hidden_state
+        return [hidden[b, total - m :] for b, m in enumerate(counts)]
+
+    def check_compatible(self, code: ZCode) -> None:
+        if code.codec != "latent":
+            raise ConfigError("not a latent code")
+        if code.fingerprint != self.fingerprint:
+            raise ModelMismatchError(
+                f"this latent code was made by other adapters/backbone (fingerprint {code.fingerprint.hex()}, "
+                f"loaded {self.fingerprint.hex()}); load the adapters that made it"
+            )
+        if code.k != self.config.k_eff or sum(code.segments) != len(code.z_ids):
+            raise CorruptCodeError("latent code's Z vocabulary or segment counts do not match its Z ids")
+
+    def z_embeddings(self, z_ids: Sequence[int]) -> Any:
+        """[n, H] embeddings of Z ids (what the decompress adapter reads)."""
+        import torch
+
+        digits = torch.tensor(
+            ids_to_digits(z_ids, self.config.fsq_levels, self.config.fsq_dims), device=self.backbone.device
+        ).view(-1, self.config.fsq_dims)
+        return self.modules.embed_digits(digits)
+
+    def decompress_batch(self, codes: Sequence[ZCode], batch_size: int = 128) -> list[str]:
+        """Free-running greedy reconstruction of every segment, left-padded into shared batches."""
+        import torch
+
+        for code in codes:
+            self.check_compatible(code)
+        segs: list[tuple[int, list[int]]] = []
+        for i, code in enumerate(codes):
+            pos = 0
+            for count in code.segments:
+                segs.append((i, list(code.z_ids[pos : pos + count])))
+                pos += count
+        outputs: list[list[int]] = [[] for _ in segs]
+        order = sorted(range(len(segs)), key=lambda j: len(segs[j][1]))
+        max_new = self.config.segment_len + self.config.max_decode_extra
+        with self.adapter("decompress"), torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                chunk = order[s : s + batch_size]
+                prefixes = [self.decoder_prefix(self.z_embeddings(segs[j][1]).unsqueeze(0))[0] for j in chunk]
+                for j, toks in zip(chunk, self._greedy(prefixes, max_new), strict=True):
+                    outputs[j] = toks
+        pieces: list[list[int]] = [[] for _ in codes]
+        for (i, _), toks in zip(segs, outputs, strict=True):
+            pieces[i] += toks
+        return [self.backbone.tokenizer.decode(p, skip_special_tokens=True) for p in pieces]
+
+    def _greedy(self, prefixes: list[Any], max_new: int) -> list[list[int]]:
+        """Greedy decoding after left-padded embedding prefixes ``[P_b, H]``, KV-cached, batched."""
+        import torch
+        from transformers import DynamicCache
+
+        lm = self._lm
+        dev = prefixes[0].device
+        total = max(p.shape[0] for p in prefixes)
+        batch = len(prefixes)
+        mask = torch.zeros(batch, total, dtype=torch.long, device=dev)
+        rows = []
+        for b, p in enumerate(prefixes):
+            rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
+            mask[b, total - p.shape[0] :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        from zcompress_integrations.core.backbone import cache_kwargs
+
+        cache = DynamicCache(config=lm.config)
+        ckw = cache_kwargs(lm, cache)
+        out = lm(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
+        done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        next_pos = positions[:, -1:] + 1
+        for _ in range(max_new):
+            nxt = out.logits[:, -1, : self.backbone.text_vocab_size].argmax(-1)
+            for b, t in enumerate(nxt.tolist()):
+                if not done[b]:
+                    if t == self._eos:
+                        done[b] = True
+                    else:
+                        tokens[b].append(t)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+            next_pos = next_pos + 1
+        return tokens
+
+    def prompt_embeds(self, code: ZCode) -> Any:
+        """[n, H] embeddings to splice into a prompt (all segments' Z-tokens; used by generation)."""
+        self.check_compatible(code)
+        return self.z_embeddings(code.z_ids)
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike[str], card: str | None = None) -> Path:
+        """Write the peft adapters (``compress/``, ``decompress/``), the latent modules and the config."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.peft_model.save_pretrained(out, selected_adapters=list(ADAPTERS))
+        import torch
+        from safetensors.torch import load_file
+
+        for name in ADAPTERS:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
+            path = out / name / "adapter_model.safetensors"
+            save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(path)).items()}, str(path))
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.modules.state_dict().items()}
+        save_file(tensors, str(out / MODULES_NAME))
+        self.config.save(out)
+        if card is not None:
+            (out / "README.md").write_text(card)
+        return out
+
+
+class EntropyStart:
+    """The start token both codecs use before a segment (a document separator)."""
+
+    @staticmethod
+    def token(tokenizer: Any) -> int:
+        from zcompress_integrations.core.entropy import EntropyCodec
+
+        return EntropyCodec._start_token(tokenizer)
+
+
+def _latent_fingerprint(backbone_fp: bytes, modules: Any) -> bytes:
+    import hashlib
+
+    h = hashlib.blake2b(backbone_fp, digest_size=4)
+    for key, value in sorted(modules.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().flatten()[:2048].numpy().tobytes())
+    return h.digest()
+
+
+def load_latent_codec(backbone: Any, adapters: str | os.PathLike[str] | None) -> LatentCodec:
+    """Load trained adapters onto ``backbone``. ``"default"`` means the directory shipped with the package."""
+    if adapters is None:
+        raise LatentUnavailableError(
+            "mode='latent' needs trained adapters: pass adapters='default' (shipped) or a directory made by "
+            "`zcompress train`"
+        )
+    directory = default_adapter_dir() if str(adapters) == "default" else Path(adapters)
+    if not (directory / CONFIG_NAME).is_file():
+        raise LatentUnavailableError(
+            f"no latent adapters at {directory} (missing {CONFIG_NAME}); train them with `zcompress train` or "
+            "use mode='exact'"
+        )
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    config = LatentConfig.load(directory)
+    if config.backbone_fingerprint and config.backbone_fingerprint != backbone.fingerprint.hex():
+        raise ModelMismatchError(
+            f"adapters in {directory} were trained on backbone {config.backbone!r} (fingerprint "
+            f"{config.backbone_fingerprint}), not the loaded one ({backbone.fingerprint.hex()})"
+        )
+    peft_model = PeftModel.from_pretrained(backbone.model, directory / "compress", adapter_name="compress")
+    peft_model.load_adapter(directory / "decompress", adapter_name="decompress")
+    peft_model.eval()
+    emb = backbone.model.get_input_embeddings().weight
+    modules = build_latent_modules(config, emb.shape[1], 0.0)
+    modules.load_state_dict(load_file(str(directory / MODULES_NAME)))
+    modules.to(device=emb.device, dtype=torch.float32)
+    modules.eval()
+    return LatentCodec(
+        backbone, config, peft_model, modules, _latent_fingerprint(backbone.fingerprint, modules)
+    )

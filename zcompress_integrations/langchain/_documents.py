@@ -1,0 +1,165 @@
+"""Compress LangChain documents in one ``compress_batch`` call (shared by the compressor and the transformer).
+
+Rules, in order, for each input document (one output per input, same order, ``id`` and user metadata kept):
+
+1. ``page_content`` must be a ``str`` (checked for all documents before any model work).
+2. A document that already carries a code (``metadata["zcompress_code"]``, or a ``page_content`` that is itself
+   a ``zc1:`` string) reuses it, so codes made at indexing time cost nothing at query time. An exact code is
+   reused only if it was made by this backbone and matches the text's checksum (when the text is present).
+   A code that is damaged, foreign or stale is replaced by a fresh one made from the text, with the reason in
+   ``metadata["zcompress_replaced_code"]``; when the text is not there to recompress, a clear
+   :class:`CorruptCodeError` / :class:`ModelMismatchError` names the document.
+3. Empty documents and documents shorter than ``min_chars`` are left as text, marked ``zcompress_skipped``.
+4. Everything else is compressed together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError, UnsupportedTextError
+from zcompress_integrations.langchain._common import (
+    META_CODE,
+    META_CODEC,
+    META_FINGERPRINT,
+    META_RATIO,
+    META_REPLACED,
+    META_SKIPPED,
+    META_TEXT,
+    META_TEXT_TOKENS,
+    META_Z_TOKENS,
+    ZCompressOptions,
+    check_fingerprint,
+    parse_code,
+)
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
+
+    from zcompress_integrations.core.zcode import ZCode
+
+__all__ = ["compress_documents", "code_metadata"]
+
+_PREFIX = "zc1:"
+ContentFn = Callable[["ZCode", str | None], str]
+
+
+def code_metadata(code: ZCode) -> dict[str, Any]:
+    """The metadata keys a compressed document carries."""
+    return {
+        META_CODE: code.to_string(),
+        META_CODEC: code.codec,
+        META_RATIO: round(code.ratio, 4),
+        META_TEXT_TOKENS: code.text_tokens,
+        META_Z_TOKENS: code.z_tokens,
+        META_FINGERPRINT: code.fingerprint.hex(),
+    }
+
+
+def _describe(i: int, doc: Any) -> str:
+    doc_id = getattr(doc, "id", None)
+    return f"documents[{i}]" + (f" (id={doc_id!r})" if doc_id is not None else "")
+
+
+def _existing_code(
+    i: int, doc: Document, opts: ZCompressOptions
+) -> tuple[ZCode | None, str | None, str | None]:
+    """(code to reuse or None, original text if known, reason a found code was replaced)."""
+    from zcompress_integrations.core.zcode import text_checksum
+
+    raw = doc.metadata.get(META_CODE)
+    content = doc.page_content
+    if raw is None and not content.startswith(_PREFIX):
+        return None, content, None
+    source = raw if raw is not None else content
+    stored_text = doc.metadata.get(META_TEXT)
+    try:
+        code = parse_code(source)
+    except CorruptCodeError as exc:
+        text = stored_text if isinstance(stored_text, str) else (None if raw is None else content)
+        if text is None or text.startswith(_PREFIX):
+            raise CorruptCodeError(
+                f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
+            ) from exc
+        return None, text, f"corrupt code: {exc}"
+    if isinstance(stored_text, str):
+        text: str | None = stored_text
+    elif content in (code.to_string(), code.to_prompt()) or content.startswith(_PREFIX):
+        text = None
+    else:
+        text = content
+    reason = None
+    try:
+        check_fingerprint(code, opts.zcompressor)
+    except ModelMismatchError as exc:
+        if text is None:
+            raise ModelMismatchError(
+                f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
+            ) from exc
+        reason = f"foreign code: {exc}"
+    if reason is None and text is not None:
+        if code.codec == "exact" and text_checksum(text.encode("utf-8")) != code.checksum:
+            reason = "stale code: the checksum does not match the document's text"
+        elif code.codec != opts.mode:
+            reason = f"code is {code.codec!r} but mode={opts.mode!r}"
+    if reason is not None:
+        return None, text, reason
+    return code, text, None
+
+
+def compress_documents(
+    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
+) -> list[Document]:
+    """Compress ``documents`` (see the module docstring). ``content(code, text)`` gives the new page content;
+    ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it."""
+    from langchain_core.documents import Document
+
+    docs = list(documents)
+    if not docs:
+        return []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            raise UnsupportedTextError(
+                f"documents[{i}] must be a langchain Document; got {type(doc).__name__}"
+            )
+        if not isinstance(doc.page_content, str):
+            raise UnsupportedTextError(
+                f"{_describe(i, doc)}.page_content must be str; got {type(doc.page_content).__name__}"
+            )
+    plans: list[tuple[ZCode | None, str | None, dict[str, Any]]] = []
+    todo: list[int] = []
+    for i, doc in enumerate(docs):
+        code, text, reason = _existing_code(i, doc, opts)
+        extra: dict[str, Any] = {META_REPLACED: reason} if reason else {}
+        if code is None:
+            assert text is not None  # _existing_code returns the text whenever it returns no code
+            if not text:
+                extra[META_SKIPPED] = "empty"
+            elif len(text) < opts.min_chars:
+                extra[META_SKIPPED] = f"shorter than min_chars={opts.min_chars}"
+            else:
+                todo.append(i)
+        plans.append((code, text, extra))
+    fresh: dict[int, ZCode] = {}
+    if todo:
+        zc = opts.zcompressor
+        codes = zc.compress_batch(
+            [plans[i][1] for i in todo], mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
+        )
+        fresh = dict(zip(todo, codes, strict=True))
+    out = []
+    for i, (doc, (code, text, extra)) in enumerate(zip(docs, plans, strict=True)):
+        code = fresh.get(i, code)
+        metadata = {k: v for k, v in doc.metadata.items() if k not in (META_SKIPPED, META_REPLACED)}
+        if code is None:
+            metadata.update(extra)
+            out.append(doc.model_copy(update={"page_content": text, "metadata": metadata}))
+            continue
+        metadata.update(code_metadata(code))
+        metadata.update({k: v for k, v in extra.items() if k == META_REPLACED})
+        new_content = content(code, text)
+        if store_text and text is not None and new_content != text:
+            metadata[META_TEXT] = text
+        out.append(doc.model_copy(update={"page_content": new_content, "metadata": metadata}))
+    return out

@@ -1,0 +1,309 @@
+"""``ChatZCompress``: a LangChain chat model that answers from Z codes (and plain text) with ``ZCompressor.generate``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError
+from zcompress_integrations.langchain._common import ZCompressBackend, check_fingerprint, parse_code
+from zcompress_integrations.langchain.formatting import ZCODE_PATTERN
+from zcompress_integrations.langchain.memory import decode_memory, render_transcript
+
+if TYPE_CHECKING:
+    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+
+    from zcompress_integrations.core.zcode import ZCode
+
+__all__ = ["ChatZCompress"]
+
+_ROLES = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
+_CODES_KEY = "zcompress_codes"
+_DONE = object()
+
+
+class ChatZCompress(ZCompressBackend, BaseChatModel):
+    """Chat model on the zcompress backbone that reads compressed documents.
+
+    Codes reach it as ``zc1:`` strings inside message content (what :func:`format_docs_for_zcompress` and the memory
+    helpers write) or as a list in ``additional_kwargs["zcompress_codes"]``. Each code becomes one context
+    document of ``ZCompressor.generate`` (in order of appearance, shown in the text as ``[Document N]``); the rest of
+    the conversation is the prompt. Latent codes are fed as Z-tokens; exact codes are opaque bits, so they are
+    decoded (exactly) and fed as text. A damaged code raises :class:`CorruptCodeError`, a code from another backbone
+    :class:`ModelMismatchError`, before any generation.
+
+    ``usage_metadata`` counts the tokens actually fed and generated; ``response_metadata["uncompressed_input_tokens"]``
+    is what the same prompt costs with every code as plain text. ``get_num_tokens`` uses the local tokenizer.
+
+    Setup:
+        ``pip install "zcompress-integrations[langchain]"``
+
+    Instantiate:
+        .. code-block:: python
+
+            from zcompress_integrations.langchain import ChatZCompress
+
+            llm = ChatZCompress(max_tokens=64)                # embedded SmolLM2-135M; or compressor=zc
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke(f"Context: {format_docs_for_zcompress(docs)}\\n\\nQuestion: what is X?")
+            msg.usage_metadata  # {'input_tokens': ..., 'output_tokens': ..., 'total_tokens': ...}
+            for chunk in llm.stream("Tell me about compression"):
+                print(chunk.content, end="")
+
+    Async:
+        .. code-block:: python
+
+            msg = await llm.ainvoke("...")                   # generation runs in a worker thread
+            async for chunk in llm.astream("..."):
+                ...
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True)
+
+    model_name_or_path: str | None = Field(default=None, alias="model")
+    """Backbone name or local path (alias ``model``); ``None`` is the embedded default (SmolLM2-135M-Instruct)."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature; 0 is greedy (deterministic)."""
+    max_tokens: int = Field(default=128, ge=1)
+    """Most tokens generated per call."""
+    stop: list[str] | None = None
+    """Stop strings (cut from the output); merged with those given per call."""
+    streaming: bool = False
+    """Use the streaming path for ``invoke`` too (tokens reach callbacks as they come)."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds one call may take, waiting for the model included; checked between tokens. ``TimeoutError`` past it."""
+    max_retries: int = Field(default=2, ge=0)
+    """Accepted for API compatibility; a local model has no transient failures, so no call is retried."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ChatZCompress"
+
+    @property
+    def _llm_type(self) -> str:
+        return "zcompress-chat"
+
+    @property
+    def _model_label(self) -> str:
+        if self.compressor is not None:
+            return self.compressor.model_name
+        from zcompress_integrations.core.backbone import DEFAULT_MODEL
+
+        return self.model_name_or_path or DEFAULT_MODEL
+
+    @property
+    def _identifying_params(self) -> Mapping[str, Any]:
+        return {
+            "model_name": self._model_label,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="zcompress",
+            ls_model_name=kwargs.get("model") or self._model_label,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    # ---- token counting (local tokenizer, never a network one) ------------------------------------------------
+    def get_num_tokens(self, text: str) -> int:
+        return self.zcompressor.count_tokens(text)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        return list(self.zcompressor.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ---- messages -> (prompt, context) ------------------------------------------------------------------------
+    def _prepare(self, messages: list[BaseMessage]) -> tuple[str, list[ZCode | str]]:
+        """The prompt text and the context items (latent codes as ZCode, everything else as text)."""
+        raw_codes: list[tuple[int, Any]] = []
+        lines: list[tuple[str, str]] = []
+        for i, message in enumerate(messages):
+
+            def _ref(match: Any, i: int = i) -> str:
+                raw_codes.append((i, match.group(0)))
+                return f"[Document {len(raw_codes)}]"
+
+            text = ZCODE_PATTERN.sub(_ref, message.text)
+            for code in message.additional_kwargs.get(_CODES_KEY) or ():
+                raw_codes.append((i, code))
+            lines.append((message.type, text.strip()))
+        if len(lines) == 1 and lines[0][0] == "human":
+            prompt = lines[0][1]
+        else:
+            prompt = "\n".join(f"{_ROLES.get(role, role.capitalize())}: {text}" for role, text in lines)
+        zc = self.zcompressor
+        codes: list[ZCode] = []
+        for i, raw in raw_codes:
+            try:
+                code = parse_code(raw)
+                check_fingerprint(code, zc)
+            except CorruptCodeError as exc:
+                raise CorruptCodeError(f"messages[{i}] carries a bad Z code: {exc}") from exc
+            except ModelMismatchError as exc:
+                raise ModelMismatchError(f"messages[{i}]: {exc}") from exc
+            codes.append(code)
+        context: list[ZCode | str] = list(codes)
+        exact = [j for j, c in enumerate(codes) if c.codec == "exact"]
+        if exact:  # opaque bits: decode them once, in one batch; a memory envelope is shown as a transcript
+            for j, text in zip(exact, zc.decompress_batch([codes[j] for j in exact]), strict=True):
+                text = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+                memory = decode_memory(text)
+                context[j] = render_transcript(memory) if memory is not None else text
+        return prompt, context
+
+    def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        stops = list(self.stop or []) + list(stop or [])
+        return {
+            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
+            "temperature": float(kwargs.get("temperature", self.temperature)),
+            "stop": stops or None,
+        }
+
+    def _pieces(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None,
+    ) -> Iterator[str | dict[str, Any]]:
+        """Text pieces, then one dict with the token accounting. Runs wholly in the calling thread."""
+        start = time.monotonic()
+        prompt, context = self._prepare(messages)
+        params = self._params(stop, kwargs)
+        zc = self.zcompressor
+        stream = zc.generate(prompt, context=context, stream=True, **params)
+        fed, uncompressed = stream.prompt_tokens, stream.uncompressed_prompt_tokens  # type: ignore[union-attr]
+        parts: list[str] = []
+        try:
+            for piece in stream:  # type: ignore[union-attr]
+                if cancel is not None and cancel.is_set():
+                    break
+                if self.timeout is not None and time.monotonic() - start > self.timeout:
+                    raise TimeoutError(f"ChatZCompress call exceeded timeout={self.timeout}s")
+                parts.append(piece)
+                yield piece
+        finally:
+            stream.close()  # type: ignore[union-attr]  # releases the compressor's lock at once
+        text = "".join(parts)
+        output = zc.count_tokens(text) if text else 0
+        yield {
+            "usage": UsageMetadata(
+                input_tokens=fed, output_tokens=output, total_tokens=fed + output
+            ),
+            "response": {
+                "model_name": self._model_label,
+                "model_provider": "zcompress",
+                "uncompressed_input_tokens": uncompressed,
+                "finish_reason": "length" if output >= params["max_new_tokens"] else "stop",
+            },
+        }
+
+    # ---- LangChain hooks ----------------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        parts: list[str] = []
+        info: dict[str, Any] = {}
+        for item in self._pieces(messages, stop, kwargs, None):
+            if isinstance(item, dict):
+                info = item
+            else:
+                parts.append(item)
+        message = AIMessage(
+            content="".join(parts), usage_metadata=info["usage"], response_metadata=info["response"]
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output=dict(info["response"]))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for item in self._pieces(messages, stop, kwargs, None):
+            chunk = self._chunk(item)
+            if run_manager and not isinstance(item, dict):
+                run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # One worker thread drives the whole generation (the compressor's lock stays in that thread) and hands
+        # pieces to the event loop through a queue; the loop never blocks on the model.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def worker() -> None:
+            try:
+                for item in self._pieces(messages, stop, kwargs, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:  # handed to the consumer, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        future = loop.run_in_executor(None, worker)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                chunk = self._chunk(item)
+                if run_manager and not isinstance(item, dict):
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+        finally:
+            cancel.set()
+            await asyncio.shield(future)
+
+    @staticmethod
+    def _chunk(item: str | dict[str, Any]) -> ChatGenerationChunk:
+        if isinstance(item, dict):
+            return ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content="",
+                    usage_metadata=item["usage"],
+                    response_metadata=item["response"],
+                    chunk_position="last",
+                ),
+                generation_info={"finish_reason": item["response"]["finish_reason"]},
+            )
+        return ChatGenerationChunk(message=AIMessageChunk(content=item))
