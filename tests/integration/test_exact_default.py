@@ -44,7 +44,8 @@ def test_sample_round_trips_and_tracks_cross_entropy(default_compressor: Any) ->
     for code, h in zip(codes[:5], ce, strict=True):
         # the bound: 3% over the model's cross-entropy plus one Z-token of padding
         assert code.bits <= 1.03 * h + math.log2(code.k)
-        assert code.ratio > 1.5  # English prose: ~4-5 bits/token with 12-bit Z-tokens (measured 2.0-3.2)
+    # English prose: ~4.5 bits/token with 12-bit Z-tokens (short texts pay the last Z-token's padding)
+    assert sum(c.text_tokens for c in codes[:5]) / sum(c.z_tokens for c in codes[:5]) > 2.0
 
 
 def test_cli_demo_offline(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
