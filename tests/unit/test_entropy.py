@@ -29,7 +29,7 @@ from zcompress_integrations import (
 # spread over the set (~30-50 s per set; CNN/DM: 50 articles); ZCOMPRESS_TEST_FULL_DATA=1 codes every text.
 FULL_DATA = os.environ.get("ZCOMPRESS_TEST_FULL_DATA", "") not in ("", "0")
 SAMPLE = 100
-DATASET_SECONDS = 120  # tolerance per sampled set on a loaded 2-core CI box
+DATASET_SECONDS = 600  # guard against pathological slowness only: a loaded 2-core box measured 38-144 s
 
 
 def _data_dir() -> Path:
