@@ -111,7 +111,7 @@ def _compressor(model: str | None, *, k: int = 4096, window: int = 256) -> Any:
 
 def _cross_entropy_bits(zc: Any, text: str | bytes) -> float:
     """Backbone cross-entropy of ``text`` in bits (one parallel forward, same windows as the exact codec)."""
-    return zc._exact_codec().cross_entropy_bits(text)
+    return zc.cross_entropy_bits(text)
 
 
 def _bound(k: int, ce_bits: float, text_tokens: int) -> tuple[float, float]:

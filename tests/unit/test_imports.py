@@ -34,3 +34,14 @@ def test_public_names() -> None:
         assert getattr(zci, name) is not None
     with pytest.raises(AttributeError):
         zci.NoSuchThing  # noqa: B018
+
+
+def test_count_tokens_rejects_lone_surrogates_clearly(tiny_compressor) -> None:
+    import pytest
+
+    from zcompress_integrations import UnsupportedTextError
+
+    assert tiny_compressor.count_tokens("hello") >= 1
+    assert tiny_compressor.cross_entropy_bits("hello world") > 0
+    with pytest.raises(UnsupportedTextError, match="surrogate"):
+        tiny_compressor.count_tokens("a\ud800b")

@@ -82,7 +82,7 @@ def fixed_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _as_bytes(item: bytes | str) -> bytes:
+def as_bytes(item: bytes | str) -> bytes:
     if isinstance(item, str):
         try:
             return item.encode("utf-8")
@@ -279,7 +279,7 @@ class EntropyCodec:
     def encode_batch(self, items: Sequence[bytes | str], *, max_lanes: int = 32) -> list[ZCode]:
         """Code several texts side by side. ``str`` items decode back to ``str``, ``bytes`` to ``bytes``."""
 
-        datas = [_as_bytes(x) for x in items]
+        datas = [as_bytes(x) for x in items]
         token_lists = [self.token_bytes.encode(d) for d in datas]
         n_windows = sum(len(self._windows_of(len(t), self.window)) for t in token_lists)
         lanes = choose_lanes(n_windows, max_lanes)
@@ -347,7 +347,7 @@ class EntropyCodec:
         """
         import torch
 
-        datas = [_as_bytes(x) for x in items]
+        datas = [as_bytes(x) for x in items]
         runner = self.runner()
         vocab = runner.vocab_size
         virtual_bits = float(self.total_bits)
