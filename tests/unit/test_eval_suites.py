@@ -6,12 +6,13 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from zcompress_integrations.eval import cli as eval_cli
-from zcompress_integrations.eval.suites import SuiteConfig
+from zcompress_integrations.eval.suites import SUITES, EvalContext, SuiteConfig
 
 pytest.importorskip("sacrebleu")
 pytest.importorskip("rouge_score")
@@ -124,3 +125,50 @@ def test_bad_ratios_exit_with_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         eval_cli.main(["--suite", "qa", "--out", str(tmp_path), "--ratios", "2,x"])
     assert info.value.code == 2
+
+
+class _LatentStandIn:
+    """The tiny compressor, with exact codes standing in for latent ones so the latent rows run end to end."""
+
+    def __init__(self, zc: Any) -> None:
+        self._zc = zc
+
+    def compress_batch(
+        self, texts: list[str], *, mode: str = "exact", ratio: float | None = None
+    ) -> list[Any]:
+        return self._zc.compress_batch(texts)
+
+    def compress(self, text: str, *, mode: str = "exact", ratio: float | None = None) -> Any:
+        return self._zc.compress(text)
+
+    def _latent_codec(self) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(k_eff=2**40))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._zc, name)
+
+
+def test_latent_rows_when_a_latent_codec_is_available(tiny_model_dir: Path) -> None:
+    from zcompress_integrations import ZCompressor
+
+    cfg = SuiteConfig(
+        model=str(tiny_model_dir),
+        limit=1,
+        show_progress=False,
+        max_tokens=12,
+        qa_paragraphs=2,
+        llmlingua=False,
+        ratios=(2.0,),
+        speed_lengths=(8,),
+    )
+    ctx = EvalContext(cfg)
+    ctx._zc = _LatentStandIn(ZCompressor.from_pretrained(tiny_model_dir, adapters=None, window=64))
+    rec = SUITES["reconstruction"](ctx)["wikitext"]
+    row = rec["latent"]["2"]
+    assert row["status"] == "ok" and row["exact_match"] == 1.0 and 0 <= row["bleu"] <= 100
+    assert row["bound"] == pytest.approx(40 / rec["cross_entropy_bits_per_token"])
+    qa = SUITES["qa"](ctx)
+    assert qa["budget_source"] == "latent" and qa["methods"]["latent x2"]["status"] == "ok"
+    assert SUITES["summarization"](ctx)["methods"]["latent x2"]["status"] == "ok"
+    assert SUITES["queries"](ctx)["methods"]["latent x2"]["exactness"] == 1.0
+    assert {r["status"] for r in SUITES["speed"](ctx)["rows"]} == {"ok"}

@@ -18,6 +18,7 @@ codec's fixed computation path. Timings vary between runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -107,6 +108,7 @@ class EvalContext:
         self._zc: Any = None
         self._llmlingua: Any = None
         self.latent_error: str | None = None
+        self.last_failure: str | None = None
 
     @property
     def zc(self) -> Any:
@@ -139,17 +141,28 @@ class EvalContext:
         return self._llmlingua
 
     def latent(self, fn: Callable[[], Any]) -> Any:
-        """Run a latent-codec call; ``None`` (and the reason kept) when no adapters are available."""
+        """Run a latent-codec step; ``None`` when it cannot run, with the reason kept for :meth:`unavailable`.
+
+        No adapters (:class:`LatentUnavailableError`) turns every later latent step off. Any other failure is
+        logged and recorded for this row only (status ``"error"``), so one broken step does not lose the run.
+        """
         if self.latent_error is not None:
             return None
+        self.last_failure = None
         try:
             return fn()
         except LatentUnavailableError as err:
             self.latent_error = str(err)
             logger.warning("latent codec unavailable: %s", err)
-            return None
+        except Exception as err:  # noqa: BLE001 - recorded in the report, not swallowed
+            logger.exception("latent step failed")
+            self.last_failure = f"{type(err).__name__}: {err}"
+        return None
 
     def unavailable(self) -> dict[str, Any]:
+        """The row recorded for a latent step that did not run."""
+        if self.latent_error is None and self.last_failure is not None:
+            return {"status": "error", "reason": self.last_failure}
         return {"status": UNAVAILABLE, "reason": self.latent_error}
 
     def cut(self, text: str, max_tokens: int) -> str:
@@ -230,6 +243,11 @@ def _mean(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------------------- reconstruction
 
 
+def _latent_round_trip(zc: Any, texts: list[str], ratio: float) -> tuple[list[Any], list[str]]:
+    codes = zc.compress_batch(texts, mode="latent", ratio=ratio)
+    return codes, [str(t) for t in zc.decompress_batch(codes)]
+
+
 def _reconstruction_set(ctx: EvalContext, name: str, texts: list[str], bar: Any) -> dict[str, Any]:
     from zcompress_integrations.eval import baselines, metrics
 
@@ -260,12 +278,12 @@ def _reconstruction_set(ctx: EvalContext, name: str, texts: list[str], bar: Any)
     latent: dict[str, Any] = {}
     for ratio in cfg.ratios:
         bar.set_description(f"reconstruction/{name}: latent x{ratio:g}")
-        lcodes = ctx.latent(lambda r=ratio: zc.compress_batch(texts, mode="latent", ratio=r))
-        if lcodes is None:
+        pair = ctx.latent(lambda r=ratio: _latent_round_trip(zc, texts, r))
+        if pair is None:
             latent[f"{ratio:g}"] = ctx.unavailable()
             bar.update(1)
             continue
-        hyps = [str(t) for t in zc.decompress_batch(lcodes)]
+        lcodes, hyps = pair
         k_eff = zc._latent_codec().config.k_eff
         latent[f"{ratio:g}"] = {
             "status": "ok",
@@ -374,7 +392,11 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
                     mine = codes[pos : pos + len(texts)]
                     budget = sum(c.z_tokens for c in mine)
                     bar.set_description(f"qa: latent {tag}")
-                    ask(f"latent {tag}", ex.question, mine, titles)
+                    if methods.get(f"latent {tag}", {}).get("status") != "error":
+                        run = functools.partial(ask, f"latent {tag}", ex.question, mine, titles)
+                        done = ctx.latent(lambda run=run: run() or True)
+                        if done is None:
+                            methods[f"latent {tag}"] = ctx.unavailable()
                 else:
                     budget = max(1, round(full_tokens / ratio))
                     methods.setdefault(f"latent {tag}", ctx.unavailable())
@@ -456,7 +478,8 @@ def run_summarization(ctx: EvalContext) -> dict[str, Any]:
                 methods[tag] = ctx.unavailable()
                 bar.update(len(articles))
                 continue
-            summarize(tag, codes, bar)
+            if ctx.latent(lambda t=tag, c=codes: summarize(t, c, bar) or True) is None:
+                methods[tag] = ctx.unavailable()
     return {"n": len(articles), "max_tokens": cfg.max_tokens, "prompt": SUMMARY_PROMPT, "methods": methods}
 
 
@@ -488,11 +511,11 @@ def run_queries(ctx: EvalContext) -> dict[str, Any]:
         for ratio in cfg.ratios:
             tag = f"latent x{ratio:g}"
             bar.set_description(f"queries: {tag}")
-            lcodes = ctx.latent(lambda r=ratio: zc.compress_batch(texts, mode="latent", ratio=r))
-            if lcodes is None:
+            pair = ctx.latent(lambda r=ratio: _latent_round_trip(zc, texts, r))
+            if pair is None:
                 rows[tag] = ctx.unavailable()
             else:
-                hyps = [str(t) for t in zc.decompress_batch(lcodes)]
+                lcodes, hyps = pair
                 rows[tag] = {
                     "status": "ok",
                     "ratio": metrics.compression_ratio(text_tokens, sum(c.z_tokens for c in lcodes)),
