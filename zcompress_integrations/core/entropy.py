@@ -235,8 +235,11 @@ class EntropyCodec:
             head = model.get_output_embeddings().weight[: self.backbone.text_vocab_size]
             head = head.detach().float().contiguous().clone()
 
+            from zcompress_integrations.core.backbone import cache_kwargs
+
             def forward_hidden(ids: Any, cache: Any) -> Any:
-                return body(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                out = body(input_ids=ids, use_cache=True, **cache_kwargs(body, cache))
+                return out.last_hidden_state[:, -1]
 
             def make_cache() -> Any:
                 return DynamicCache(config=model.config)
