@@ -21,7 +21,18 @@ pytest.importorskip("matplotlib")
 HAS_LLMLINGUA = all(importlib.util.find_spec(m) for m in ("llmlingua", "tiktoken", "tiktoken_ext"))
 
 # Small enough for the tiny model's 1,024-token context and a fast run.
-TINY_FLAGS = ["--limit", "2", "--max-tokens", "24", "--qa-paragraphs", "2", "--speed-lengths", "8,16"]
+TINY_FLAGS = [
+    "--limit",
+    "2",
+    "--max-tokens",
+    "24",
+    "--qa-paragraphs",
+    "2",
+    "--speed-lengths",
+    "8,16",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speed-lengths", default="128,512,1024", help="text lengths in tokens for the speed suite"
     )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="torch threads (default: torch's own); 1 is much faster on a CPU shared with other jobs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -134,6 +140,9 @@ def run(config: SuiteConfig, suites: Sequence[str], out: str | Path, command: st
         logger.info("suite %s", name)
         results["suites"][name] = SUITES[name](ctx)
         results["seconds"][name] = time.perf_counter() - t0
+        if name != suites[-1]:  # a long run leaves the finished suites behind if it is stopped
+            report.write_json(results, out / "results.json")
+            report.write_text(render_markdown(results), out / "results.md")
     results["seconds"]["total"] = time.perf_counter() - started
     results["machine"]["load_average_end"] = machine_info()["load_average"]
     results["model"] = ctx.zc.info() if ctx._zc is not None else None
@@ -386,7 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     suites = list(SUITE_ORDER) if args.suite == "all" else [args.suite]
     command = "zcompress eval " + shlex.join(argv)
-    results = run(config, suites, args.out, command)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads or previous)
+    try:
+        results = run(config, suites, args.out, command)
+    finally:
+        torch.set_num_threads(previous)
     total = results["seconds"]["total"]
     print(
         f"zcompress eval: {', '.join(suites)} done in {total:.0f} s; report in {Path(args.out) / 'results.md'}"
