@@ -262,8 +262,10 @@ def _reconstruction_set(ctx: EvalContext, name: str, texts: list[str], bar: Any)
     bar.set_description(f"reconstruction/{name}: cross-entropy")
     h = cross_entropy_bits(zc, codes, texts)
     bar.update(1)
-    h_mean = _mean(h)
     text_tokens = sum(c.text_tokens for c in codes)
+    # Token-weighted, like the ratio (total text tokens / total Z-tokens) it bounds.
+    scored = [(x, c.text_tokens) for x, c in zip(h, codes, strict=True) if math.isfinite(x)]
+    h_mean = sum(x * n for x, n in scored) / sum(n for _, n in scored) if scored else math.nan
     out["text_tokens"] = text_tokens
     out["cross_entropy_bits_per_token"] = h_mean
     out["exact"] = {
