@@ -23,6 +23,7 @@ from zcompress_integrations.errors import BackboneLoadError, ConfigError
 
 __all__ = [
     "Backbone",
+    "cache_kwargs",
     "DEFAULT_MODEL",
     "default_gguf_path",
     "load_backbone",
@@ -265,6 +266,14 @@ def load_backbone(
         device=dev,
         extra={"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)},
     )
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{"cache": cache}`` on transformers versions that renamed ``past_key_values`` (5.2x), else the old name."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom") -> Backbone:

@@ -213,9 +213,14 @@ class ZCompressor:
     # ---- public API --------------------------------------------------------------------------------------
     def count_tokens(self, text: str | bytes) -> int:
         """Number of backbone tokens of ``text`` (exactly what the codecs count as ``text_tokens``)."""
+        from zcompress_integrations.core.entropy import as_bytes
+
         data = _check_text(text)
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-        return len(self._exact_codec().token_bytes.encode(raw))
+        return len(self._exact_codec().token_bytes.encode(as_bytes(data)))
+
+    def cross_entropy_bits(self, text: str | bytes) -> float:
+        """The backbone's cross-entropy of ``text`` in bits (the floor an exact code can reach)."""
+        return self._exact_codec().cross_entropy_bits(_check_text(text))
 
     def compress(self, text: str | bytes, *, mode: Mode = "exact", ratio: float | None = None) -> ZCode:
         """Compress one text. ``mode="exact"`` is lossless; ``mode="latent"`` gives Z-tokens the model can read."""

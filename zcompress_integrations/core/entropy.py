@@ -17,7 +17,7 @@ code records ``lanes``, the first window's lane and the thread count. Windows of
 hardware or library versions can still differ; a 4-byte checksum of the original text turns that into an error,
 never wrong text.
 
-Speed. Each step costs about one weight pass of the model whether 1 or 32 lanes run (CPU matmuls at small batch
+Speed. Codes run with one torch thread by default (see ``threads`` below). Each step costs about one weight pass of the model whether 1 or 32 lanes run (CPU matmuls at small batch
 are memory-bound), so throughput grows almost linearly with the number of windows coded side by side.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from zcompress_integrations.errors import (
     ConfigError,
     CorruptCodeError,
     ModelMismatchError,
+    UnsupportedTextError,
 )
 
 __all__ = ["EntropyCodec", "LaneRunner", "choose_lanes", "fixed_threads"]
@@ -78,6 +80,18 @@ def fixed_threads(n: int) -> Iterator[None]:
     finally:
         if n != previous:
             torch.set_num_threads(previous)
+
+
+def as_bytes(item: bytes | str) -> bytes:
+    if isinstance(item, str):
+        try:
+            return item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UnsupportedTextError(
+                f"text holds a character UTF-8 cannot encode ({exc.reason} at index {exc.start}, e.g. a lone "
+                "surrogate); pass bytes instead, e.g. text.encode('utf-8', 'surrogatepass')"
+            ) from exc
+    return bytes(item)
 
 
 @dataclass
@@ -181,7 +195,11 @@ class EntropyCodec:
         backbone: the loaded :class:`~zcompress_integrations.core.backbone.Backbone`.
         k: Z vocabulary size; a power of two (each Z-token carries ``log2(k)`` code bits).
         window: tokens per independently coded window (longer = better context, fewer lanes in parallel).
-        threads: torch threads used on both sides (``None``: the current count at encode time, recorded).
+        threads: torch intra-op threads used on both sides (recorded in each code; the decoder uses the code's
+            count). ``None``: ``$ZCOMPRESS_CODEC_THREADS``, else 1. One thread is the default on purpose: a step
+            is a few hundred small ops, and on a shared CPU every multi-threaded op waits at an OpenMP barrier for
+            a core that another process holds (measured on a loaded 2-core box: 16 ms vs 0.09 ms per attention
+            call, 5x slower single-text coding); and a 1-thread code decodes identically on any machine size.
         total_bits: frequency-table precision (2^24: quantisation costs ~0% over the model's cross-entropy).
         disable_adapters: context manager factory that turns LoRA adapters off (so the latent codec's adapters
             never change exact codes).
@@ -206,6 +224,11 @@ class EntropyCodec:
         self.k = k
         self.width = int(math.log2(k))
         self.window = window
+        if threads is None:
+            env = os.environ.get("ZCOMPRESS_CODEC_THREADS", "").strip()
+            threads = int(env) if env.isdigit() and int(env) > 0 else 1
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1; got {threads}")
         self.threads = threads
         self.total_bits = total_bits
         self.disable_adapters = disable_adapters or contextlib.nullcontext
@@ -235,8 +258,11 @@ class EntropyCodec:
             head = model.get_output_embeddings().weight[: self.backbone.text_vocab_size]
             head = head.detach().float().contiguous().clone()
 
+            from zcompress_integrations.core.backbone import cache_kwargs
+
             def forward_hidden(ids: Any, cache: Any) -> Any:
-                return body(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                out = body(input_ids=ids, use_cache=True, **cache_kwargs(body, cache))
+                return out.last_hidden_state[:, -1]
 
             def make_cache() -> Any:
                 return DynamicCache(config=model.config)
@@ -252,13 +278,12 @@ class EntropyCodec:
     # ---- encode -------------------------------------------------------------------------------------------
     def encode_batch(self, items: Sequence[bytes | str], *, max_lanes: int = 32) -> list[ZCode]:
         """Code several texts side by side. ``str`` items decode back to ``str``, ``bytes`` to ``bytes``."""
-        import torch
 
-        datas = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in items]
+        datas = [as_bytes(x) for x in items]
         token_lists = [self.token_bytes.encode(d) for d in datas]
         n_windows = sum(len(self._windows_of(len(t), self.window)) for t in token_lists)
         lanes = choose_lanes(n_windows, max_lanes)
-        threads = self.threads or torch.get_num_threads()
+        threads = self.threads
         windows: list[_Window] = []
         lane0: list[int] = []
         slot = 0
@@ -303,6 +328,58 @@ class EntropyCodec:
                 )
             )
         return codes
+
+    # ---- model cross-entropy ------------------------------------------------------------------------------
+    def cross_entropy_bits(self, text: bytes | str) -> float:
+        """The backbone's cross-entropy of ``text`` in bits (see :meth:`cross_entropy_bits_batch`)."""
+        return self.cross_entropy_bits_batch([text])[0]
+
+    def cross_entropy_bits_batch(
+        self, items: Sequence[bytes | str], *, batch_windows: int = 8
+    ) -> list[float]:
+        """``-sum log2 p(token)`` of each text under the backbone, on the same windows and start token the codec
+        codes, with one parallel (not KV-cached) forward pass per batch of windows.
+
+        This is the bound the exact codec approaches: its bits are this figure plus the frequency-table
+        quantisation and the coder's flush (a few bits), rounded up to whole Z-tokens. A virtual byte token (a
+        byte the vocabulary cannot spell) costs what the codec pays for it, ``log2`` of the table total. Floating
+        point differences between the parallel and step-wise paths move this figure by far less than a bit.
+        """
+        import torch
+
+        datas = [as_bytes(x) for x in items]
+        runner = self.runner()
+        vocab = runner.vocab_size
+        virtual_bits = float(self.total_bits)
+        rows: list[tuple[int, list[int]]] = []  # (owner, tokens of one window)
+        for owner, data in enumerate(datas):
+            tokens = self.token_bytes.encode(data)
+            rows.extend((owner, tokens[s : s + self.window]) for s in range(0, len(tokens), self.window))
+        totals = [0.0] * len(datas)
+        model = self.backbone.model
+        body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        device = runner.head_weight.device
+        rows.sort(key=lambda r: len(r[1]))
+        with fixed_threads(self.threads), self.disable_adapters(), torch.inference_mode():
+            for s in range(0, len(rows), batch_windows):
+                chunk = rows[s : s + batch_windows]
+                width = max(len(toks) for _, toks in chunk)
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, (_, toks) in enumerate(chunk):
+                    feed = [self.start_token] + [t if t < vocab else self.start_token for t in toks[:-1]]
+                    ids[r, : len(feed)] = torch.tensor(feed)
+                    mask[r, : len(feed)] = 1
+                hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # [B, T, H]
+                for r, (owner, toks) in enumerate(chunk):
+                    # one row at a time: [T, V] logits in float64 (~100 MB for 256 tokens of a 49k vocabulary)
+                    logits = torch.nn.functional.linear(hidden[r, : len(toks)].float(), runner.head_weight)
+                    logp = torch.log_softmax(logits.double(), dim=-1).cpu()  # [T, V]
+                    target = torch.tensor(toks)
+                    real = target < vocab
+                    picked = logp[torch.arange(len(toks))[real], target[real]]
+                    totals[owner] += float(-picked.sum()) / math.log(2) + virtual_bits * int((~real).sum())
+        return totals
 
     # ---- decode -------------------------------------------------------------------------------------------
     def check_compatible(self, code: ZCode) -> None:

@@ -8,7 +8,6 @@ all. Token accounting reports what was fed and what the uncompressed prompt woul
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,29 +17,57 @@ from zcompress_integrations.errors import ConfigError, UnsupportedTextError
 if TYPE_CHECKING:
     from zcompress_integrations.core.compressor import GenerationResult, ZCompressor
 
-__all__ = ["generate", "build_prompt"]
+__all__ = ["generate", "build_prompt", "GenerationStream"]
 
 SYSTEM_PROMPT = "Answer the question using the context documents. Be brief."
 _MARK = "\u2063CTX{}\u2063"  # invisible separator: never in user text in practice, and checked below
 
 
-def _item_ids(zc: ZCompressor, item: ZCode | str | bytes) -> tuple[list[int], int, bool]:
-    """(ids fed, ids the item would cost as text, is_latent)."""
-    tokenizer = zc.backbone.tokenizer
-    if isinstance(item, bytes):
-        item = item.decode("utf-8", errors="replace")
-    if isinstance(item, str) and item.startswith("zc1:"):
-        item = ZCode.from_string(item)
-    if isinstance(item, ZCode):
-        if item.codec == "latent":
-            ids = zc._latent_codec().prompt_ids(item)
-            return ids, item.text_tokens, True
-        text = zc.decompress(item)
-        item = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
-    if not isinstance(item, str):
-        raise UnsupportedTextError(f"context items must be ZCode, str or bytes; got {type(item).__name__}")
-    ids = tokenizer(item, add_special_tokens=False)["input_ids"]
-    return ids, len(ids), False
+class GenerationStream:
+    """Iterator of generated text pieces that also carries the token accounting.
+
+    ``prompt_tokens`` and ``uncompressed_prompt_tokens`` are known before the first piece; ``completion_tokens``
+    grows as pieces are produced. Consume it in one thread (it holds the compressor's lock while running).
+    """
+
+    def __init__(self, pieces: Iterator[str], prompt_tokens: int, uncompressed_prompt_tokens: int) -> None:
+        self._pieces = pieces
+        self.prompt_tokens = prompt_tokens
+        self.uncompressed_prompt_tokens = uncompressed_prompt_tokens
+        self.completion_tokens = 0
+        self.text = ""
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> str:
+        piece = next(self._pieces)
+        self.text += piece
+        return piece
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> list[ZCode | str]:
+    """Parse code strings, and decode all *exact* codes in one batch (they are opaque to the model)."""
+    items: list[ZCode | str] = []
+    for item in context:
+        if isinstance(item, bytes | bytearray):
+            item = bytes(item).decode("utf-8", errors="replace")
+        if isinstance(item, str) and item.startswith("zc1:"):
+            item = ZCode.from_string(item)
+        if not isinstance(item, ZCode | str):
+            raise UnsupportedTextError(f"context items must be ZCode, str or bytes; got {type(item).__name__}")
+        items.append(item)
+    exact = [i for i, it in enumerate(items) if isinstance(it, ZCode) and it.codec == "exact"]
+    if exact:
+        texts = zc.decompress_batch([items[i] for i in exact])
+        for i, text in zip(exact, texts, strict=True):
+            items[i] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    return items
 
 
 def build_prompt(
@@ -49,15 +76,19 @@ def build_prompt(
     context: Sequence[ZCode | str | bytes],
     titles: Sequence[str | None] | None = None,
     system: str = SYSTEM_PROMPT,
-) -> tuple[list[int], int, bool]:
-    """Prompt ids for the chat model, the uncompressed prompt's token count, and whether any item is latent."""
+) -> tuple[list[Any], int, int, bool]:
+    """Prompt pieces for the chat model: a list of token-id lists and (latent) ``[n, H]`` Z embeddings.
+
+    Returns (pieces, prompt tokens fed, uncompressed prompt tokens, whether any item is latent).
+    """
     if not isinstance(prompt, str):
         raise UnsupportedTextError(f"prompt must be a str; got {type(prompt).__name__}")
     if titles is not None and len(titles) != len(context):
         raise ConfigError(f"titles has {len(titles)} entries but context has {len(context)}")
+    items = _resolve_items(zc, context)
     tokenizer = zc.backbone.tokenizer
     blocks = []
-    for i in range(len(context)):
+    for i in range(len(items)):
         title = titles[i] if titles else None
         head = f"Document {i + 1}" + (f" ({title})" if title else "")
         blocks.append(f"{head}:\n{_MARK.format(i)}")
@@ -67,24 +98,31 @@ def build_prompt(
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         rendered = f"{system}\n\n{user}\nAnswer:"
-    ids: list[int] = []
-    uncompressed = 0
+    pieces: list[Any] = []
+    fed = uncompressed = 0
     any_latent = False
     rest = rendered
-    for i, item in enumerate(context):
-        mark = _MARK.format(i)
-        before, sep, rest = rest.partition(mark)
+    for i, item in enumerate(items):
+        before, sep, rest = rest.partition(_MARK.format(i))
         if not sep:
             raise ConfigError("the chat template dropped a context placeholder")
-        piece = tokenizer(before, add_special_tokens=False)["input_ids"]
-        item_ids, item_text_tokens, latent = _item_ids(zc, item)
-        ids += piece + item_ids
-        uncompressed += len(piece) + item_text_tokens
-        any_latent |= latent
+        head = tokenizer(before, add_special_tokens=False)["input_ids"]
+        pieces.append(head)
+        fed += len(head)
+        uncompressed += len(head)
+        if isinstance(item, ZCode):  # latent: the decompress adapter reads its Z embeddings
+            pieces.append(zc._latent_codec().prompt_embeds(item))
+            fed += item.z_tokens
+            uncompressed += item.text_tokens
+            any_latent = True
+        else:
+            ids = tokenizer(item, add_special_tokens=False)["input_ids"]
+            pieces.append(ids)
+            fed += len(ids)
+            uncompressed += len(ids)
     tail = tokenizer(rest, add_special_tokens=False)["input_ids"]
-    ids += tail
-    uncompressed += len(tail)
-    return ids, uncompressed, any_latent
+    pieces.append(tail)
+    return pieces, fed + len(tail), uncompressed + len(tail), any_latent
 
 
 def generate(
@@ -97,8 +135,8 @@ def generate(
     temperature: float = 0.0,
     stop: Sequence[str] | None = None,
     stream: bool = False,
-) -> GenerationResult | Iterator[str]:
-    """See :meth:`ZCompressor.generate`. ``stream=True`` yields text pieces as they are produced."""
+) -> GenerationResult | GenerationStream:
+    """See :meth:`ZCompressor.generate`. ``stream=True`` returns a :class:`GenerationStream`."""
     from zcompress_integrations.core.compressor import GenerationResult
 
     if max_new_tokens < 1:
@@ -106,32 +144,55 @@ def generate(
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0; got {temperature}")
     stops = [s for s in (stop or []) if s]
-    ids, uncompressed, any_latent = build_prompt(zc, prompt, list(context), titles)
+    pieces, fed, uncompressed, any_latent = build_prompt(zc, prompt, list(context), titles)
     max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
-    if max_ctx and len(ids) + max_new_tokens > max_ctx:
+    if max_ctx and fed + max_new_tokens > max_ctx:
         raise ConfigError(
-            f"the prompt has {len(ids)} tokens and max_new_tokens={max_new_tokens}, more than the model's context "
+            f"the prompt has {fed} tokens and max_new_tokens={max_new_tokens}, more than the model's context "
             f"of {max_ctx}; compress the context (mode='latent') or pass fewer documents"
         )
-    pieces = _generate_pieces(zc, ids, max_new_tokens, temperature, stops, any_latent)
+    counter = GenerationStream(iter(()), fed, uncompressed)
+    counter._pieces = _generate_pieces(zc, pieces, max_new_tokens, temperature, stops, any_latent, counter)
     if stream:
-        return pieces
-    text_parts = list(pieces)
-    text = "".join(text_parts)
-    completion = len(zc.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-    return GenerationResult(text, len(ids), completion, uncompressed)
+        return counter
+    text = "".join(counter)
+    return GenerationResult(text, fed, counter.completion_tokens, uncompressed)
 
 
 def _generate_pieces(
-    zc: ZCompressor, ids: list[int], max_new_tokens: int, temperature: float, stops: list[str], any_latent: bool
+    zc: ZCompressor,
+    pieces: list[Any],
+    max_new_tokens: int,
+    temperature: float,
+    stops: list[str],
+    any_latent: bool,
+    counter: GenerationStream,
 ) -> Iterator[str]:
     """Yield decoded text pieces; stop strings are cut (never yielded). Runs under the compressor's lock."""
     import torch
 
+    from zcompress_integrations.core.backbone import cache_kwargs
+
     backbone = zc.backbone
-    model, tokenizer = backbone.model, backbone.tokenizer
+    tokenizer = backbone.tokenizer
     eos = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
-    adapter = zc._latent_codec().reading() if any_latent else _base_only(zc)
+    if any_latent:
+        latent = zc._latent_codec()
+        model, adapter = latent._lm, latent.reading()
+    else:
+        model, adapter = backbone.model, zc._disable_adapters()
+
+    def first_input() -> dict[str, Any]:
+        if not any_latent:
+            ids = [t for p in pieces for t in p]
+            return {"input_ids": torch.tensor([ids], device=backbone.device)}
+        emb = model.get_input_embeddings()
+        parts = [
+            emb(torch.tensor(p, dtype=torch.long, device=backbone.device)) if isinstance(p, list) else p
+            for p in pieces
+        ]
+        dtype = emb.weight.dtype
+        return {"inputs_embeds": torch.cat([p.to(dtype) for p in parts], dim=0).unsqueeze(0)}
 
     def run() -> Iterator[str]:
         from transformers import DynamicCache
@@ -141,9 +202,9 @@ def _generate_pieces(
         produced: list[int] = []
         with zc._lock, adapter, torch.inference_mode():
             cache = DynamicCache(config=model.config)
-            x = torch.tensor([ids], device=backbone.device)
+            feed = first_input()
             for _ in range(max_new_tokens):
-                logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits[0, -1].float()
+                logits = model(**feed, use_cache=True, **cache_kwargs(model, cache)).logits[0, -1].float()
                 logits = logits[: backbone.text_vocab_size]
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, -1).cpu()
@@ -153,6 +214,7 @@ def _generate_pieces(
                 if nxt in eos:
                     break
                 produced.append(nxt)
+                counter.completion_tokens = len(produced)
                 text = tokenizer.decode(produced, skip_special_tokens=True)
                 cut = min((text.find(s) for s in stops if s in text), default=-1)
                 if cut >= 0:
@@ -167,14 +229,9 @@ def _generate_pieces(
                 if safe > len(emitted):
                     yield text[len(emitted) : safe]
                     emitted = text[:safe]
-                x = torch.tensor([[nxt]], device=backbone.device)
+                feed = {"input_ids": torch.tensor([[nxt]], device=backbone.device)}
             text = tokenizer.decode(produced, skip_special_tokens=True)
             if len(text) > len(emitted):
                 yield text[len(emitted) :]
 
     return run()
-
-
-def _base_only(zc: ZCompressor) -> contextlib.AbstractContextManager[Any]:
-    return zc._disable_adapters()
-

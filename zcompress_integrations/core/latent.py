@@ -450,14 +450,11 @@ class LatentCodec:
             rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
             mask[b, total - p.shape[0] :] = 1
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        from zcompress_integrations.core.backbone import cache_kwargs
+
         cache = DynamicCache(config=lm.config)
-        out = lm(
-            inputs_embeds=torch.stack(rows),
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        ckw = cache_kwargs(lm, cache)
+        out = lm(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         next_pos = positions[:, -1:] + 1
@@ -472,13 +469,7 @@ class LatentCodec:
             if bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            out = lm(
-                input_ids=nxt.unsqueeze(1),
-                attention_mask=mask,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
+            out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
             next_pos = next_pos + 1
         return tokens
 

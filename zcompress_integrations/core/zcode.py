@@ -6,6 +6,9 @@ of the backbone (+ adapters) that made it, and a checksum of the original text. 
 
 * binary (``to_bytes`` / ``from_bytes``): compact; Z ids are bit-packed at ``ceil(log2 k)`` bits each, the
   container ends with a CRC-32 so that damage is detected before any decoding starts;
+  layout: ``ZC``, version, flags, varints (k, text tokens, text chars, Z count, segment count), segments, params
+  (count; each a name, as a one-byte index for the codecs' known names, and a varint value), residual length,
+  packed Z ids, residual, fingerprint (4), checksum (4), CRC-32 (4);
 * JSON (``to_json`` / ``from_json``): readable, for logs and metadata stores;
 * text (``to_string`` / ``from_string``): ``"zc1:" + base64url(binary)``, safe in any string-valued metadata;
 
@@ -35,6 +38,9 @@ _STRING_PREFIX = "zc1:"
 _FLAG_LATENT = 1
 _FLAG_BYTES = 2
 CodecKind = Literal["exact", "latent"]
+# Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
+# Append only: the index of a name is part of the binary format.
+_KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start")
 
 
 def text_checksum(data: bytes) -> bytes:
@@ -150,6 +156,8 @@ class ZCode:
             raise ValueError("checksum and fingerprint must be 4 bytes each")
         object.__setattr__(self, "z_ids", tuple(int(z) for z in self.z_ids))
         object.__setattr__(self, "segments", tuple(int(s) for s in self.segments))
+        if any(not str(k) or not str(k).isascii() for k in self.params):
+            raise ValueError(f"params names must be non-empty ASCII; got {sorted(self.params)}")
         object.__setattr__(self, "params", {str(k): int(v) for k, v in sorted(self.params.items())})
 
     # ---- derived figures ---------------------------------------------------------------------------------
@@ -192,9 +200,13 @@ class ZCode:
             _put_varint(out, seg)
         _put_varint(out, len(self.params))
         for key, value in self.params.items():
-            raw = key.encode("ascii")
-            _put_varint(out, len(raw))
-            out += raw
+            if key in _KNOWN_PARAMS:
+                _put_varint(out, 0)
+                _put_varint(out, _KNOWN_PARAMS.index(key))
+            else:
+                raw = key.encode("ascii")
+                _put_varint(out, len(raw))
+                out += raw
             _put_varint(out, value)
         _put_varint(out, len(self.residual))
         out += _pack_ids(self.z_ids, _bits_per_id(self.k))
@@ -231,11 +243,18 @@ class ZCode:
         segments = tuple(reader.varint() for _ in range(n_seg))
         params: dict[str, int] = {}
         for _ in range(reader.varint()):
-            key = reader.take(reader.varint())
-            try:
-                params[key.decode("ascii")] = reader.varint()
-            except UnicodeDecodeError as exc:
-                raise CorruptCodeError("Z code has a malformed parameter name") from exc
+            size = reader.varint()
+            if size == 0:
+                index = reader.varint()
+                if index >= len(_KNOWN_PARAMS):
+                    raise CorruptCodeError(f"Z code names an unknown parameter #{index}")
+                name = _KNOWN_PARAMS[index]
+            else:
+                try:
+                    name = reader.take(size).decode("ascii")
+                except UnicodeDecodeError as exc:
+                    raise CorruptCodeError("Z code has a malformed parameter name") from exc
+            params[name] = reader.varint()
         n_residual = reader.varint()
         if k < 2:
             raise CorruptCodeError(f"Z code declares an impossible vocabulary size k={k}")

@@ -186,14 +186,12 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         cancel: threading.Event | None,
     ) -> Iterator[str | dict[str, Any]]:
         """Text pieces, then one dict with the token accounting. Runs wholly in the calling thread."""
-        from zcompress_integrations.core.generation import build_prompt
-
         start = time.monotonic()
         prompt, context = self._prepare(messages)
         params = self._params(stop, kwargs)
         zc = self.zcompressor
-        ids, uncompressed, _ = build_prompt(zc, prompt, context)
         stream = zc.generate(prompt, context=context, stream=True, **params)
+        fed, uncompressed = stream.prompt_tokens, stream.uncompressed_prompt_tokens  # type: ignore[union-attr]
         parts: list[str] = []
         try:
             for piece in stream:  # type: ignore[union-attr]
@@ -209,7 +207,7 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         output = zc.count_tokens(text) if text else 0
         yield {
             "usage": UsageMetadata(
-                input_tokens=len(ids), output_tokens=output, total_tokens=len(ids) + output
+                input_tokens=fed, output_tokens=output, total_tokens=fed + output
             ),
             "response": {
                 "model_name": self._model_label,

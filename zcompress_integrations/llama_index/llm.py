@@ -147,11 +147,8 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     def _stream(
         self, prompt: str, stop_event: threading.Event | None = None, **kwargs: Any
     ) -> CompletionResponseGen:
-        from zcompress_integrations.core.generation import build_prompt
-
         question, context = self._context(prompt)
         zc = self.compressor
-        ids, uncompressed, _ = build_prompt(zc, question, context)
         pieces = zc.generate(
             question,
             context=context,
@@ -174,9 +171,9 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
             text=text,
             delta="",
             additional_kwargs={
-                "prompt_tokens": len(ids),
+                "prompt_tokens": pieces.prompt_tokens,  # type: ignore[union-attr]
                 "completion_tokens": completion,
-                "uncompressed_prompt_tokens": uncompressed,
+                "uncompressed_prompt_tokens": pieces.uncompressed_prompt_tokens,  # type: ignore[union-attr]
                 "z_codes": len(context),
             },
         )

@@ -1,0 +1,122 @@
+"""ZCode forms round-trip; damaged, truncated and foreign bytes raise CorruptCodeError (never a wrong code)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zcompress_integrations import CorruptCodeError, ZCode
+
+
+def _code(**overrides: object) -> ZCode:
+    fields: dict[str, object] = {
+        "z_ids": (0, 4095, 17, 2048, 1),
+        "codec": "exact",
+        "k": 4096,
+        "text_tokens": 17,
+        "text_chars": 80,
+        "checksum": b"\x01\x02\x03\x04",
+        "fingerprint": b"\xaa\xbb\xcc\xdd",
+        "params": {"window": 256, "lanes": 32, "lane0": 5, "threads": 1, "freq_bits": 24, "start": 0},
+    }
+    fields.update(overrides)
+    return ZCode(**fields)  # type: ignore[arg-type]
+
+
+CODES = {
+    "exact": _code(),
+    "bytes": _code(is_bytes=True),
+    "empty": _code(z_ids=(), text_tokens=0, text_chars=0),
+    "latent": _code(codec="latent", k=512, z_ids=(1, 511, 3), residual=b"\x00\xffres", segments=(2, 1),
+                    params={"ratio_x100": 400, "custom_name": 3}),
+    "k2": _code(k=2, z_ids=(0, 1, 1, 0, 1, 1, 1, 0, 1)),
+    "big_k": _code(k=1 << 20, z_ids=(0, (1 << 20) - 1, 12345)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+def test_every_form_round_trips(name: str) -> None:
+    code = CODES[name]
+    assert ZCode.from_bytes(code.to_bytes()) == code
+    assert ZCode.from_string(code.to_string()) == code
+    assert ZCode.from_json(code.to_json()) == code
+    assert ZCode.from_dict(json.loads(json.dumps(code.to_dict()))) == code
+    for form in (code, code.to_bytes(), code.to_string(), code.to_json(), code.to_dict()):
+        assert ZCode.load(form) == code
+    assert code.to_string().startswith("zc1:") and code.to_string().isascii()
+
+
+def test_derived_figures() -> None:
+    code = _code()
+    assert code.z_tokens == 5
+    assert code.ratio == pytest.approx(17 / 5)
+    assert code.bits == 5 * 12
+    assert code.bits_per_char == pytest.approx(60 / 80)
+    assert code.to_prompt() == "<z_0><z_4095><z_17><z_2048><z_1>"
+    assert CODES["empty"].ratio == 1.0 and CODES["empty"].bits_per_char == 0.0
+    assert CODES["latent"].bits == 3 * 9 + 8 * 5
+
+
+def test_known_parameter_names_are_stored_compactly() -> None:
+    code = _code()
+    assert b"window" not in code.to_bytes() and b"freq_bits" not in code.to_bytes()
+    assert len(code.to_bytes()) <= 52  # 8 bytes of Z ids + header, 6 params, fingerprint, checksum, CRC
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+def test_every_single_byte_corruption_raises(name: str) -> None:
+    raw = CODES[name].to_bytes()
+    for pos in range(len(raw)):
+        for delta in (1, 0x80, 0xFF):
+            damaged = bytearray(raw)
+            damaged[pos] ^= delta
+            with pytest.raises(CorruptCodeError):
+                ZCode.from_bytes(bytes(damaged))
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+def test_every_truncation_raises(name: str) -> None:
+    raw = CODES[name].to_bytes()
+    for end in range(len(raw)):
+        with pytest.raises(CorruptCodeError):
+            ZCode.from_bytes(raw[:end])
+    with pytest.raises(CorruptCodeError):
+        ZCode.from_bytes(raw + b"\x00")
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [b"", b"hello world", b"ZC", b"ZC\x01\x00" + b"\x00" * 20, b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, bytes(range(256))],
+)
+def test_foreign_bytes_raise(foreign: bytes) -> None:
+    with pytest.raises(CorruptCodeError):
+        ZCode.from_bytes(foreign)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "zc1:", "zc1:@@@", "zc2:" + CODES["exact"].to_string()[4:], "hello", "{", "[]", '{"version": 1}',
+     '{"version": 99, "z_ids": []}', 42, None],
+)
+def test_foreign_strings_and_objects_raise(value: object) -> None:
+    with pytest.raises(CorruptCodeError):
+        ZCode.load(value)  # type: ignore[arg-type]
+
+
+def test_string_form_detects_damage() -> None:
+    text = CODES["exact"].to_string()
+    middle = len(text) // 2
+    damaged = text[:middle] + ("A" if text[middle] != "A" else "B") + text[middle + 1 :]
+    with pytest.raises(CorruptCodeError):
+        ZCode.from_string(damaged)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"codec": "lossy"}, {"k": 1}, {"z_ids": (4096,)}, {"z_ids": (-1,)}, {"checksum": b"abc"},
+     {"fingerprint": b"abcde"}, {"params": {"": 1}}],
+)
+def test_invalid_fields_are_rejected(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        _code(**overrides)
