@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from zcompress_integrations.core.zcode import ZCode
-from zcompress_integrations.errors import ConfigError, LatentUnavailableError, UnsupportedTextError
+from zcompress_integrations.errors import ConfigError, UnsupportedTextError
 
 __all__ = ["ZCompressor", "GenerationResult"]
 
@@ -258,10 +258,7 @@ class ZCompressor:
         return out  # type: ignore[return-value]
 
     def _compress_latent(self, items: list[str | bytes], *, ratio: float | None, batch_size: int, progress: bool):
-        try:
-            codec = self._latent_codec()
-        except LatentUnavailableError:
-            raise
+        codec = self._latent_codec()  # LatentUnavailableError when no adapters are installed
         with self._lock:
             return codec.compress_batch(items, ratio=ratio, batch_size=batch_size, progress=progress)
 
