@@ -253,19 +253,9 @@ def load_backbone(
         ) from exc
     if quantization is None:
         model.to(dev)
-    model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    text_vocab_size = len(tokenizer)
-    return Backbone(
-        model=model,
-        tokenizer=tokenizer,
-        name=name,
-        fingerprint=model_fingerprint(model, text_vocab_size),
-        text_vocab_size=text_vocab_size,
-        device=dev,
-        extra={"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)},
-    )
+    backbone = backbone_from_model(model, tokenizer, name=name, device=dev)
+    backbone.extra = {"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)}
+    return backbone
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
@@ -276,13 +266,13 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
-def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom") -> Backbone:
-    """Wrap an already-built model and tokenizer (tests build tiny random models this way)."""
+def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom", device: Any = None) -> Backbone:
+    """Wrap a model and tokenizer in memory (``load_backbone`` ends here; tests build tiny models this way)."""
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     text_vocab_size = len(tokenizer)
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     return Backbone(
         model=model,
         tokenizer=tokenizer,
