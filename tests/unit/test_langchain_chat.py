@@ -212,3 +212,13 @@ def test_chat_model_pickles_as_its_settings(tiny_model_dir) -> None:
     clone = pickle.loads(pickle.dumps(llm))
     assert clone.model_dump() == llm.model_dump()
     assert clone.invoke("hi").content == llm.invoke("hi").content
+
+
+def test_latent_code_is_read_as_z_tokens_and_shrinks_the_prompt(tiny_latent_compressor) -> None:
+    text = DOC * 4
+    code = tiny_latent_compressor.compress(text, mode="latent", ratio=4.0)
+    chat = ChatZCompress(compressor=tiny_latent_compressor, max_tokens=4)
+    msg = chat.invoke(f"Context: {code.to_string()}\nQuestion: who jumps?")
+    fed, uncompressed = msg.usage_metadata["input_tokens"], msg.response_metadata["uncompressed_input_tokens"]
+    # the Z-tokens replace the text: the prompt is shorter by the code's text tokens minus its Z-tokens
+    assert uncompressed - fed == code.text_tokens - code.z_tokens > 0

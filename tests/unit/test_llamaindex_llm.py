@@ -176,3 +176,11 @@ def test_default_model_short_query(default_compressor):
     resp = llm.complete(f"{code}\nWhat is the capital of France?")
     assert "Paris" in resp.text
     assert resp.additional_kwargs["z_codes"] == 1
+
+
+def test_latent_code_in_prompt_shrinks_prompt_tokens(tiny_latent_compressor):
+    code = tiny_latent_compressor.compress(DOC * 4, mode="latent", ratio=4.0)
+    llm = ZCompressLLM(compressor=tiny_latent_compressor, num_output=4)
+    response = llm.complete(f"Context: {code.to_string()}\nQuestion: who jumps?")
+    extra = response.additional_kwargs
+    assert extra["uncompressed_prompt_tokens"] - extra["prompt_tokens"] == code.text_tokens - code.z_tokens > 0

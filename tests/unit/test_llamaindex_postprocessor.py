@@ -87,13 +87,16 @@ def test_content_form_code_puts_the_code_string(tiny_compressor):
     assert tiny_compressor.decompress_batch([n.node.text for n in out]) == TEXTS
 
 
-def test_latent_mode_passes_through_or_reports_unavailable(tiny_compressor):
+def test_latent_mode_gives_z_prompts(tiny_latent_compressor):
+    post = ZCompressNodePostprocessor(compressor=tiny_latent_compressor, mode="latent", ratio=4.0)
+    out = post.postprocess_nodes(_nodes())
+    assert out and all(n.node.text.startswith("<z_") for n in out)
+
+
+def test_latent_mode_without_adapters_is_a_clear_error(tiny_compressor):
     post = ZCompressNodePostprocessor(compressor=tiny_compressor, mode="latent", ratio=4.0)
-    try:
-        out = post.postprocess_nodes(_nodes())
-    except (LatentUnavailableError, ModuleNotFoundError):  # no adapters / latent module not merged yet
-        pytest.skip("latent codec not available yet")
-    assert all(n.node.text.startswith("<z_") for n in out)
+    with pytest.raises(LatentUnavailableError):
+        post.postprocess_nodes(_nodes())
 
 
 def test_empty_short_and_non_text_nodes_pass_through(tiny_compressor):
