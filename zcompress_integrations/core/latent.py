@@ -285,7 +285,9 @@ class LatentCodec:
         groups: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
             groups.setdefault(len(seg), []).append(i)
-        start = EntropyStart.token(self.backbone.tokenizer)
+        from zcompress_integrations.core.entropy import EntropyCodec
+
+        start = EntropyCodec._start_token(self.backbone.tokenizer)  # the same start token as the exact codec
         with self.peft_model.disable_adapter(), torch.inference_mode():
             for length, idx in groups.items():
                 ids = torch.tensor([[start] + segments[i] for i in idx], device=self.backbone.device)
@@ -454,7 +456,13 @@ class LatentCodec:
 
         cache = DynamicCache(config=lm.config)
         ckw = cache_kwargs(lm, cache)
-        out = lm(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
+        out = lm(
+            inputs_embeds=torch.stack(rows),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **ckw,
+        )
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         next_pos = positions[:, -1:] + 1
@@ -469,7 +477,9 @@ class LatentCodec:
             if bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+            out = lm(
+                input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw
+            )
             next_pos = next_pos + 1
         return tokens
 
@@ -489,7 +499,9 @@ class LatentCodec:
         import torch
         from safetensors.torch import load_file
 
-        for name in ADAPTERS:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
+        for (
+            name
+        ) in ADAPTERS:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
             path = out / name / "adapter_model.safetensors"
             save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(path)).items()}, str(path))
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.modules.state_dict().items()}
@@ -498,16 +510,6 @@ class LatentCodec:
         if card is not None:
             (out / "README.md").write_text(card)
         return out
-
-
-class EntropyStart:
-    """The start token both codecs use before a segment (a document separator)."""
-
-    @staticmethod
-    def token(tokenizer: Any) -> int:
-        from zcompress_integrations.core.entropy import EntropyCodec
-
-        return EntropyCodec._start_token(tokenizer)
 
 
 def _latent_fingerprint(backbone_fp: bytes, modules: Any) -> bytes:
