@@ -28,6 +28,7 @@ from typing import Any
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import (
     ChecksumMismatchError,
+    ConfigError,
     CorruptCodeError,
     ModelMismatchError,
     ZCompressError,
@@ -102,11 +103,11 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _compressor(model: str | None, *, k: int = 4096, window: int = 256) -> Any:
+def _compressor(model: str | None, *, k: int = 4096, window: int = 256, adapters: str = "default") -> Any:
     from zcompress_integrations.core.compressor import ZCompressor
 
     _quiet_libraries()
-    return ZCompressor.from_pretrained(model, k=k, window=window)
+    return ZCompressor.from_pretrained(model, k=k, window=window, adapters=adapters)
 
 
 def _cross_entropy_bits(zc: Any, text: str | bytes) -> float:
@@ -124,6 +125,9 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, metavar="PATH", help="backbone: local model dir or cached HF id (default: embedded)"
     )
+    parser.add_argument(
+        "--adapters", default="default", metavar="DIR", help="latent adapters (default: the shipped ones)"
+    )
 
 
 # ---- compress / decompress -------------------------------------------------------------------------------------
@@ -134,6 +138,10 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4096, help="Z vocabulary size of the exact codec (power of two)")
     p.add_argument("--window", type=int, default=256, help="tokens per coded window (default: 256)")
     p.add_argument("--format", choices=FORMATS, default="bytes", help="code file form (default: bytes)")
+    p.add_argument("--ratio", type=float, default=None, help="latent mode: target text tokens per Z-token")
+    p.add_argument(
+        "--exact", action="store_true", help="latent mode: add a residual so decompression is byte-exact"
+    )
     p.add_argument(
         "--bytes", action="store_true", help="treat the input as raw bytes even when it is valid UTF-8"
     )
@@ -148,8 +156,10 @@ def _run_compress(args: argparse.Namespace) -> int:
             item = raw.decode("utf-8")
         except UnicodeDecodeError:
             item = raw  # not UTF-8: coded as bytes, decoded back to the same bytes
-    zc = _compressor(args.model, k=args.k, window=args.window)
-    code = zc.compress(item, mode=args.mode)
+    if args.mode == "exact" and (args.ratio is not None or args.exact):
+        raise ConfigError("--ratio and --exact apply to --mode latent (the exact codec is always lossless)")
+    zc = _compressor(args.model, k=args.k, window=args.window, adapters=args.adapters)
+    code = zc.compress(item, mode=args.mode, ratio=args.ratio, exact=args.exact)
     if args.format == "bytes":
         data = code.to_bytes()
     elif args.format == "json":
@@ -174,7 +184,7 @@ def _configure_decompress(p: argparse.ArgumentParser) -> None:
 def _run_decompress(args: argparse.Namespace) -> int:
     code = _parse_code(_read(args.input), args.input)
     window = code.params.get("window", 256)
-    zc = _compressor(args.model, k=code.k, window=max(2, window))
+    zc = _compressor(args.model, k=code.k, window=max(2, window), adapters=args.adapters)
     text = zc.decompress(code)
     _write(args.output, text if isinstance(text, bytes) else text.encode("utf-8"))
     return 0
@@ -209,7 +219,7 @@ def _run_info(args: argparse.Namespace) -> int:
         ("params", " ".join(f"{k}={v}" for k, v in code.params.items()) or "-"),
     ]
     if args.bound:
-        zc = _compressor(args.model, k=code.k, window=max(2, code.params.get("window", 256)))
+        zc = _compressor(args.model, k=code.k, window=max(2, code.params.get("window", 256)), adapters=args.adapters)
         text = zc.decompress(code)
         h, bound = _bound(code.k, _cross_entropy_bits(zc, text), code.text_tokens)
         rows += [("model", zc.model_name), ("H (bits/token)", f"{h:.3f}"), ("bound log2(K)/H", f"{bound:.2f}")]

@@ -57,7 +57,7 @@ def test_quantize_is_consistent_with_embedding_of_its_digits(trained: Any) -> No
     h = torch.randn(20, codec.modules.down.in_features) * 5
     digits, q = codec.modules.quantize(h)
     assert int(digits.min()) >= 0 and int(digits.max()) < codec.config.fsq_levels
-    assert torch.allclose(codec.modules.embed_digits(digits), codec.modules.up(q), atol=1e-5)
+    assert torch.allclose(codec.modules.embed_digits(digits), codec.modules.embed(q), atol=1e-5)
 
 
 def test_only_z_ids_are_emitted_and_length_follows_ratio(trained: Any) -> None:
@@ -201,3 +201,42 @@ def test_gpu_script_trains_on_cpu_with_a_tiny_model(tiny_model_dir: Path, tmp_pa
     )  # fmt: skip
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert {"compress.tar", "decompress.tar", "rest.tar", "log.jsonl", "curve.jsonl"} <= set(names)
+
+
+# ---- exact=True: the residual ------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from zcompress_integrations import ChecksumMismatchError, ZCode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_model_dir: Path) -> Any:
+    """A fresh (untrained) codec: Z says almost nothing, so the residual carries the text."""
+    return LatentCodec.create(load_backbone(str(tiny_model_dir), device="cpu"), LatentConfig(**LATENT), seed=3)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=90), st.binary(max_size=70)))
+def test_exact_round_trips_arbitrary_text_with_an_untrained_codec(untrained: Any, item: str | bytes) -> None:
+    try:
+        item.encode("utf-8") if isinstance(item, str) else None
+    except UnicodeEncodeError:
+        return  # lone surrogates: refused with UnsupportedTextError, tested for the exact codec
+    code = untrained.compress_batch([item], ratio=2.0, exact=True)[0]
+    back = untrained.decompress_batch([ZCode.from_bytes(code.to_bytes())])[0]
+    assert back == item and type(back) is type(item)
+    assert code.to_prompt() == ZCode(**{**code.__dict__, "residual": b""}).to_prompt()  # prompts never carry it
+
+
+def test_exact_batch_decodes_together_and_detects_damage(trained: Any) -> None:
+    codec, _, _ = trained
+    texts = [TEXT * 3, "short text", "", TEXT, "naïve café ☕ \x04 bytes"]
+    codes = codec.compress_batch(texts, ratio=2.0, exact=True)
+    free = codec.compress_batch(texts, ratio=2.0)
+    assert [c.z_ids for c in codes] == [c.z_ids for c in free]  # the residual adds to Z, never changes it
+    assert codec.decompress_batch(codes) == texts
+    assert codec.decompress_batch(codes[::-1]) == texts[::-1]  # lanes re-placed when they collide
+    bad = codes[0].residual[:-1] + bytes([codes[0].residual[-1] ^ 0x10])
+    with pytest.raises(ChecksumMismatchError):
+        codec.decompress_batch([ZCode(**{**codes[0].__dict__, "residual": bad})])

@@ -222,9 +222,12 @@ class ZCompressor:
         """The backbone's cross-entropy of ``text`` in bits (the floor an exact code can reach)."""
         return self._exact_codec().cross_entropy_bits(_check_text(text))
 
-    def compress(self, text: str | bytes, *, mode: Mode = "exact", ratio: float | None = None) -> ZCode:
-        """Compress one text. ``mode="exact"`` is lossless; ``mode="latent"`` gives Z-tokens the model can read."""
-        return self.compress_batch([text], mode=mode, ratio=ratio)[0]
+    def compress(
+        self, text: str | bytes, *, mode: Mode = "exact", ratio: float | None = None, exact: bool = False
+    ) -> ZCode:
+        """Compress one text. ``mode="exact"`` is lossless; ``mode="latent"`` gives Z-tokens the model can read,
+        and with ``exact=True`` also a residual that makes its decompression byte-exact."""
+        return self.compress_batch([text], mode=mode, ratio=ratio, exact=exact)[0]
 
     def compress_batch(
         self,
@@ -232,6 +235,7 @@ class ZCompressor:
         *,
         mode: Mode = "exact",
         ratio: float | None = None,
+        exact: bool = False,
         batch_size: int = 32,
         show_progress_bar: bool = False,
     ) -> list[ZCode]:
@@ -244,9 +248,14 @@ class ZCompressor:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
         if mode == "latent":
-            return self._compress_latent(items, ratio=ratio, batch_size=batch_size, progress=show_progress_bar)
-        if ratio is not None:
-            raise ConfigError("ratio= applies to mode='latent'; the exact codec's ratio is set by the text itself")
+            return self._compress_latent(
+                items, ratio=ratio, exact=exact, batch_size=batch_size, progress=show_progress_bar
+            )
+        if ratio is not None or exact:
+            raise ConfigError(
+                "ratio= and exact= apply to mode='latent'; the exact codec is always lossless and its ratio is set "
+                "by the text itself"
+            )
         codec = self._exact_codec()
         order = sorted(range(len(items)), key=lambda i: len(items[i]), reverse=True)
         out: list[ZCode | None] = [None] * len(items)
@@ -257,10 +266,12 @@ class ZCompressor:
                     out[i] = code
         return out  # type: ignore[return-value]
 
-    def _compress_latent(self, items: list[str | bytes], *, ratio: float | None, batch_size: int, progress: bool):
+    def _compress_latent(
+        self, items: list[str | bytes], *, ratio: float | None, exact: bool, batch_size: int, progress: bool
+    ) -> list[ZCode]:
         codec = self._latent_codec()  # LatentUnavailableError when no adapters are installed
         with self._lock:
-            return codec.compress_batch(items, ratio=ratio, batch_size=batch_size, progress=progress)
+            return codec.compress_batch(items, ratio=ratio, exact=exact, batch_size=batch_size, progress=progress)
 
     def decompress(self, code: ZCode | bytes | str) -> str | bytes:
         """Text of a code (``bytes`` when the original was bytes). Raises rather than return wrong text."""

@@ -48,7 +48,7 @@ from zcompress_integrations.errors import (
     UnsupportedTextError,
 )
 
-__all__ = ["EntropyCodec", "LaneRunner", "choose_lanes", "fixed_threads"]
+__all__ = ["EntropyCodec", "LaneRunner", "choose_lanes", "fixed_threads", "place_windows"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,11 @@ def as_bytes(item: bytes | str) -> bytes:
 
 @dataclass
 class _Window:
-    """One row of work: ``prefix`` is fed first (its last token predicts ``tokens[0]``)."""
+    """One row of work: ``prefix`` is fed first (its last token predicts ``tokens[0]``); token ids, or an
+    embedding tensor ``[P, H]`` when the runner feeds embeddings (the latent codec's Z prefix)."""
 
     owner: int  # index of the text/code this window belongs to
-    prefix: list[int]
+    prefix: Any
     tokens: list[int] | None  # known when encoding; filled in when decoding
     length: int  # number of tokens to code
     slot: int  # global slot: run = slot // lanes, lane = slot % lanes
@@ -111,7 +112,9 @@ class LaneRunner:
     ``forward_hidden(input_ids[B, 1], cache) -> hidden[B, H]`` runs the model body; ``head_weight[V, H]`` is the
     text vocabulary's rows of the output layer (a fixed contiguous copy, so Z-rows added later cannot change the
     shape of this product). ``codable`` covers ``V`` model tokens plus virtual byte ids after them (fixed
-    frequency 1 where codable); a virtual id is fed to the model as ``stand_in``.
+    frequency 1 where codable); a virtual id is fed to the model as ``stand_in``. With ``embed(ids[B, 1]) ->
+    [B, 1, H]`` given, every step feeds embeddings (``forward_hidden`` then takes ``[B, 1, H]``) and window
+    prefixes may be embedding rows.
     """
 
     def __init__(
@@ -122,10 +125,12 @@ class LaneRunner:
         codable: Sequence[bool],
         total_bits: int = MAX_TOTAL_BITS,
         stand_in: int = 0,
+        embed: Callable[[Any], Any] | None = None,
     ) -> None:
         import torch
 
         self.stand_in = stand_in
+        self.embed = embed
         self.forward_hidden = forward_hidden
         self.make_cache = make_cache
         self.head_weight = head_weight
@@ -170,22 +175,50 @@ class LaneRunner:
             for lane, w in by_lane.items():
                 if w.tokens is None:
                     w.tokens = []
-                feed[lane] = w.prefix[0]
+                feed[lane] = w.prefix[0] if self.embed is None else -1
             with torch.inference_mode():
                 for t in range(steps):
-                    ids = torch.tensor(feed, dtype=torch.long, device=device).unsqueeze(1)
-                    cum = self.tables(self.forward_hidden(ids, cache))
+                    cum = self.tables(self.forward_hidden(self._inputs(feed, by_lane, t, device), cache))
                     # lanes in slot order: a code's windows in a run are consecutive lanes, coded in window order
                     for lane in sorted(by_lane):
                         w = by_lane[lane]
                         nxt = t + 1  # position in prefix+tokens this step predicts
                         if nxt < len(w.prefix):
-                            feed[lane] = w.prefix[nxt]
+                            feed[lane] = w.prefix[nxt] if self.embed is None else -1
                         elif nxt - len(w.prefix) < w.length:
                             sym = on_step(w, cum[lane], nxt - len(w.prefix))
                             feed[lane] = sym if sym < self.vocab_size else self.stand_in
                         else:
                             feed[lane] = 0
+
+    def _inputs(self, feed: list[int], by_lane: dict[int, _Window], t: int, device: Any) -> Any:
+        """This step's model input: ids ``[B, 1]``, or embeddings ``[B, 1, H]`` (``-1`` = the window's prefix row)."""
+        import torch
+
+        ids = torch.tensor([max(f, 0) for f in feed], dtype=torch.long, device=device).unsqueeze(1)
+        if self.embed is None:
+            return ids
+        x = self.embed(ids).clone()
+        for lane, f in enumerate(feed):
+            if f < 0:
+                x[lane, 0] = by_lane[lane].prefix[t].to(x.dtype)
+        return x
+
+
+def place_windows(window_counts: Sequence[int], lane0s: Sequence[int], lanes: int) -> list[list[int]]:
+    """Slots for the windows of several codes decoded together: each code's windows keep their lanes
+    (``lane0 + i``), shifted by whole runs until no lane is taken twice in a run."""
+    occupied: dict[int, set[int]] = {}  # run -> lanes used
+    slots: list[list[int]] = []
+    for count, lane0 in zip(window_counts, lane0s, strict=True):
+        base = 0
+        while any((lane0 + i) % lanes in occupied.get(base + (lane0 + i) // lanes, set()) for i in range(count)):
+            base += 1
+        mine = [base * lanes + lane0 + i for i in range(count)]
+        for slot in mine:
+            occupied.setdefault(slot // lanes, set()).add(slot % lanes)
+        slots.append(mine)
+    return slots
 
 
 class EntropyCodec:
@@ -436,20 +469,13 @@ class EntropyCodec:
                 freq_bits,
                 self.start_token,
             )
-        occupied: dict[int, set[int]] = {}  # run -> lanes used
-        windows: list[_Window] = []
-        for owner, code in enumerate(codes):
-            sizes = self._windows_of(code.text_tokens, window)
-            lane0 = code.params["lane0"]
-            base = 0
-            while any(
-                (lane0 + i) % lanes in occupied.get(base + (lane0 + i) // lanes, set()) for i in range(len(sizes))
-            ):
-                base += 1
-            for i, size in enumerate(sizes):
-                slot = (base * lanes) + lane0 + i
-                occupied.setdefault(slot // lanes, set()).add(slot % lanes)
-                windows.append(_Window(owner, [start], None, size, slot))
+        sizes = [self._windows_of(code.text_tokens, window) for code in codes]
+        placed = place_windows([len(s) for s in sizes], [c.params["lane0"] for c in codes], lanes)
+        windows = [
+            _Window(owner, [start], None, size, slot)
+            for owner in range(len(codes))
+            for size, slot in zip(sizes[owner], placed[owner], strict=True)
+        ]
         decoders = [ArithmeticDecoder(ids_to_bits(c.z_ids, int(math.log2(c.k)))) for c in codes]
 
         def on_step(w: _Window, cum: Any, i: int) -> int:

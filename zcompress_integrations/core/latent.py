@@ -32,6 +32,7 @@ from typing import Any
 
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.errors import (
+    ChecksumMismatchError,
     ConfigError,
     CorruptCodeError,
     LatentUnavailableError,
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "zcompress_config.json"
 MODULES_NAME = "latent_modules.safetensors"
 ADAPTERS = ("compress", "decompress")
-_LATENT_VERSION = 1
+_LATENT_VERSION = 2
 
 
 @dataclass
@@ -69,6 +70,9 @@ class LatentConfig:
         lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapters.
         backbone: name of the backbone; ``backbone_fingerprint``: its fingerprint (hex).
         max_decode_extra: decoding stops at the end token or after ``segment_len + max_decode_extra`` tokens.
+        z_embedding: ``"table"`` (one learned vector per dimension and level, summed; read like 8 superposed
+            tokens) or ``"linear"`` (``up(q)``: all Z embeddings in one 8-dimensional subspace; kept for
+            comparison, it trained to no measurable use of Z).
     """
 
     segment_len: int = 64
@@ -86,6 +90,7 @@ class LatentConfig:
     backbone: str = ""
     backbone_fingerprint: str = ""
     max_decode_extra: int = 8
+    z_embedding: str = "table"
     version: int = _LATENT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +100,8 @@ class LatentConfig:
                 raise ConfigError(f"LatentConfig.{name} must be >= 1; got {getattr(self, name)!r}")
         if self.fsq_levels < 2:
             raise ConfigError(f"LatentConfig.fsq_levels must be >= 2; got {self.fsq_levels}")
+        if self.z_embedding not in ("table", "linear"):
+            raise ConfigError(f"LatentConfig.z_embedding must be 'table' or 'linear'; got {self.z_embedding!r}")
         if self.default_ratio <= 0:
             raise ConfigError(f"LatentConfig.default_ratio must be > 0; got {self.default_ratio}")
 
@@ -113,6 +120,8 @@ class LatentConfig:
     @classmethod
     def load(cls, directory: Path) -> LatentConfig:
         data = json.loads((directory / CONFIG_NAME).read_text())
+        if int(data.get("version", 1)) < 2:
+            data.setdefault("z_embedding", "linear")  # version 1 had only the linear Z embedding
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -125,27 +134,47 @@ def default_adapter_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m"
 
 
-def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float) -> Any:
-    """The small non-LoRA parts: slot embeddings, separator, FSQ projection down, Z embedding up.
+def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float, token_embeddings: Any = None) -> Any:
+    """The small non-LoRA parts: slot embeddings, separator, FSQ projection down, Z embedding.
 
+    ``token_embeddings`` (the backbone's input embedding matrix) seeds the Z embedding table with sums of real
+    token embeddings, so the backbone starts out seeing Z-tokens as token-like inputs.
     Built inside a function so that this module imports without torch.
     """
     import torch
     from torch import nn
+
+    levels, dims = config.fsq_levels, config.fsq_dims
+    half = (levels - 1) / 2
 
     class _Modules(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.slots = nn.Parameter(torch.randn(config.max_slots, hidden) * embed_std)
             self.sep = nn.Parameter(torch.randn(hidden) * embed_std)
-            self.down = nn.Linear(hidden, config.fsq_dims)
-            self.up = nn.Linear(config.fsq_dims, hidden)
-            nn.init.normal_(self.up.weight, std=embed_std)
-            nn.init.zeros_(self.up.bias)
+            self.down = nn.Linear(hidden, dims)
+            if config.z_embedding == "table":
+                # Start smooth in the level (a line per dimension, like the linear embedding, so the encoder's
+                # gradient - the step between adjacent levels - starts small) plus a token-like offset per
+                # dimension drawn from real token embeddings and a little per-level noise, so every digit is
+                # distinguishable from step 0.
+                scale = embed_std / math.sqrt(dims)
+                ramp = torch.linspace(-1, 1, levels).view(1, levels, 1)
+                direction = torch.randn(dims, 1, hidden) * scale
+                if token_embeddings is not None:
+                    pick = torch.randint(0, token_embeddings.shape[0], (dims,))
+                    base = token_embeddings.detach().float().cpu()[pick].unsqueeze(1) / math.sqrt(dims)
+                else:
+                    base = torch.randn(dims, 1, hidden) * scale
+                noise = torch.randn(dims, levels, hidden) * scale * 0.25
+                self.table = nn.Parameter(base + ramp * direction + noise)
+            else:
+                self.up = nn.Linear(dims, hidden)
+                nn.init.normal_(self.up.weight, std=embed_std)
+                nn.init.zeros_(self.up.bias)
 
         # ---- FSQ: h[..., H] -> (digits[..., D] long, q[..., D] in [-1, 1] with straight-through) -------
         def quantize(self, h: Any) -> tuple[Any, Any]:
-            half = (config.fsq_levels - 1) / 2
             with torch.autocast(device_type=h.device.type, enabled=False):  # round in fp32 on every device
                 bounded = torch.tanh(self.down(h.float())) * half  # in (-half, half)
                 level = torch.round(bounded + half)  # in {0, ..., levels - 1}: one digit per dimension
@@ -153,9 +182,27 @@ def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float) ->
                 digits = level.long()
             return digits, q / half
 
+        def embed(self, q: Any) -> Any:
+            """Differentiable Z embedding of straight-through ``q`` (equals ``embed_digits`` in the forward pass).
+
+            The table is read by linear interpolation between neighbouring levels, so the encoder's gradient
+            is the difference between the embeddings of adjacent levels.
+            """
+            if config.z_embedding == "linear":
+                return self.up(q)
+            v = ((q.float() + 1) * half).clamp(0, levels - 1)
+            lo = v.detach().floor().clamp(max=levels - 2)
+            frac = (v - lo).unsqueeze(-1)
+            lo = lo.long()
+            dim_idx = torch.arange(dims, device=q.device).expand_as(lo)
+            low, high = self.table[dim_idx, lo], self.table[dim_idx, lo + 1]
+            return ((1 - frac) * low + frac * high).sum(-2)
+
         def embed_digits(self, digits: Any) -> Any:
-            half = (config.fsq_levels - 1) / 2
-            return self.up((digits.float() - half) / half)
+            if config.z_embedding == "linear":
+                return self.up((digits.float() - half) / half)
+            dim_idx = torch.arange(dims, device=digits.device).expand_as(digits)
+            return self.table[dim_idx, digits].sum(-2)
 
     return _Modules()
 
@@ -185,6 +232,12 @@ class LatentCodec:
         self.modules = modules
         self.fingerprint = fingerprint
         self._eos = self._end_token(backbone.tokenizer)
+        from zcompress_integrations.core.entropy import EntropyCodec
+        from zcompress_integrations.core.tokenbytes import TokenBytes
+
+        self.token_bytes = TokenBytes(backbone.tokenizer, backbone.text_vocab_size)
+        self._start = EntropyCodec._start_token(backbone.tokenizer)
+        self._runner: Any = None
 
     # ---- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -212,7 +265,7 @@ class LatentCodec:
         )
         peft_model = get_peft_model(model, lora, adapter_name="compress")
         peft_model.add_adapter("decompress", lora)
-        modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()))
+        modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()), emb)
         modules.to(emb.device)
         config.backbone = backbone.name
         config.backbone_fingerprint = backbone.fingerprint.hex()
@@ -285,9 +338,7 @@ class LatentCodec:
         groups: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
             groups.setdefault(len(seg), []).append(i)
-        from zcompress_integrations.core.entropy import EntropyCodec
-
-        start = EntropyCodec._start_token(self.backbone.tokenizer)  # the same start token as the exact codec
+        start = self._start  # the same start token as the exact codec
         with self.peft_model.disable_adapter(), torch.inference_mode():
             for length, idx in groups.items():
                 ids = torch.tensor([[start] + segments[i] for i in idx], device=self.backbone.device)
@@ -305,28 +356,41 @@ class LatentCodec:
         return int(min(max(m, 1), cfg.max_slots, max(length, 1)))
 
     # ---- inference -----------------------------------------------------------------------------------------
-    def _segments(self, text: str) -> list[list[int]]:
-        ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _segments(self, data: bytes) -> list[list[int]]:
+        """Token ids of the text cut into segments (exact for any bytes: may hold virtual byte ids)."""
+        ids = self.token_bytes.encode(data)
         L = self.config.segment_len
         return [ids[s : s + L] for s in range(0, len(ids), L)]
+
+    def _model_ids(self, seg: list[int]) -> list[int]:
+        """What the model reads for a segment: virtual byte ids become the start token."""
+        vocab = self.backbone.text_vocab_size
+        return [t if t < vocab else self._start for t in seg]
 
     def compress_batch(
         self,
         items: Sequence[str | bytes],
         *,
         ratio: float | None = None,
+        exact: bool = False,
         batch_size: int = 64,
         progress: bool = False,
     ) -> list[ZCode]:
-        """Latent codes for texts: segments of all texts are compressed together, left-padded in batches."""
+        """Latent codes for texts: segments of all texts are compressed together, left-padded in batches.
+
+        With ``exact=True`` each code also carries a residual: the text arithmetic-coded under the decompressor's
+        own distribution given the Z-tokens, so decoding is byte-exact (the residual is small when Z says a lot).
+        """
         import torch
+
+        from zcompress_integrations.core.entropy import as_bytes
 
         ratio = float(ratio or self.config.default_ratio)
         if ratio <= 0:
             raise ConfigError(f"ratio must be > 0; got {ratio}")
-        texts = [x.decode("utf-8") if isinstance(x, bytes) else x for x in items]
-        seg_lists = [self._segments(t) for t in texts]
-        flat = [seg for segs in seg_lists for seg in segs]
+        datas = [as_bytes(x) for x in items]
+        seg_lists = [self._segments(d) for d in datas]
+        flat = [self._model_ids(seg) for segs in seg_lists for seg in segs]
         nlls = self.segment_nll(flat) if flat else []
         counts = [self.slot_count(len(seg), nll, ratio) for seg, nll in zip(flat, nlls, strict=True)]
         ids_per_seg: list[list[int]] = [[] for _ in flat]
@@ -344,7 +408,7 @@ class LatentCodec:
                     ids_per_seg[j] = digits_to_ids(digits, self.config.fsq_levels)
         codes = []
         pos = 0
-        for i, text in enumerate(texts):
+        for i, item in enumerate(items):
             segs = seg_lists[i]
             z_ids: list[int] = []
             seg_counts = []
@@ -358,13 +422,16 @@ class LatentCodec:
                     codec="latent",
                     k=self.config.k_eff,
                     text_tokens=sum(len(s) for s in segs),
-                    text_chars=len(text),
-                    checksum=text_checksum(text.encode("utf-8")),
+                    text_chars=len(item),
+                    checksum=text_checksum(datas[i]),
                     fingerprint=self.fingerprint,
+                    is_bytes=isinstance(item, bytes),
                     segments=tuple(seg_counts),
                     params={"segment_len": self.config.segment_len, "ratio_x100": round(ratio * 100)},
                 )
             )
+        if exact:
+            codes = self._add_residuals(codes, seg_lists)
         return codes
 
     def _encode_padded(self, segs: list[list[int]], counts: list[int]) -> list[Any]:
@@ -411,12 +478,25 @@ class LatentCodec:
         ).view(-1, self.config.fsq_dims)
         return self.modules.embed_digits(digits)
 
-    def decompress_batch(self, codes: Sequence[ZCode], batch_size: int = 128) -> list[str]:
-        """Free-running greedy reconstruction of every segment, left-padded into shared batches."""
-        import torch
-
+    def decompress_batch(self, codes: Sequence[ZCode], batch_size: int = 128) -> list[str | bytes]:
+        """Text of each code: byte-exact from the residual when the code has one (``exact=True``), else the
+        free-running greedy reconstruction of every segment, left-padded into shared batches."""
         for code in codes:
             self.check_compatible(code)
+        out: list[str | bytes | None] = [None] * len(codes)
+        with_residual = [i for i, c in enumerate(codes) if "threads" in c.params]
+        free = [i for i, c in enumerate(codes) if "threads" not in c.params]
+        if with_residual:
+            for i, data in zip(with_residual, self._decode_residuals([codes[i] for i in with_residual]), strict=True):
+                out[i] = data if codes[i].is_bytes else data.decode("utf-8")
+        if free:
+            for i, text in zip(free, self._free_running([codes[i] for i in free], batch_size), strict=True):
+                out[i] = text.encode("utf-8") if codes[i].is_bytes else text
+        return out  # type: ignore[return-value]
+
+    def _free_running(self, codes: Sequence[ZCode], batch_size: int) -> list[str]:
+        import torch
+
         segs: list[tuple[int, list[int]]] = []
         for i, code in enumerate(codes):
             pos = 0
@@ -483,6 +563,132 @@ class LatentCodec:
             next_pos = next_pos + 1
         return tokens
 
+    # ---- exact mode: the residual ------------------------------------------------------------------------
+    def _residual_runner(self) -> Any:
+        """Step-wise KV-cached decompressor over fixed lanes (the exact codec's path, fed Z embeddings first)."""
+        if self._runner is None:
+            from transformers import DynamicCache
+
+            from zcompress_integrations.core.backbone import cache_kwargs
+            from zcompress_integrations.core.entropy import LaneRunner
+
+            lm = self._lm
+            head = lm.lm_head.weight[: self.backbone.text_vocab_size].detach().float().contiguous().clone()
+
+            def forward_hidden(x: Any, cache: Any) -> Any:
+                return lm.model(inputs_embeds=x, use_cache=True, **cache_kwargs(lm.model, cache)).last_hidden_state[
+                    :, -1
+                ]
+
+            self._runner = LaneRunner(
+                forward_hidden,
+                lambda: DynamicCache(config=lm.config),
+                head,
+                self.token_bytes.codable,
+                stand_in=self._start,
+                embed=self._embed,
+            )
+        return self._runner
+
+    def _residual_windows(self, codes: Sequence[ZCode], slots: list[list[int]], seg_lists: Any) -> list[Any]:
+        """One lane window per segment: prefix = the segment's Z embeddings + separator, tokens = its text."""
+        import torch
+
+        from zcompress_integrations.core.entropy import _Window
+
+        windows = []
+        with torch.inference_mode():
+            for owner, code in enumerate(codes):
+                L = code.params.get("segment_len", self.config.segment_len)
+                sizes = [min(L, code.text_tokens - s) for s in range(0, code.text_tokens, L)]
+                if len(sizes) != len(code.segments):
+                    raise CorruptCodeError("latent code's segment counts do not match its text length")
+                pos = 0
+                for j, (size, count) in enumerate(zip(sizes, code.segments, strict=True)):
+                    z = self.z_embeddings(code.z_ids[pos : pos + count]).unsqueeze(0)
+                    prefix = self.decoder_prefix(z)[0]
+                    pos += count
+                    tokens = None if seg_lists is None else seg_lists[owner][j]
+                    windows.append(_Window(owner, prefix, tokens, size, slots[owner][j]))
+        return windows
+
+    def _add_residuals(self, codes: list[ZCode], seg_lists: list[list[list[int]]]) -> list[ZCode]:
+        import dataclasses
+
+        from zcompress_integrations.core.arithmetic import MAX_TOTAL_BITS, ArithmeticEncoder
+        from zcompress_integrations.core.entropy import choose_lanes, fixed_threads
+
+        threads = _codec_threads()
+        lanes = choose_lanes(sum(len(s) for s in seg_lists))
+        slots, lane0s, slot = [], [], 0
+        for segs in seg_lists:
+            lane0s.append(slot % lanes)
+            slots.append(list(range(slot, slot + len(segs))))
+            slot += len(segs)
+        encoders = [ArithmeticEncoder() for _ in codes]
+
+        def on_step(w: Any, cum: Any, i: int) -> int:
+            sym = w.tokens[i]
+            encoders[w.owner].encode(int(cum[sym - 1]) if sym else 0, int(cum[sym]), int(cum[-1]))
+            return sym
+
+        with fixed_threads(threads), self.adapter("decompress"):
+            windows = self._residual_windows(codes, slots, seg_lists)
+            self._residual_runner().run(windows, lanes, on_step)
+        out = []
+        for owner, code in enumerate(codes):
+            bits = encoders[owner].finish() if code.text_tokens else []
+            params = {**code.params, "lanes": lanes, "lane0": lane0s[owner], "threads": threads}
+            params["freq_bits"] = MAX_TOTAL_BITS
+            out.append(dataclasses.replace(code, residual=_pack_bits(bits), params=params))
+        return out
+
+    def _decode_residuals(self, codes: list[ZCode]) -> list[bytes]:
+        from zcompress_integrations.core.arithmetic import MAX_TOTAL_BITS, ArithmeticDecoder
+        from zcompress_integrations.core.entropy import fixed_threads, place_windows
+
+        results: list[bytes] = [b""] * len(codes)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, code in enumerate(codes):
+            p = code.params
+            if p.get("freq_bits") != MAX_TOTAL_BITS or not 1 <= p["lanes"] <= 64 or p.get("lane0", 0) >= p["lanes"]:
+                raise CorruptCodeError(f"latent residual has impossible parameters {p}")
+            if code.text_tokens:
+                groups.setdefault((p["lanes"], p["threads"]), []).append(i)
+        for (lanes, threads), members in groups.items():
+            group = [codes[i] for i in members]
+            slots = place_windows([len(c.segments) for c in group], [c.params["lane0"] for c in group], lanes)
+            decoders = [ArithmeticDecoder(_unpack_bits(c.residual)) for c in group]
+
+            def on_step(w: Any, cum: Any, i: int, decoders: list[Any] = decoders) -> int:
+                import torch
+
+                dec = decoders[w.owner]
+                total = int(cum[-1])
+                sym = int(torch.searchsorted(cum, torch.tensor([dec.target(total)]), right=True)[0])
+                if sym >= len(cum):
+                    raise CorruptCodeError("the residual points outside the model's distribution: it is damaged")
+                dec.consume(int(cum[sym - 1]) if sym else 0, int(cum[sym]), total)
+                w.tokens.append(sym)
+                return sym
+
+            with fixed_threads(threads), self.adapter("decompress"):
+                windows = self._residual_windows(group, slots, None)
+                self._residual_runner().run(windows, lanes, on_step)
+            per_owner: dict[int, list[int]] = {}
+            for w in sorted(windows, key=lambda w: (w.owner, w.slot)):
+                per_owner.setdefault(w.owner, []).extend(w.tokens or [])
+            for owner, code in enumerate(group):
+                data = self.token_bytes.decode(per_owner.get(owner, []))
+                if text_checksum(data) != code.checksum:
+                    raise ChecksumMismatchError(
+                        "the latent code's residual did not reproduce the text (checksum mismatch): it was made on "
+                        "hardware or software that computes the decompressor's probabilities differently, or it "
+                        f"is damaged. Decode it where it was made, with {code.params.get('threads')} threads."
+                    )
+                results[members[owner]] = data
+        return results
+
     def prompt_embeds(self, code: ZCode) -> Any:
         """[n, H] embeddings to splice into a prompt (all segments' Z-tokens; used by generation)."""
         self.check_compatible(code)
@@ -510,6 +716,24 @@ class LatentCodec:
         if card is not None:
             (out / "README.md").write_text(card)
         return out
+
+
+def _codec_threads() -> int:
+    env = os.environ.get("ZCOMPRESS_CODEC_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else 1
+
+
+def _pack_bits(bits: list[int]) -> bytes:
+    """Bits -> bytes, zero-padded; trailing zero bytes dropped (the decoder reads zeros past the end)."""
+    out = bytearray()
+    for s in range(0, len(bits), 8):
+        chunk = bits[s : s + 8]
+        out.append(int("".join(map(str, chunk)).ljust(8, "0"), 2))
+    return bytes(out).rstrip(b"\x00")
+
+
+def _unpack_bits(data: bytes) -> list[int]:
+    return [(byte >> (7 - i)) & 1 for byte in data for i in range(8)]
 
 
 def _latent_fingerprint(backbone_fp: bytes, modules: Any) -> bytes:

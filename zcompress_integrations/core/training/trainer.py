@@ -221,7 +221,7 @@ def train(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
             with codec.adapter("compress", train=codec.peft_model.training):
                 digits, q = codec.modules.quantize(codec.encode_hidden(x, m))
-                z = codec.modules.up(q)
+                z = codec.modules.embed(q)
             if shuffle:
                 z = z.roll(1, dims=0)
             with codec.adapter("decompress", train=codec.peft_model.training):
@@ -290,7 +290,7 @@ def train(
                         with codec.adapter("compress"):
                             _, q0 = codec.modules.quantize(codec.encode_hidden(x, m))
                         with codec.adapter("decompress"):
-                            guess_logits = codec.reconstruction_logits(codec.modules.up(q0), x)
+                            guess_logits = codec.reconstruction_logits(codec.modules.embed(q0), x)
                     codec.peft_model.train()
                     guesses = guess_logits[:, :-1].argmax(-1)
                     mask = torch.as_tensor(rng.random(x.shape) < share, device=device)
@@ -300,7 +300,9 @@ def train(
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach()) / cfg.grad_accum
             tokens_seen += x.numel()
-        torch.nn.utils.clip_grad_norm_(lora_params + module_params, cfg.grad_clip)
+        # clipped per group: the Z embedding's gradients are large and would otherwise starve the adapters
+        torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(module_params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
