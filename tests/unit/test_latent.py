@@ -240,3 +240,16 @@ def test_exact_batch_decodes_together_and_detects_damage(trained: Any) -> None:
     bad = codes[0].residual[:-1] + bytes([codes[0].residual[-1] ^ 0x10])
     with pytest.raises(ChecksumMismatchError):
         codec.decompress_batch([ZCode(**{**codes[0].__dict__, "residual": bad})])
+
+
+def test_segments_end_at_sentence_ends_and_cover_the_text(untrained: Any) -> None:
+    text = " ".join(f"Item {i} is fine." for i in range(40))  # sentences shorter than half a segment
+    segs = untrained._segments(text.encode())
+    L = untrained.config.segment_len
+    assert untrained.token_bytes.decode([t for s in segs for t in s]) == text.encode()
+    assert all(1 <= len(s) <= L for s in segs) and len(segs) > 2
+    table = untrained.token_bytes.table
+    assert all(table[s[-1]].rstrip().endswith(b".") for s in segs[:-1])  # every cut after a full stop
+    unbroken = "word " * 200  # no sentence end at all: plain segment_len cuts
+    plain = untrained._segments(unbroken.encode())
+    assert [len(s) for s in plain[:-1]] == [L] * (len(plain) - 1)

@@ -357,10 +357,24 @@ class LatentCodec:
 
     # ---- inference -----------------------------------------------------------------------------------------
     def _segments(self, data: bytes) -> list[list[int]]:
-        """Token ids of the text cut into segments (exact for any bytes: may hold virtual byte ids)."""
+        """Token ids of the text cut into segments of at most ``segment_len`` tokens (exact for any bytes: may hold
+        virtual byte ids). Sentence aware: a segment ends after the last sentence end (``.``, ``!``, ``?`` or a
+        newline) in its second half when there is one, so Z-tokens rarely straddle two sentences."""
         ids = self.token_bytes.encode(data)
         L = self.config.segment_len
-        return [ids[s : s + L] for s in range(0, len(ids), L)]
+        table = self.token_bytes.table
+        segments, start = [], 0
+        while start < len(ids):
+            end = min(start + L, len(ids))
+            if end < len(ids):
+                for cut in range(end, start + max(1, L // 2), -1):
+                    raw = (table[ids[cut - 1]] or b"").rstrip(b" ")
+                    if raw.endswith((b".", b"!", b"?", b"\n")):
+                        end = cut
+                        break
+            segments.append(ids[start:end])
+            start = end
+        return segments
 
     def _model_ids(self, seg: list[int]) -> list[int]:
         """What the model reads for a segment: virtual byte ids become the start token."""
@@ -580,18 +594,22 @@ class LatentCodec:
                     :, -1
                 ]
 
+            codable = list(self.token_bytes.codable)
+            codable[self._eos] = True  # segments end with the end token
             self._runner = LaneRunner(
                 forward_hidden,
                 lambda: DynamicCache(config=lm.config),
                 head,
-                self.token_bytes.codable,
+                codable,
                 stand_in=self._start,
                 embed=self._embed,
             )
         return self._runner
 
     def _residual_windows(self, codes: Sequence[ZCode], slots: list[list[int]], seg_lists: Any) -> list[Any]:
-        """One lane window per segment: prefix = the segment's Z embeddings + separator, tokens = its text."""
+        """One lane window per segment: prefix = the segment's Z embeddings + separator; tokens = its text then
+        the end token (segments have different lengths, so the end is coded; decoding reads up to
+        ``segment_len + 1`` symbols and stops at the end token)."""
         import torch
 
         from zcompress_integrations.core.entropy import _Window
@@ -599,17 +617,17 @@ class LatentCodec:
         windows = []
         with torch.inference_mode():
             for owner, code in enumerate(codes):
-                L = code.params.get("segment_len", self.config.segment_len)
-                sizes = [min(L, code.text_tokens - s) for s in range(0, code.text_tokens, L)]
-                if len(sizes) != len(code.segments):
-                    raise CorruptCodeError("latent code's segment counts do not match its text length")
+                L = int(code.params.get("segment_len", self.config.segment_len))
                 pos = 0
-                for j, (size, count) in enumerate(zip(sizes, code.segments, strict=True)):
+                for j, count in enumerate(code.segments):
                     z = self.z_embeddings(code.z_ids[pos : pos + count]).unsqueeze(0)
                     prefix = self.decoder_prefix(z)[0]
                     pos += count
-                    tokens = None if seg_lists is None else seg_lists[owner][j]
-                    windows.append(_Window(owner, prefix, tokens, size, slots[owner][j]))
+                    if seg_lists is None:
+                        windows.append(_Window(owner, prefix, None, L + 1, slots[owner][j]))
+                    else:
+                        tokens = [*seg_lists[owner][j], self._eos]
+                        windows.append(_Window(owner, prefix, tokens, len(tokens), slots[owner][j]))
         return windows
 
     def _add_residuals(self, codes: list[ZCode], seg_lists: list[list[list[int]]]) -> list[ZCode]:
@@ -660,16 +678,23 @@ class LatentCodec:
             slots = place_windows([len(c.segments) for c in group], [c.params["lane0"] for c in group], lanes)
             decoders = [ArithmeticDecoder(_unpack_bits(c.residual)) for c in group]
 
-            def on_step(w: Any, cum: Any, i: int, decoders: list[Any] = decoders) -> int:
+            ended: set[int] = set()
+
+            def on_step(w: Any, cum: Any, i: int, decoders: list[Any] = decoders, ended: set[int] = ended) -> int:
                 import torch
 
+                if w.slot in ended:
+                    return self._eos  # this segment is complete; the lane idles until the run ends
                 dec = decoders[w.owner]
                 total = int(cum[-1])
                 sym = int(torch.searchsorted(cum, torch.tensor([dec.target(total)]), right=True)[0])
                 if sym >= len(cum):
                     raise CorruptCodeError("the residual points outside the model's distribution: it is damaged")
                 dec.consume(int(cum[sym - 1]) if sym else 0, int(cum[sym]), total)
-                w.tokens.append(sym)
+                if sym == self._eos:
+                    ended.add(w.slot)
+                else:
+                    w.tokens.append(sym)
                 return sym
 
             with fixed_threads(threads), self.adapter("decompress"):
@@ -679,8 +704,9 @@ class LatentCodec:
             for w in sorted(windows, key=lambda w: (w.owner, w.slot)):
                 per_owner.setdefault(w.owner, []).extend(w.tokens or [])
             for owner, code in enumerate(group):
-                data = self.token_bytes.decode(per_owner.get(owner, []))
-                if text_checksum(data) != code.checksum:
+                tokens = per_owner.get(owner, [])
+                data = b"" if len(tokens) != code.text_tokens else self.token_bytes.decode(tokens)
+                if len(tokens) != code.text_tokens or text_checksum(data) != code.checksum:
                     raise ChecksumMismatchError(
                         "the latent code's residual did not reproduce the text (checksum mismatch): it was made on "
                         "hardware or software that computes the decompressor's probabilities differently, or it "
