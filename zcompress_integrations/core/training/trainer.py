@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -349,5 +350,67 @@ def train(
     codec.peft_model.eval()
     codec.modules.eval()
     codec.refresh_fingerprint()
-    codec.save_pretrained(out / "adapters")
+    codec.save_pretrained(out / "adapters", card=model_card(cfg, latent_cfg, records, backbone))
     return codec, records
+
+
+def model_card(cfg: TrainConfig, latent_cfg: LatentConfig, records: list[dict[str, Any]], backbone: Any) -> str:
+    """README.md for an adapter directory: what was trained, on what, for how long, and how it scored."""
+    import platform
+
+    import torch
+
+    t = latent_cfg.training
+    evals = [r for r in records if any(k.startswith("val_") for k in r)]
+    last = evals[-1] if evals else {}
+    device = str(t.get("device", ""))
+    hardware = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
+    lines = [
+        f"# zcompress latent adapters for {latent_cfg.backbone or backbone.name}",
+        "",
+        "LoRA adapters `compress/` and `decompress/` (peft format) plus `latent_modules.safetensors` (slot and",
+        "separator embeddings, FSQ projection, Z embedding table) for the latent codec of `zcompress_integrations`.",
+        "Load with `ZCompressor.from_pretrained(adapters=DIR)`.",
+        "",
+        "## Training",
+        "",
+        f"- Data: {', '.join(str(d) for d in cfg.data) or 'given in code'} (training split only).",
+        f"- Steps: {t.get('steps')}, batch {cfg.batch_size} x grad_accum {cfg.grad_accum}; text tokens seen: "
+        f"{t.get('tokens_seen')}; wall time: {t.get('wall_s')} s on {hardware} ({platform.machine()}, torch "
+        f"{torch.__version__}).",
+        f"- Ratios {cfg.ratio_min}-{cfg.ratio_max} (curriculum over {cfg.curriculum_steps} steps); lr {cfg.lr} "
+        f"(adapters), {cfg.lr_modules} (modules); seed {cfg.seed}.",
+        f"- Z-tokens: FSQ {latent_cfg.fsq_levels}^{latent_cfg.fsq_dims} = 2^{latent_cfg.bits_per_z:.0f} codes, "
+        f"`{latent_cfg.z_embedding}` embedding; segments of {latent_cfg.segment_len} tokens; LoRA r="
+        f"{latent_cfg.lora_r} on {', '.join(latent_cfg.target_modules)}.",
+        "",
+        "## Last in-training evaluation (held-apart training-split segments, not the benchmark)",
+        "",
+        "```",
+        json.dumps(last, indent=1),
+        "```",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "zcompress train " + " ".join(_flags(cfg)),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _flags(cfg: TrainConfig) -> list[str]:
+    default = TrainConfig()
+    flags = []
+    for key, value in asdict(cfg).items():
+        if value == getattr(default, key) or key in ("resume", "progress"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, list):
+            flags.append(flag + " " + " ".join(map(str, value)))
+        elif isinstance(value, dict):
+            flags.append(f"{flag} '{json.dumps(value)}'")
+        else:
+            flags.append(f"{flag} {value}")
+    return flags
