@@ -140,6 +140,8 @@ def test_facade_continue_z_and_decompress(trained: dict, tiny_model_dir: Path) -
     cont = zc.continue_z(code.to_string())  # any form of a code is accepted
     assert len(cont.segments) == 1
     assert isinstance(zc.decompress(cont), str)
+    last_only = zc.continue_z(code, 2, z_per_segment=3, context_segments=1)
+    assert last_only.segments == (3, 3)
     assert isinstance(zc.decompress(cont.to_string()), str)
 
 

@@ -304,6 +304,7 @@ class ZCompressor:
         n_segments: int = 1,
         *,
         z_per_segment: int | None = None,
+        context_segments: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
     ) -> ZCode:
@@ -316,7 +317,12 @@ class ZCompressor:
         codec = self._latent_codec()
         with self._lock:
             return codec.continue_z(
-                parsed, n_segments, z_per_segment=z_per_segment, temperature=temperature, seed=seed
+                parsed,
+                n_segments,
+                z_per_segment=z_per_segment,
+                context_segments=context_segments,
+                temperature=temperature,
+                seed=seed,
             )
 
     def generate(
