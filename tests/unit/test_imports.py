@@ -18,6 +18,8 @@ HEAVY = ("torch", "transformers", "langchain", "langchain_core", "llama_index", 
         "from zcompress_integrations import ZCode, ZCompressor, CorruptCodeError",
         "import zcompress_integrations.cli",
         "from zcompress_integrations.core.zcode import ZCode",
+        "import zcompress_integrations.core.zspace",
+        "from zcompress_integrations.core.training import train_infer",
     ],
 )
 def test_import_is_light(statement: str) -> None:

@@ -298,6 +298,33 @@ class ZCompressor:
                     out[i] = text
         return out  # type: ignore[return-value]
 
+    def continue_z(
+        self,
+        code: ZCode | bytes | str,
+        n_segments: int = 1,
+        *,
+        z_per_segment: int | None = None,
+        context_segments: int | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> ZCode:
+        """Generation in Z space: the Z-tokens of the ``n_segments`` segments that follow a latent ``code``.
+
+        The result holds only the continuation; ``decompress`` renders it as text. Needs adapters with an
+        ``infer`` adapter (:class:`LatentUnavailableError` otherwise). See :mod:`.zspace`.
+        """
+        parsed = ZCode.load(code)
+        codec = self._latent_codec()
+        with self._lock:
+            return codec.continue_z(
+                parsed,
+                n_segments,
+                z_per_segment=z_per_segment,
+                context_segments=context_segments,
+                temperature=temperature,
+                seed=seed,
+            )
+
     def generate(
         self,
         prompt: str,

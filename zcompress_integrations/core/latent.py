@@ -238,6 +238,7 @@ class LatentCodec:
         self.token_bytes = TokenBytes(backbone.tokenizer, backbone.text_vocab_size)
         self._start = EntropyCodec._start_token(backbone.tokenizer)
         self._runner: Any = None
+        self.infer_head: Any = None  # the ``infer`` adapter's Z head (core/zspace.py), when there is one
 
     # ---- construction ------------------------------------------------------------------------------------
     @staticmethod
@@ -715,6 +716,23 @@ class LatentCodec:
                 results[members[owner]] = data
         return results
 
+    # ---- generation in Z space (core/zspace.py) ----------------------------------------------------------
+    @property
+    def has_infer(self) -> bool:
+        """Whether an ``infer`` adapter (and its Z head) is loaded, i.e. :meth:`continue_z` works."""
+        from zcompress_integrations.core.zspace import has_infer
+
+        return has_infer(self)
+
+    def continue_z(self, code: ZCode, n_segments: int = 1, **kwargs: Any) -> ZCode:
+        """A new latent code with the Z-tokens of the ``n_segments`` segments that follow ``code``.
+
+        Raises :class:`LatentUnavailableError` without an ``infer`` adapter; see :func:`.zspace.continue_z`.
+        """
+        from zcompress_integrations.core.zspace import continue_z
+
+        return continue_z(self, code, n_segments, **kwargs)
+
     def prompt_embeds(self, code: ZCode) -> Any:
         """[n, H] embeddings to splice into a prompt (all segments' Z-tokens; used by generation)."""
         self.check_compatible(code)
@@ -722,22 +740,26 @@ class LatentCodec:
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str], card: str | None = None) -> Path:
-        """Write the peft adapters (``compress/``, ``decompress/``), the latent modules and the config."""
+        """Write the peft adapters (``compress/``, ``decompress/``, ``infer/`` when trained), the latent modules,
+        the infer head and the config."""
         from safetensors.torch import save_file
+
+        from zcompress_integrations.core.zspace import INFER_ADAPTER, save_infer
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.peft_model.save_pretrained(out, selected_adapters=list(ADAPTERS))
+        names = [*ADAPTERS, INFER_ADAPTER] if self.has_infer else list(ADAPTERS)
+        self.peft_model.save_pretrained(out, selected_adapters=names)
         import torch
         from safetensors.torch import load_file
 
-        for (
-            name
-        ) in ADAPTERS:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
+        for name in names:  # bf16 halves the files; LoRA deltas lose nothing that matters at this precision
             path = out / name / "adapter_model.safetensors"
             save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(path)).items()}, str(path))
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.modules.state_dict().items()}
         save_file(tensors, str(out / MODULES_NAME))
+        if self.has_infer:
+            save_infer(self, out)
         self.config.save(out)
         if card is not None:
             (out / "README.md").write_text(card)
@@ -803,6 +825,8 @@ def load_latent_codec(backbone: Any, adapters: str | os.PathLike[str] | None) ->
     modules.load_state_dict(load_file(str(directory / MODULES_NAME)))
     modules.to(device=emb.device, dtype=torch.float32)
     modules.eval()
-    return LatentCodec(
-        backbone, config, peft_model, modules, _latent_fingerprint(backbone.fingerprint, modules)
-    )
+    codec = LatentCodec(backbone, config, peft_model, modules, _latent_fingerprint(backbone.fingerprint, modules))
+    from zcompress_integrations.core.zspace import load_infer
+
+    load_infer(codec, directory)  # optional: directories written before generation in Z space have no infer/
+    return codec

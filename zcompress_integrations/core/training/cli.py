@@ -1,5 +1,10 @@
 """``zcompress train``: train latent-codec adapters. Every :class:`TrainConfig` field is a flag; ``--config``
-reads a YAML or JSON file of the same keys (flags given on the command line win)."""
+reads a YAML or JSON file of the same keys (flags given on the command line win).
+
+``--task infer --adapters DIR`` trains the ``infer`` adapter (generation in Z space) on top of trained adapters
+instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
+``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
+``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``."""
 
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None)
+    parser.add_argument("--task", choices=("codec", "infer"), default="codec", help="what to train (default codec)")
+    parser.add_argument("--adapters", help="--task infer: the trained latent adapters to add infer/ to")
+    parser.add_argument("--window-segments", type=int, default=4, help="--task infer: segments per window (>= 2)")
     return parser
 
 
@@ -64,11 +72,55 @@ def main(argv: list[str] | None = None) -> int:
         print("zcompress train: --data is required (training jsonl files or a .npy of segments)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.task == "infer":
+        return _train_infer(cfg, args)
     from zcompress_integrations.core.training.trainer import train
 
     codec, records = train(cfg)
     last = next((r for r in reversed(records) if "loss" in r), {})
     print(f"adapters written to {Path(cfg.out_dir) / 'adapters'} (last loss {last.get('loss')})")
+    return 0
+
+
+def _train_infer(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    if not args.adapters:
+        print("zcompress train: --task infer needs --adapters DIR (trained latent adapters)", file=sys.stderr)
+        return 2
+    if args.window_segments < 2:
+        print(f"zcompress train: --window-segments must be >= 2; got {args.window_segments}", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.latent import load_latent_codec
+    from zcompress_integrations.core.training.infer import train_infer
+    from zcompress_integrations.core.training.trainer import prepare_segments
+
+    backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization)
+    codec = load_latent_codec(backbone, args.adapters)
+    width = codec.config.segment_len * args.window_segments
+    windows = prepare_segments(backbone.tokenizer, cfg.data, width, max_tokens=cfg.max_data_tokens or None)
+    np.random.default_rng(cfg.seed).shuffle(windows)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = train_infer(
+        codec,
+        windows,
+        steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lr_head=cfg.lr_modules,
+        warmup_steps=cfg.warmup_steps,
+        grad_clip=cfg.grad_clip,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        log_file=out / "infer_log.jsonl",
+        progress=cfg.progress,
+    )
+    codec.save_pretrained(out / "adapters")
+    last = records[-1]["loss"] if records else None
+    print(f"adapters with infer/ written to {out / 'adapters'} (last digit loss {last})")
     return 0
 
 
