@@ -153,6 +153,12 @@ def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float, to
             self.slots = nn.Parameter(torch.randn(config.max_slots, hidden) * embed_std)
             self.sep = nn.Parameter(torch.randn(hidden) * embed_std)
             self.down = nn.Linear(hidden, dims)
+            # Version 2: normalise the slot state and start the projection at unit scale, so tanh starts in its
+            # linear range; a run without this saturated tanh and collapsed to a few dozen codes per batch.
+            self.norm = nn.LayerNorm(hidden) if config.version >= 2 else nn.Identity()
+            if config.version >= 2:
+                nn.init.normal_(self.down.weight, std=1 / math.sqrt(hidden))
+                nn.init.zeros_(self.down.bias)
             if config.z_embedding == "table":
                 # Start smooth in the level (a line per dimension, like the linear embedding, so the encoder's
                 # gradient - the step between adjacent levels - starts small) plus a token-like offset per
@@ -176,7 +182,7 @@ def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float, to
         # ---- FSQ: h[..., H] -> (digits[..., D] long, q[..., D] in [-1, 1] with straight-through) -------
         def quantize(self, h: Any) -> tuple[Any, Any]:
             with torch.autocast(device_type=h.device.type, enabled=False):  # round in fp32 on every device
-                bounded = torch.tanh(self.down(h.float())) * half  # in (-half, half)
+                bounded = torch.tanh(self.down(self.norm(h.float()))) * half  # in (-half, half)
                 level = torch.round(bounded + half)  # in {0, ..., levels - 1}: one digit per dimension
                 q = bounded + (level - half - bounded).detach()  # straight-through rounding
                 digits = level.long()
