@@ -253,3 +253,13 @@ def test_segments_end_at_sentence_ends_and_cover_the_text(untrained: Any) -> Non
     unbroken = "word " * 200  # no sentence end at all: plain segment_len cuts
     plain = untrained._segments(unbroken.encode())
     assert [len(s) for s in plain[:-1]] == [L] * (len(plain) - 1)
+
+
+def test_text_hint_anneals_to_zero_and_is_logged(tiny_model_dir: Path, tmp_path: Path) -> None:
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    cfg = TrainConfig(
+        out_dir=str(tmp_path), max_steps=4, batch_size=4, eval_every=0, ckpt_every=0, log_every=1,
+        hint=1.0, hint_steps=2, latent=LATENT,
+    )
+    _, records = train(cfg, backbone=backbone, segments=_segments(backbone, n=16))
+    assert [r["hint"] for r in records if "hint" in r] == [1.0, 0.5, 0.0, 0.0]

@@ -61,6 +61,8 @@ class TrainConfig:
     ratio_max: float = 6.0
     curriculum_steps: int = 200  # ratio_max ramps up from ratio_min over these steps
     sched_sampling: float = 0.0  # max share of teacher tokens replaced by the decoder's guesses
+    hint: float = 0.0  # start weight of the text hint added to the Z embeddings (0 = off); anneals to 0
+    hint_steps: int = 0  # steps over which the hint weight falls linearly to 0
     eval_every: int = 200
     eval_every_minutes: float = 0.0  # >0: also evaluate each time this much wall time has passed
     ckpt_every: int = 200
@@ -218,11 +220,15 @@ def train(
         )
         tmp.replace(ckpt_path)
 
-    def loss_on(x: Any, m: int, shuffle: bool = False, sampled_inputs: Any = None) -> tuple[Any, Any]:
+    def loss_on(
+        x: Any, m: int, shuffle: bool = False, sampled_inputs: Any = None, hint: float = 0.0
+    ) -> tuple[Any, Any]:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
             with codec.adapter("compress", train=codec.peft_model.training):
                 digits, q = codec.modules.quantize(codec.encode_hidden(x, m))
                 z = codec.modules.embed(q)
+            if hint > 0:
+                z = z + hint * span_hint(x, m).to(z.dtype)
             if shuffle:
                 z = z.roll(1, dims=0)
             with codec.adapter("decompress", train=codec.peft_model.training):
@@ -230,6 +236,19 @@ def train(
         target = torch.cat([x, torch.full_like(x[:, :1], eos)], dim=1)
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
         return loss, digits
+
+    def span_hint(x: Any, m: int) -> Any:
+        """[B, m, H]: Z slot i's share of the text (tokens i*L/m .. (i+1)*L/m), summed and scaled to one token's
+        norm. Added to the Z embeddings early in training (annealed away) so the decoder learns to read its
+        prefix positionally from the first steps; the encoder then learns to make Z carry what the hint did."""
+        with torch.no_grad():
+            emb = codec._embed(x).float()
+            bounds = [round(i * x.shape[1] / m) for i in range(m + 1)]
+            parts = [
+                emb[:, a:b].sum(1) / max(1, b - a) ** 0.5 if b > a else emb[:, :0].sum(1)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+            return torch.stack(parts, dim=1)
 
     def evaluate() -> dict[str, Any]:
         codec.peft_model.eval()
@@ -297,7 +316,8 @@ def train(
                     mask = torch.as_tensor(rng.random(x.shape) < share, device=device)
                     sampled = torch.where(mask, guesses, x)
             # 2-4. compress, decompress, loss, backward
-            loss, digits = loss_on(x, m, sampled_inputs=sampled)
+            hint = cfg.hint * max(0.0, 1 - step / cfg.hint_steps) if cfg.hint_steps else cfg.hint
+            loss, digits = loss_on(x, m, sampled_inputs=sampled, hint=hint)
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach()) / cfg.grad_accum
             tokens_seen += x.numel()
@@ -316,6 +336,7 @@ def train(
                 "loss": round(loss_sum, 4),
                 "lr": opt.param_groups[0]["lr"],
                 "ratio": round(length / m, 3),
+                "hint": round(hint, 3),
                 "codes_distinct_in_batch": usage,
                 "tokens_seen": tokens_seen,
                 "wall_s": round(wall, 1),

@@ -1,0 +1,33 @@
+"""The shipped latent adapters on the real default model: they load offline, emit only Z ids at about the target
+ratio, decompress to text, and ``exact=True`` round-trips byte for byte. Marked slow (about a minute on 2 cores).
+Quality is measured by ``benchmarks/latent_default.py``, not asserted here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TEXT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
+    "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+
+
+def test_default_adapters_ship_and_round_trip(default_compressor: Any) -> None:
+    from zcompress_integrations import ZCode
+    from zcompress_integrations.core.latent import default_adapter_dir
+
+    assert (default_adapter_dir() / "zcompress_config.json").is_file()
+    assert (default_adapter_dir() / "README.md").is_file()  # the model card
+    zc = default_compressor
+    for ratio in (2.0, 4.0):
+        code = zc.compress(TEXT, mode="latent", ratio=ratio)
+        assert code.codec == "latent" and all(0 <= z < code.k for z in code.z_ids)
+        assert ratio / 2 <= code.ratio <= ratio * 2  # content-adaptive, so only near the target
+        assert isinstance(zc.decompress(code), str)
+    exact = zc.compress_batch([TEXT, "naïve café ☕ \x04"], mode="latent", ratio=2.0, exact=True)
+    assert zc.decompress_batch([ZCode.from_string(c.to_string()) for c in exact]) == [TEXT, "naïve café ☕ \x04"]
+    assert exact[0].residual and exact[0].to_prompt() == zc.compress(TEXT, mode="latent", ratio=2.0).to_prompt()
