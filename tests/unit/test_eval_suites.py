@@ -32,6 +32,8 @@ TINY_FLAGS = [
     "8,16",
     "--threads",
     "1",
+    "--adapters",
+    "none",  # the shipped adapters belong to SmolLM2, not to the tiny model
 ]
 
 

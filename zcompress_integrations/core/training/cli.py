@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None)
     parser.add_argument("--task", choices=("codec", "infer"), default="codec", help="what to train (default codec)")
     parser.add_argument("--adapters", help="--task infer: the trained latent adapters to add infer/ to")

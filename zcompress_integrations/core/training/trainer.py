@@ -51,6 +51,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     lr_modules: float = 2e-3
+    lr_decoder: float | None = None  # lr of the decompress adapter (None = lr; 0 = frozen decoder, as in ICAE)
     warmup_steps: int = 50
     min_lr_frac: float = 0.1
     weight_decay: float = 0.0
@@ -178,11 +179,16 @@ def train(
     lora_params = [p for n, p in codec.peft_model.named_parameters() if "lora_" in n]
     for p in lora_params:
         p.requires_grad_(True)
+    decoder_params = [p for n, p in codec.peft_model.named_parameters() if "lora_" in n and ".decompress." in n]
+    decoder_ids = {id(p) for p in decoder_params}
+    encoder_params = [p for p in lora_params if id(p) not in decoder_ids]
+    lr_decoder = cfg.lr if cfg.lr_decoder is None else cfg.lr_decoder
     module_params = list(codec.modules.parameters())
     opt = torch.optim.AdamW(
         [
-            {"params": lora_params, "lr": cfg.lr, "base": cfg.lr},
+            {"params": encoder_params, "lr": cfg.lr, "base": cfg.lr},
             {"params": module_params, "lr": cfg.lr_modules, "base": cfg.lr_modules},
+            {"params": decoder_params, "lr": lr_decoder, "base": lr_decoder},
         ],
         weight_decay=cfg.weight_decay,
         betas=(0.9, 0.98),
@@ -322,7 +328,8 @@ def train(
             loss_sum += float(loss.detach()) / cfg.grad_accum
             tokens_seen += x.numel()
         # clipped per group: the Z embedding's gradients are large and would otherwise starve the adapters
-        torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(encoder_params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(decoder_params, cfg.grad_clip)
         torch.nn.utils.clip_grad_norm_(module_params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
