@@ -110,6 +110,18 @@ class LatentConfig:
         """Distinct values one Z-token can take."""
         return self.fsq_levels**self.fsq_dims
 
+    def lora_config(self) -> Any:
+        """The peft ``LoraConfig`` every adapter of this codec uses."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+        )
+
     @property
     def bits_per_z(self) -> float:
         return self.fsq_dims * math.log2(self.fsq_levels)
@@ -258,18 +270,12 @@ class LatentCodec:
     def create(cls, backbone: Any, config: LatentConfig, seed: int = 0) -> LatentCodec:
         """Fresh adapters + modules (slot/sep embeddings at the scale of the token embeddings)."""
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         torch.manual_seed(seed)
         model = backbone.model
         emb = model.get_input_embeddings().weight
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            bias="none",
-        )
+        lora = config.lora_config()
         peft_model = get_peft_model(model, lora, adapter_name="compress")
         peft_model.add_adapter("decompress", lora)
         modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()), emb)

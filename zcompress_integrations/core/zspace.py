@@ -78,19 +78,12 @@ def build_infer_head(fsq_dims: int, fsq_levels: int, hidden: int, embed_std: flo
 def add_infer_adapter(codec: Any, seed: int = 0) -> None:
     """Give ``codec`` a fresh ``infer`` LoRA adapter (same shape as the others) and a fresh head."""
     import torch
-    from peft import LoraConfig
 
     if has_infer(codec):
         raise ConfigError("this codec already has an 'infer' adapter; train it further instead")
     cfg = codec.config
     torch.manual_seed(seed)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
-        bias="none",
-    )
+    lora = cfg.lora_config()
     codec.peft_model.add_adapter(INFER_ADAPTER, lora)
     emb = codec._lm.get_input_embeddings().weight
     head = build_infer_head(cfg.fsq_dims, cfg.fsq_levels, emb.shape[1], float(emb.detach().float().std()))
