@@ -82,6 +82,12 @@ def fixed_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def default_codec_threads() -> int:
+    """Thread count codes are made with: ``$ZCOMPRESS_CODEC_THREADS``, else 1 (see :class:`EntropyCodec`)."""
+    env = os.environ.get("ZCOMPRESS_CODEC_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else 1
+
+
 def as_bytes(item: bytes | str) -> bytes:
     if isinstance(item, str):
         try:
@@ -258,8 +264,7 @@ class EntropyCodec:
         self.width = int(math.log2(k))
         self.window = window
         if threads is None:
-            env = os.environ.get("ZCOMPRESS_CODEC_THREADS", "").strip()
-            threads = int(env) if env.isdigit() and int(env) > 0 else 1
+            threads = default_codec_threads()
         if threads < 1:
             raise ConfigError(f"threads must be >= 1; got {threads}")
         self.threads = threads

@@ -647,9 +647,9 @@ class LatentCodec:
         import dataclasses
 
         from zcompress_integrations.core.arithmetic import MAX_TOTAL_BITS, ArithmeticEncoder
-        from zcompress_integrations.core.entropy import choose_lanes, fixed_threads
+        from zcompress_integrations.core.entropy import choose_lanes, default_codec_threads, fixed_threads
 
-        threads = _codec_threads()
+        threads = default_codec_threads()
         lanes = choose_lanes(sum(len(s) for s in seg_lists))
         slots, lane0s, slot = [], [], 0
         for segs in seg_lists:
@@ -778,22 +778,17 @@ class LatentCodec:
         return out
 
 
-def _codec_threads() -> int:
-    env = os.environ.get("ZCOMPRESS_CODEC_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else 1
-
-
 def _pack_bits(bits: list[int]) -> bytes:
     """Bits -> bytes, zero-padded; trailing zero bytes dropped (the decoder reads zeros past the end)."""
-    out = bytearray()
-    for s in range(0, len(bits), 8):
-        chunk = bits[s : s + 8]
-        out.append(int("".join(map(str, chunk)).ljust(8, "0"), 2))
-    return bytes(out).rstrip(b"\x00")
+    from zcompress_integrations.core.arithmetic import bits_to_ids
+
+    return bytes(bits_to_ids(bits, 8)).rstrip(b"\x00")
 
 
 def _unpack_bits(data: bytes) -> list[int]:
-    return [(byte >> (7 - i)) & 1 for byte in data for i in range(8)]
+    from zcompress_integrations.core.arithmetic import ids_to_bits
+
+    return ids_to_bits(tuple(data), 8)
 
 
 def _latent_fingerprint(backbone_fp: bytes, modules: Any) -> bytes:
