@@ -102,11 +102,28 @@ def test_qa_summaries_queries_speed_are_sane(all_results: tuple[Path, dict[str, 
     assert all(math.isfinite(r["peak_rss_mb_after_decompress"]) for r in exact_speed)
 
 
-def test_quality_figures_repeat(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = SuiteConfig(model=str(tiny_model_dir), adapters=None, limit=2, show_progress=False, max_tokens=16)
-    first = eval_cli.run(cfg, ["queries"], tmp_path / "a")["suites"]["queries"]
-    second = eval_cli.run(cfg, ["queries"], tmp_path / "b")["suites"]["queries"]
-    assert first == second
+def test_quality_figures_repeat_in_one_process_and_in_workers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = SuiteConfig(
+        model=str(tiny_model_dir),
+        adapters=None,
+        limit=2,
+        show_progress=False,
+        max_tokens=16,
+        qa_paragraphs=2,
+        llmlingua=False,
+        summary_max_new_tokens=8,
+    )
+    names = ["qa", "summarization", "queries"]
+    first = eval_cli.run(cfg, names, tmp_path / "a", jobs=1, threads=1)
+    second = eval_cli.run(cfg, names, tmp_path / "b", jobs=2, threads=1)
+    assert first["suites"] == second["suites"] and list(second["suites"]) == names
+    assert second["jobs"] == 2 and "worker processes" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_plan_jobs_balances_suites_and_keeps_speed_out() -> None:
+    groups = eval_cli.plan_jobs(["reconstruction", "qa", "summarization", "queries", "speed"], 2)
+    assert sorted(map(sorted, groups)) == [["qa", "queries"], ["reconstruction", "summarization"]]
+    assert eval_cli.plan_jobs(["speed"], 2) == [] and eval_cli.plan_jobs(["qa"], 4) == [["qa"]]
 
 
 def test_reconstruction_through_top_level_cli(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from zcompress_integrations import LatentUnavailableError, ModelMismatchError, ZCompressor  # noqa: E402
+from zcompress_integrations.errors import ConfigError  # noqa: E402
 from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
 from zcompress_integrations.core.latent import (  # noqa: E402
     LatentCodec,
@@ -138,6 +139,33 @@ def test_facade_latent_mode(trained: Any, tiny_model_dir: Path) -> None:
     assert zc.decompress(exact) == TEXT
     result = zc.generate("What jumps?", context=[code], max_new_tokens=4)
     assert result.prompt_tokens < result.uncompressed_prompt_tokens
+
+
+def test_generate_batch_answers_like_generate_one_by_one(trained: Any, tiny_model_dir: Path) -> None:
+    _, out, _ = trained
+    zc = ZCompressor.from_pretrained(tiny_model_dir, adapters=out / "adapters", window=64)
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    requests = [
+        ("What jumps?", [code], ["fox"]),
+        ("Who answers?", [TEXT[:80], code], None),
+        ("Anything?", [], None),
+        ("What retrieves documents, and what do the models answer?", [TEXT], ["doc"]),
+    ]
+    for stop in (None, ["o"]):
+        one_by_one = [
+            zc.generate(p, context=c, titles=t, max_new_tokens=6, stop=stop) for p, c, t in requests
+        ]
+        batched = zc.generate_batch(
+            [p for p, _, _ in requests],
+            contexts=[c for _, c, _ in requests],
+            titles=[t for _, _, t in requests],
+            max_new_tokens=6,
+            stop=stop,
+            batch_size=3,
+        )
+        assert batched == one_by_one
+    with pytest.raises(ConfigError, match="contexts"):
+        zc.generate_batch(["a", "b"], contexts=[[]])
 
 
 def test_latent_without_adapters_is_a_clear_error(tiny_model_dir: Path) -> None:

@@ -281,3 +281,54 @@ def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom", device
         text_vocab_size=text_vocab_size,
         device=device,
     )
+
+
+def greedy_batch(
+    model: Any,
+    prefixes: list[Any],
+    max_new: int,
+    *,
+    vocab: int,
+    eos: set[int] | frozenset[int],
+    finished: Any = None,
+) -> list[list[int]]:
+    """Greedy decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
+
+    Positions restart at 0 after the padding (explicit ``position_ids``), so a row decodes as it would alone up
+    to floating-point summation order. A row stops at a token in ``eos`` (not returned) or when
+    ``finished(row, tokens)`` says so; the loop ends when every row has stopped or after ``max_new`` tokens.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    dev = prefixes[0].device
+    total = max(p.shape[0] for p in prefixes)
+    batch = len(prefixes)
+    mask = torch.zeros(batch, total, dtype=torch.long, device=dev)
+    rows = []
+    for b, p in enumerate(prefixes):
+        rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
+        mask[b, total - p.shape[0] :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    cache = DynamicCache(config=model.config)
+    ckw = cache_kwargs(model, cache)
+    out = model(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
+    done = [False] * batch
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    next_pos = positions[:, -1:] + 1
+    for _ in range(max_new):
+        nxt = out.logits[:, -1, :vocab].argmax(-1)
+        for b, t in enumerate(nxt.tolist()):
+            if done[b]:
+                continue
+            if t in eos:
+                done[b] = True
+            else:
+                tokens[b].append(t)
+                done[b] = bool(finished is not None and finished(b, tokens[b]))
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+        next_pos = next_pos + 1
+    return tokens

@@ -350,6 +350,33 @@ class ZCompressor:
             stream=stream,
         )
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        contexts: Sequence[Sequence[ZCode | str | bytes]] | None = None,
+        titles: Sequence[Sequence[str | None] | None] | None = None,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] | None = None,
+        batch_size: int = 8,
+    ) -> list[GenerationResult]:
+        """Greedy answers to many prompts at once (``contexts[i]`` and ``titles[i]`` belong to ``prompts[i]``).
+
+        Same prompts and token accounting as :meth:`generate`, decoded in left-padded batches of ``batch_size``:
+        many short answers cost little more than one. Results are in the order of ``prompts``.
+        """
+        from zcompress_integrations.core.generation import generate_batch
+
+        return generate_batch(
+            self,
+            prompts,
+            contexts=contexts,
+            titles=titles,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            batch_size=batch_size,
+        )
+
     def info(self) -> dict[str, Any]:
         """Model and codec facts (for ``zcompress info`` and integration metadata)."""
         b = self.backbone

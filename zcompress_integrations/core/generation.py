@@ -17,7 +17,7 @@ from zcompress_integrations.errors import ConfigError, UnsupportedTextError
 if TYPE_CHECKING:
     from zcompress_integrations.core.compressor import GenerationResult, ZCompressor
 
-__all__ = ["generate", "build_prompt", "GenerationStream"]
+__all__ = ["generate", "generate_batch", "build_prompt", "GenerationStream"]
 
 SYSTEM_PROMPT = "Answer the question using the context documents. Be brief."
 _MARK = "\u2063CTX{}\u2063"  # invisible separator: never in user text in practice, and checked below
@@ -145,18 +145,104 @@ def generate(
         raise ConfigError(f"temperature must be >= 0; got {temperature}")
     stops = [s for s in (stop or []) if s]
     pieces, fed, uncompressed, any_latent = build_prompt(zc, prompt, list(context), titles)
-    max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
-    if max_ctx and fed + max_new_tokens > max_ctx:
-        raise ConfigError(
-            f"the prompt has {fed} tokens and max_new_tokens={max_new_tokens}, more than the model's context "
-            f"of {max_ctx}; compress the context (mode='latent') or pass fewer documents"
-        )
+    _check_length(zc, fed, max_new_tokens)
     counter = GenerationStream(iter(()), fed, uncompressed)
     counter._pieces = _generate_pieces(zc, pieces, max_new_tokens, temperature, stops, any_latent, counter)
     if stream:
         return counter
     text = "".join(counter)
     return GenerationResult(text, fed, counter.completion_tokens, uncompressed)
+
+
+def _check_length(zc: ZCompressor, fed: int, max_new_tokens: int) -> None:
+    max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
+    if max_ctx and fed + max_new_tokens > max_ctx:
+        raise ConfigError(
+            f"the prompt has {fed} tokens and max_new_tokens={max_new_tokens}, more than the model's context "
+            f"of {max_ctx}; compress the context (mode='latent') or pass fewer documents"
+        )
+
+
+def _eos_ids(tokenizer: Any) -> set[int]:
+    return {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def generate_batch(
+    zc: ZCompressor,
+    prompts: Sequence[str],
+    *,
+    contexts: Sequence[Sequence[ZCode | str | bytes]] | None = None,
+    titles: Sequence[Sequence[str | None] | None] | None = None,
+    max_new_tokens: int = 128,
+    stop: Sequence[str] | None = None,
+    batch_size: int = 8,
+) -> list[GenerationResult]:
+    """See :meth:`ZCompressor.generate_batch`: greedy answers to many prompts, decoded together in batches.
+
+    Requests with latent context run under the ``decompress`` adapter, the others on the base model, so each
+    request is answered by the same model :func:`generate` would use. Within a kind, requests are sorted by prompt
+    length and left-padded into batches of ``batch_size``.
+    """
+    import torch
+
+    from zcompress_integrations.core.backbone import greedy_batch
+    from zcompress_integrations.core.compressor import GenerationResult
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
+    n = len(prompts)
+    contexts = [()] * n if contexts is None else contexts
+    titles = [None] * n if titles is None else titles
+    if len(contexts) != n or len(titles) != n:
+        raise ConfigError(f"{n} prompts need {n} contexts and titles; got {len(contexts)} and {len(titles)}")
+    stops = [s for s in (stop or []) if s]
+    built = [build_prompt(zc, p, list(c), t) for p, c, t in zip(prompts, contexts, titles, strict=True)]
+    for _, fed, _, _ in built:
+        _check_length(zc, fed, max_new_tokens)
+    backbone = zc.backbone
+    tokenizer = backbone.tokenizer
+    eos = _eos_ids(tokenizer)
+    results: list[GenerationResult | None] = [None] * n
+
+    def finished(_row: int, tokens: list[int]) -> bool:
+        return bool(stops) and _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]
+
+    for latent_kind in (False, True):
+        todo = sorted((i for i in range(n) if built[i][3] == latent_kind), key=lambda i: built[i][1])
+        if not todo:
+            continue
+        if latent_kind:
+            codec = zc._latent_codec()
+            model, adapter = codec._lm, codec.reading()
+        else:
+            model, adapter = backbone.model, zc._disable_adapters()
+        with zc._lock, adapter, torch.inference_mode():
+            emb = model.get_input_embeddings()
+            for s in range(0, len(todo), batch_size):
+                chunk = todo[s : s + batch_size]
+                prefixes = [_embed_pieces(emb, built[i][0], backbone.device) for i in chunk]
+                outs = greedy_batch(
+                    model, prefixes, max_new_tokens, vocab=backbone.text_vocab_size, eos=eos, finished=finished
+                )
+                for i, tokens in zip(chunk, outs, strict=True):
+                    text, _ = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
+                    results[i] = GenerationResult(text, built[i][1], len(tokens), built[i][2])
+    return results  # type: ignore[return-value]
+
+
+def _embed_pieces(emb: Any, pieces: list[Any], device: Any) -> Any:
+    """``[P, H]`` input embeddings of prompt pieces (token-id lists and Z embeddings)."""
+    import torch
+
+    parts = [emb(torch.tensor(p, dtype=torch.long, device=device)) if isinstance(p, list) else p for p in pieces]
+    return torch.cat([p.to(emb.weight.dtype) for p in parts], dim=0)
 
 
 def _generate_pieces(
@@ -175,7 +261,7 @@ def _generate_pieces(
 
     backbone = zc.backbone
     tokenizer = backbone.tokenizer
-    eos = {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
+    eos = _eos_ids(tokenizer)
     if any_latent:
         latent = zc._latent_codec()
         model, adapter = latent._lm, latent.reading()
@@ -186,13 +272,7 @@ def _generate_pieces(
         if not any_latent:
             ids = [t for p in pieces for t in p]
             return {"input_ids": torch.tensor([ids], device=backbone.device)}
-        emb = model.get_input_embeddings()
-        parts = [
-            emb(torch.tensor(p, dtype=torch.long, device=backbone.device)) if isinstance(p, list) else p
-            for p in pieces
-        ]
-        dtype = emb.weight.dtype
-        return {"inputs_embeds": torch.cat([p.to(dtype) for p in parts], dim=0).unsqueeze(0)}
+        return {"inputs_embeds": _embed_pieces(model.get_input_embeddings(), pieces, backbone.device).unsqueeze(0)}
 
     def run() -> Iterator[str]:
         from transformers import DynamicCache
@@ -216,10 +296,10 @@ def _generate_pieces(
                 produced.append(nxt)
                 counter.completion_tokens = len(produced)
                 text = tokenizer.decode(produced, skip_special_tokens=True)
-                cut = min((text.find(s) for s in stops if s in text), default=-1)
-                if cut >= 0:
-                    if cut > len(emitted):
-                        yield text[len(emitted) : cut]
+                head, stopped = _cut_at_stop(text, stops)
+                if stopped:
+                    if len(head) > len(emitted):
+                        yield head[len(emitted) :]
                     return
                 # hold back a possible partial stop string and incomplete UTF-8 (shown as U+FFFD)
                 hold = max((len(s) - 1 for s in stops), default=0)

@@ -546,49 +546,9 @@ class LatentCodec:
 
     def _greedy(self, prefixes: list[Any], max_new: int) -> list[list[int]]:
         """Greedy decoding after left-padded embedding prefixes ``[P_b, H]``, KV-cached, batched."""
-        import torch
-        from transformers import DynamicCache
+        from zcompress_integrations.core.backbone import greedy_batch
 
-        lm = self._lm
-        dev = prefixes[0].device
-        total = max(p.shape[0] for p in prefixes)
-        batch = len(prefixes)
-        mask = torch.zeros(batch, total, dtype=torch.long, device=dev)
-        rows = []
-        for b, p in enumerate(prefixes):
-            rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
-            mask[b, total - p.shape[0] :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        from zcompress_integrations.core.backbone import cache_kwargs
-
-        cache = DynamicCache(config=lm.config)
-        ckw = cache_kwargs(lm, cache)
-        out = lm(
-            inputs_embeds=torch.stack(rows),
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **ckw,
-        )
-        done = torch.zeros(batch, dtype=torch.bool, device=dev)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        next_pos = positions[:, -1:] + 1
-        for _ in range(max_new):
-            nxt = out.logits[:, -1, : self.backbone.text_vocab_size].argmax(-1)
-            for b, t in enumerate(nxt.tolist()):
-                if not done[b]:
-                    if t == self._eos:
-                        done[b] = True
-                    else:
-                        tokens[b].append(t)
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            out = lm(
-                input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw
-            )
-            next_pos = next_pos + 1
-        return tokens
+        return greedy_batch(self._lm, prefixes, max_new, vocab=self.backbone.text_vocab_size, eos={self._eos})
 
     # ---- exact mode: the residual ------------------------------------------------------------------------
     def _residual_runner(self) -> Any:

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads (default: torch's own); 1 is much faster on a CPU shared with other jobs",
     )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=None,
+        help="worker processes for the quality suites, one torch thread each (default: min(2, CPUs)); the speed "
+        "suite always runs alone afterwards, in this process",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -113,40 +120,111 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     )
 
 
-def run(config: SuiteConfig, suites: Sequence[str], out: str | Path, command: str = "") -> dict[str, Any]:
-    """Run suites in order and write the report into ``out``.
+#: Rough relative cost of each quality suite on a CPU, for balancing worker processes.
+_SUITE_COST = {"reconstruction": 4.0, "qa": 4.0, "summarization": 1.5, "queries": 0.5}
+
+
+def plan_jobs(suites: Sequence[str], jobs: int) -> list[list[str]]:
+    """Split the quality suites (all but ``speed``) into at most ``jobs`` groups of similar cost, heaviest first."""
+    quality = [s for s in suites if s != "speed"]
+    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(quality))))]
+    loads = [0.0] * len(groups)
+    for name in sorted(quality, key=lambda n: -_SUITE_COST.get(n, 1.0)):
+        k = loads.index(min(loads))
+        groups[k].append(name)
+        loads[k] += _SUITE_COST.get(name, 1.0)
+    return [g for g in groups if g]
+
+
+def _run_group(config: SuiteConfig, names: Sequence[str], threads: int | None) -> dict[str, Any]:
+    """Run suites in one process (a worker, or this one); returns figures, seconds and model facts."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        ctx = EvalContext(config)
+        out: dict[str, Any] = {"suites": {}, "seconds": {}}
+        for name in names:
+            t0 = time.perf_counter()
+            logger.info("suite %s", name)
+            out["suites"][name] = SUITES[name](ctx)
+            out["seconds"][name] = time.perf_counter() - t0
+        out["model"] = ctx.zc.info() if ctx._zc is not None else None
+        out["latent_unavailable"] = ctx.latent_error
+        return out
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run(
+    config: SuiteConfig,
+    suites: Sequence[str],
+    out: str | Path,
+    command: str = "",
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run suites and write the report into ``out``.
+
+    With ``jobs > 1`` the quality suites run in that many spawned worker processes at one torch thread each (on a
+    small CPU, separate processes use the cores better than threads in one process: decoding steps are small);
+    the ``speed`` suite always runs last, alone, in this process with ``threads``. Quality figures do not depend on
+    ``jobs`` when ``threads`` is 1.
 
     Args:
         config: What to run on.
         suites: Suite names (see :data:`..suites.SUITES`).
         out: Output folder.
         command: The command line, recorded in the report.
+        jobs: Worker processes for the quality suites (1: run everything here).
+        threads: Torch threads in this process (``None``: torch's own).
 
     Returns:
         The figures written to ``results.json``.
     """
     out = Path(out)
-    ctx = EvalContext(config)
     results: dict[str, Any] = {
         "command": command,
         "config": {k: v for k, v in vars(config).items() if k != "extra"},
         "machine": machine_info(),
+        "jobs": jobs,
         "suites": {},
         "seconds": {},
     }
     started = time.perf_counter()
-    for name in suites:
-        t0 = time.perf_counter()
-        logger.info("suite %s", name)
-        results["suites"][name] = SUITES[name](ctx)
-        results["seconds"][name] = time.perf_counter() - t0
-        if name != suites[-1]:  # a long run leaves the finished suites behind if it is stopped
-            report.write_json(results, out / "results.json")
-            report.write_text(render_markdown(results), out / "results.md")
+    groups = plan_jobs(suites, jobs)
+    parts: list[dict[str, Any]] = []
+
+    def merge(part: dict[str, Any]) -> None:
+        parts.append(part)
+        results["suites"].update(part["suites"])
+        results["seconds"].update(part["seconds"])
+        # a long run leaves the finished suites behind if it is stopped
+        results["suites"] = {n: results["suites"][n] for n in suites if n in results["suites"]}
+        report.write_json(results, out / "results.json")
+        report.write_text(render_markdown(results), out / "results.md")
+
+    if len(groups) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        spawn = multiprocessing.get_context("spawn")  # a fork of a process holding torch threads can hang
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=spawn) as pool:
+            futures = [pool.submit(_run_group, config, group, 1) for group in groups]
+            for future in as_completed(futures):
+                merge(future.result())
+    else:
+        for group in groups:
+            for name in group:
+                merge(_run_group(config, [name], threads))
+    if "speed" in suites:
+        merge(_run_group(config, ["speed"], threads))
     results["seconds"]["total"] = time.perf_counter() - started
     results["machine"]["load_average_end"] = machine_info()["load_average"]
-    results["model"] = ctx.zc.info() if ctx._zc is not None else None
-    results["latent_unavailable"] = ctx.latent_error
+    results["model"] = next((p["model"] for p in parts if p["model"]), None)
+    results["latent_unavailable"] = next((p["latent_unavailable"] for p in parts if p["latent_unavailable"]), None)
     report.write_json(results, out / "results.json")
     results["plots"] = [p.name for p in write_plots(results, out)]
     report.write_text(render_markdown(results), out / "results.md")
@@ -226,7 +304,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"GPU {m['gpu'] or 'none'}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}. "
         f"Load average at start {_load(m.get('load_average'))}, at end {_load(m.get('load_average_end'))}.",
         "",
-        "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items()) + ".",
+        "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items()) + "."
+        + (
+            f" The quality suites ran in {results['jobs']} worker processes at once (one torch thread each), so "
+            "their times overlap; speed ran alone after them."
+            if results.get("jobs", 1) > 1
+            else ""
+        ),
         "",
     ]
     if results.get("latent_unavailable"):
@@ -395,14 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     suites = list(SUITE_ORDER) if args.suite == "all" else [args.suite]
     command = "zcompress eval " + shlex.join(argv)
-    import torch
+    import os
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads or previous)
-    try:
-        results = run(config, suites, args.out, command)
-    finally:
-        torch.set_num_threads(previous)
+    jobs = args.jobs or min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    results = run(config, suites, args.out, command, jobs=jobs, threads=args.threads)
     total = results["seconds"]["total"]
     print(
         f"zcompress eval: {', '.join(suites)} done in {total:.0f} s; report in {Path(args.out) / 'results.md'}"
