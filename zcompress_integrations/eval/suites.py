@@ -342,16 +342,6 @@ def _qa_context(example: Any, paragraphs: int) -> list[tuple[str, str]]:
     return [example.context[i] for i in keep]
 
 
-#: Appended to every HotpotQA question: the small chat model otherwise answers in full sentences, which scores
-#: near zero on EM/F1 for every context method alike.
-QA_SUFFIX = ""
-
-
-def qa_question(question: str) -> str:
-    """The question as every QA method asks it."""
-    return question.strip() + QA_SUFFIX
-
-
 def _answer(text: str) -> str:
     return text.strip().split("\n")[0].strip()
 
@@ -386,7 +376,7 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
         budgets_source = "latent" if all(v is not None for v in latent_codes.values()) else "nominal"
         pos = 0
         for ex, context in zip(examples, contexts, strict=True):
-            question = qa_question(ex.question)
+            question = ex.question
             titles = [t for t, _ in context]
             texts = [p for _, p in context]
             joined = "\n\n".join(f"{t}: {p}" for t, p in context)
@@ -443,7 +433,6 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
         "n": len(examples),
         "max_tokens": cfg.max_tokens,
         "paragraphs_per_question": cfg.qa_paragraphs,
-        "question_suffix": QA_SUFFIX,
         "budget_source": budgets_source,
         "golds": golds,
         "methods": summary,
