@@ -84,6 +84,12 @@ def test_z_count_grows_with_surprisal(trained: Any) -> None:
     order_nll = np.argsort(nll)
     assert counts[order_nll[1]] >= counts[order_nll[0]]
     assert codec.slot_count(32, 2 * codec.config.calib_nll, 2.0) > codec.slot_count(32, codec.config.calib_nll, 2.0)
+    # remembered per segment: a repeat (and a mixed batch) gives the same values, computed once
+    codec._nll_memo.clear()
+    first = codec.segment_nll(segs)
+    assert len(codec._nll_memo) == 2
+    assert codec.segment_nll([segs[1], [7] * 5, segs[0]]) == [first[1], codec.segment_nll([[7] * 5])[0], first[0]]
+    assert len(codec._nll_memo) == 3 and first == nll
 
 
 def test_training_lowers_the_loss(trained: Any) -> None:

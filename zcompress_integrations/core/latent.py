@@ -54,6 +54,14 @@ CONFIG_NAME = "zcompress_config.json"
 MODULES_NAME = "latent_modules.safetensors"
 ADAPTERS = ("compress", "decompress")
 _LATENT_VERSION = 2
+_NLL_MEMO_SIZE = 20_000  # segments whose base-model NLL is remembered (16-byte keys: about 2 MB)
+
+
+def _segment_key(seg: Sequence[int]) -> bytes:
+    import hashlib
+    from array import array
+
+    return hashlib.blake2b(array("q", seg).tobytes(), digest_size=16).digest()
 
 
 @dataclass
@@ -256,6 +264,7 @@ class LatentCodec:
         self.token_bytes = TokenBytes(backbone.tokenizer, backbone.text_vocab_size)
         self._start = EntropyCodec._start_token(backbone.tokenizer)
         self._runner: Any = None
+        self._nll_memo: dict[bytes, float] = {}
         self.infer_head: Any = None  # the ``infer`` adapter's Z head (core/zspace.py), when there is one
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -344,13 +353,16 @@ class LatentCodec:
     # ---- slot counts -------------------------------------------------------------------------------------
     def segment_nll(self, segments: list[list[int]]) -> list[float]:
         """Mean per-token NLL (nats) of each segment under the base model (adapters off), one forward each
-        group of equal length."""
+        group of equal length. Remembered per segment (the base model never changes), so compressing the same
+        text again, e.g. at another ratio, skips this forward."""
         import torch
 
-        out = [0.0] * len(segments)
+        keys = [_segment_key(seg) for seg in segments]
+        out = [self._nll_memo.get(key, math.nan) for key in keys]
         groups: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
-            groups.setdefault(len(seg), []).append(i)
+            if math.isnan(out[i]):
+                groups.setdefault(len(seg), []).append(i)
         start = self._start  # the same start token as the exact codec
         with self.peft_model.disable_adapter(), torch.inference_mode():
             for length, idx in groups.items():
@@ -361,6 +373,9 @@ class LatentCodec:
                 ).view(len(idx), length)
                 for j, i in enumerate(idx):
                     out[i] = float(nll[j].mean())
+        if len(self._nll_memo) > _NLL_MEMO_SIZE:
+            self._nll_memo.clear()
+        self._nll_memo.update(zip(keys, out, strict=True))
         return out
 
     def slot_count(self, length: int, nll: float, ratio: float) -> int:
