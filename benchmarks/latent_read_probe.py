@@ -159,7 +159,29 @@ def main(argv: list[str] | None = None) -> None:
             for c in curve
         ]
     (out.parent / f"{out.name}.md").write_text("\n".join(lines) + "\n")
+    plot(results, out.parent / f"{out.name}.png")
     print("\n".join(lines))
+
+
+def plot(results: dict, path: Path) -> None:
+    """Held-out CE vs text tokens, true and shuffled Z, one colour per layout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (layout, curve), colour in zip(results.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        x = [c["tokens"] for c in curve]
+        ax.plot(x, [c["held_ce"] for c in curve], "-o", color=colour, label=f"{layout}: true Z")
+        ax.plot(x, [c["held_ce_shuffled"] for c in curve], "--", color=colour, label=f"{layout}: shuffled Z")
+    ax.set_xlabel("training text tokens")
+    ax.set_ylabel("held-out cross-entropy (nats/token)")
+    ax.set_title("Decoder LoRA learning to read a fixed 2x code")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
