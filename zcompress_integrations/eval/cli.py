@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-llmlingua", action="store_true", help="skip the LLMLingua baseline")
     parser.add_argument(
-        "--speed-lengths", default="128,512,1024", help="text lengths in tokens for the speed suite"
+        "--speed-lengths", default="128,1024", help="text lengths in tokens for the speed suite"
     )
     parser.add_argument(
         "--threads",
