@@ -13,7 +13,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from zcompress_integrations import LatentUnavailableError, ModelMismatchError, ZCompressor  # noqa: E402
-from zcompress_integrations.errors import ConfigError  # noqa: E402
 from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
 from zcompress_integrations.core.latent import (  # noqa: E402
     LatentCodec,
@@ -23,6 +22,7 @@ from zcompress_integrations.core.latent import (  # noqa: E402
     load_latent_codec,
 )
 from zcompress_integrations.core.training import TrainConfig, get_lr, train  # noqa: E402
+from zcompress_integrations.errors import ConfigError  # noqa: E402
 
 LATENT = {"segment_len": 32, "max_slots": 32, "lora_r": 4, "fsq_levels": 8, "fsq_dims": 4}
 TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
