@@ -1,10 +1,13 @@
-"""Probe: how fast can a decoder LoRA learn to read a 2x code, with Z positions sequential or aligned?
+"""Probe: how fast can a decoder LoRA learn to read a 2x (or 4x) code, with Z positions sequential or aligned?
 
-    python benchmarks/latent_read_probe.py --steps 80 --out benchmarks/results/latent_read_probe
+    python benchmarks/latent_read_probe.py --steps 100 --eval-every 25 --out benchmarks/results/latent_read_probe
+    python benchmarks/latent_read_probe.py --group 4 --layouts aligned --steps 60 --eval-every 20 \
+        --out benchmarks/results/latent_read_probe_4x
 
 Isolates the decoder half of the latent codec, where every CPU recipe so far stalled (issue 4). The code is fixed,
 not learned: Z_j = (E[t_2j] + Q E[t_2j+1]) / sqrt 2, the token embeddings of a pair with the second one turned by a
-fixed random orthogonal Q (so the pair's order is in the code). A fresh ``decompress``-style LoRA (the codec's
+fixed random orthogonal Q (so the pair's order is in the code); with ``--group 4``, four tokens, each turned by its
+own rotation, summed and divided by 2. A fresh ``decompress``-style LoRA (the codec's
 LoraConfig) is trained on teacher-forced reconstruction after the prefix [Z_1..Z_m, sep], for two layouts of
 position ids:
 
@@ -32,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_layout(layout: str, args: argparse.Namespace, train: object, held: object, rotation: object) -> list:
-    """Train a fresh LoRA to read the fixed 2x code under one position layout; the held-out CE curve."""
+def run_layout(layout: str, args: argparse.Namespace, train: object, held: object, rotations: object) -> list:
+    """Train a fresh LoRA to read the fixed code under one position layout; the held-out CE curve."""
     import numpy as np
     import torch
     from peft import get_peft_model
@@ -45,7 +48,7 @@ def run_layout(layout: str, args: argparse.Namespace, train: object, held: objec
     backbone = load_backbone(None, device="cpu")
     model = backbone.model
     emb = model.get_input_embeddings()
-    assert emb.weight.shape[1] == rotation.shape[0], "the probe is written for the default backbone"
+    assert emb.weight.shape[1] == rotations.shape[1], "the probe is written for the default backbone"
     for p in model.parameters():
         p.requires_grad_(False)
     sep = emb(torch.tensor(backbone.tokenizer("\n\n", add_special_tokens=False)["input_ids"][:1])).detach()
@@ -53,17 +56,18 @@ def run_layout(layout: str, args: argparse.Namespace, train: object, held: objec
     lm = peft_model.base_model.model
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    n, m = args.length, args.length // 2
+    g = args.group
+    n, m = args.length, args.length // g
     text_pos = torch.arange(m + 1, m + 1 + n)
     if layout == "sequential":
         prefix_pos = torch.arange(0, m + 1)
-    else:  # Z_j where t_2j is predicted (the position of t_2j-1); the separator just before the text
-        prefix_pos = torch.cat([m + 2 * torch.arange(m), torch.tensor([m])])
+    else:  # Z_j where t_gj is predicted (the position of t_gj-1); the separator just before the text
+        prefix_pos = torch.cat([m + g * torch.arange(m), torch.tensor([m])])
     all_pos = torch.cat([prefix_pos, text_pos]).unsqueeze(0)
 
     def loss_on(seg: torch.Tensor, shuffle: bool = False) -> torch.Tensor:
         tok = emb(seg)
-        z = (tok[:, 0::2] + tok[:, 1::2] @ rotation.T) / math.sqrt(2)
+        z = sum(tok[:, i::g] @ rotations[i].T for i in range(g)) / math.sqrt(g)
         if shuffle:  # each segment gets another segment's code: what the decoder gets from the prior alone
             z = z.roll(1, dims=0)
         x = torch.cat([z, sep.expand(seg.shape[0], 1, -1), tok], 1)
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--layouts", default="sequential,aligned")
+    parser.add_argument("--group", type=int, default=2, help="text tokens per Z (the code's ratio)")
     parser.add_argument("--data", default=str(ROOT / ".gpu2" / "segments.npy"))
     parser.add_argument("--out", default="benchmarks/results/latent_read_probe")
     args = parser.parse_args(argv)
@@ -122,8 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     train = data[32:]
     gen = torch.Generator().manual_seed(0)
     width = 576  # SmolLM2-135M hidden size; checked below
-    rotation = torch.linalg.qr(torch.randn(width, width, generator=gen))[0]
-    results = {layout: run_layout(layout, args, train, held, rotation) for layout in args.layouts.split(",")}
+    # token i of a group is turned by rotation i (the first one by the identity), so order is in the code
+    rotations = torch.stack(
+        [torch.eye(width)] + [torch.linalg.qr(torch.randn(width, width, generator=gen))[0] for _ in range(args.group - 1)]
+    )
+    results = {layout: run_layout(layout, args, train, held, rotations) for layout in args.layouts.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -132,12 +140,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads",
         "seconds": round(time.time() - t_start),
         "batch": args.batch,
+        "group": args.group,
         "length": args.length,
         "lr": args.lr,
     }
     (out.parent / f"{out.name}.json").write_text(json.dumps({"meta": meta, "curves": results}, indent=2) + "\n")
     lines = [
-        "# Latent read probe: can a decoder LoRA learn to read a fixed 2x code?",
+        f"# Latent read probe: can a decoder LoRA learn to read a fixed {args.group}x code?",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; {meta['seconds']} s in all.",
@@ -159,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
             for c in curve
         ]
     (out.parent / f"{out.name}.md").write_text("\n".join(lines) + "\n")
-    plot(results, out.parent / f"{out.name}.png")
+    plot(results, out.parent / f"{out.name}.png", args.group)
     print("\n".join(lines))
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, group: int = 2) -> None:
     """Held-out CE vs text tokens, true and shuffled Z, one colour per layout."""
     import matplotlib
 
@@ -177,7 +186,7 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(x, [c["held_ce_shuffled"] for c in curve], "--", color=colour, label=f"{layout}: shuffled Z")
     ax.set_xlabel("training text tokens")
     ax.set_ylabel("held-out cross-entropy (nats/token)")
-    ax.set_title("Decoder LoRA learning to read a fixed 2x code")
+    ax.set_title(f"Decoder LoRA learning to read a fixed {group}x code")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
