@@ -296,7 +296,7 @@ def greedy_batch(
 
     Positions restart at 0 after the padding (explicit ``position_ids``), so a row decodes as it would alone up
     to floating-point summation order. A row stops at a token in ``eos`` (not returned) or when
-    ``finished(row, tokens)`` says so; the loop ends when every row has stopped or after ``max_new`` tokens.
+    ``finished(tokens)`` says so; the loop ends when every row has stopped or after ``max_new`` tokens.
     """
     import torch
     from transformers import DynamicCache
@@ -325,7 +325,7 @@ def greedy_batch(
                 done[b] = True
             else:
                 tokens[b].append(t)
-                done[b] = bool(finished is not None and finished(b, tokens[b]))
+                done[b] = bool(finished is not None and finished(tokens[b]))
         if all(done):
             break
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)

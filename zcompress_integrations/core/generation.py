@@ -211,7 +211,7 @@ def generate_batch(
     eos = _eos_ids(tokenizer)
     results: list[GenerationResult | None] = [None] * n
 
-    def finished(_row: int, tokens: list[int]) -> bool:
+    def finished(tokens: list[int]) -> bool:
         return bool(stops) and _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]
 
     for latent_kind in (False, True):

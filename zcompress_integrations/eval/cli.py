@@ -136,14 +136,17 @@ def plan_jobs(suites: Sequence[str], jobs: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def _run_group(config: SuiteConfig, names: Sequence[str], threads: int | None) -> dict[str, Any]:
-    """Run suites in one process (a worker, or this one); returns figures, seconds and model facts."""
+def _run_group(
+    config: SuiteConfig, names: Sequence[str], threads: int | None, ctx: EvalContext | None = None
+) -> dict[str, Any]:
+    """Run suites in one process (a worker with its own context, or this one sharing ``ctx``, so the model loads
+    once); returns figures, seconds and model facts."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        ctx = EvalContext(config)
+        ctx = ctx or EvalContext(config)
         out: dict[str, Any] = {"suites": {}, "seconds": {}}
         for name in names:
             t0 = time.perf_counter()
@@ -189,13 +192,14 @@ def run(
         "command": command,
         "config": {k: v for k, v in vars(config).items() if k != "extra"},
         "machine": machine_info(),
-        "jobs": jobs,
         "suites": {},
         "seconds": {},
     }
     started = time.perf_counter()
     groups = plan_jobs(suites, jobs)
+    results["jobs"] = len(groups) if len(groups) > 1 else 1  # what actually ran in parallel
     parts: list[dict[str, Any]] = []
+    local = EvalContext(config)  # suites run in this process share one model load
 
     def merge(part: dict[str, Any]) -> None:
         parts.append(part)
@@ -218,9 +222,9 @@ def run(
     else:
         for group in groups:
             for name in group:
-                merge(_run_group(config, [name], threads))
+                merge(_run_group(config, [name], threads, local))
     if "speed" in suites:
-        merge(_run_group(config, ["speed"], threads))
+        merge(_run_group(config, ["speed"], threads, local))
     results["seconds"]["total"] = time.perf_counter() - started
     results["machine"]["load_average_end"] = machine_info()["load_average"]
     results["model"] = next((p["model"] for p in parts if p["model"]), None)

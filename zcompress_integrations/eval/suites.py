@@ -377,24 +377,23 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
         budgets_source = "latent" if all(v is not None for v in latent_codes.values()) else "nominal"
         pos = 0
         for ex, context in zip(examples, contexts, strict=True):
-            question = ex.question
             titles = [t for t, _ in context]
             texts = [p for _, p in context]
             joined = "\n\n".join(f"{t}: {p}" for t, p in context)
             full_tokens = zc.count_tokens(joined)
-            plain.append(("full", question, texts, titles))
-            plain.append(("none", question, [], None))
+            plain.append(("full", ex.question, texts, titles))
+            plain.append(("none", ex.question, [], None))
             for ratio in cfg.ratios:
                 codes = latent_codes[ratio]
                 tag = f"x{ratio:g}"
                 if codes is not None:
                     mine = codes[pos : pos + len(texts)]
                     budget = sum(c.z_tokens for c in mine)
-                    latent.append((f"latent {tag}", question, mine, titles))
+                    latent.append((f"latent {tag}", ex.question, mine, titles))
                 else:
                     budget = max(1, round(full_tokens / ratio))
                     methods[f"latent {tag}"] = ctx.unavailable()
-                plain.append((f"truncation {tag}", question, [ctx.cut(joined, budget)], None))
+                plain.append((f"truncation {tag}", ex.question, [ctx.cut(joined, budget)], None))
                 bar.update(1)
                 if cfg.llmlingua:
                     bar.set_description(f"qa: llmlingua {tag}")
@@ -403,7 +402,7 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
                     except ImportError as err:
                         methods[f"llmlingua {tag}"] = {"status": UNAVAILABLE, "reason": str(err)}
                     else:
-                        plain.append((f"llmlingua {tag}", question, [squeezed.compressed_prompt], None))
+                        plain.append((f"llmlingua {tag}", ex.question, [squeezed.compressed_prompt], None))
                     bar.update(1)
             pos += len(texts)
 
@@ -587,10 +586,6 @@ def run_speed(ctx: EvalContext) -> dict[str, Any]:
                 name = "exact" if ratio is None else f"latent x{ratio:g}"
                 bar.set_description(f"speed: {name} @ {length} tokens")
                 row: dict[str, Any] = {"method": name, "length": length}
-                if mode == "latent" and ctx.latent_error is not None:
-                    rows.append({**row, **ctx.unavailable()})
-                    bar.update(1)
-                    continue
                 timed = ctx.latent if mode == "latent" else (lambda fn: fn())
                 run = functools.partial(_timed, zc, lambda m=mode, r=ratio, t=text: zc.compress(t, mode=m, ratio=r))
                 result = timed(run)
