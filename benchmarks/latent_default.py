@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         "adapters": str(args.adapters),
         "training": cfg.training,
         "k_eff": cfg.k_eff,
+        "z_embedding": cfg.z_embedding,
+        "max_group": cfg.max_group if cfg.token_code else None,
         "bits_per_z": cfg.bits_per_z,
         "H_bits_per_token": h_bits,
         "paragraphs": len(texts),
@@ -166,7 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}), {tokens} text tokens; H = {h_bits:.3f} "
         f"bits/token; K_eff = 2^{cfg.bits_per_z:.0f}, so the exact-reconstruction bound is log2(K_eff)/H = "
-        f"{bound:.1f}x.",
+        f"{bound:.1f}x."
+        + (
+            f" Token-group code: a Z-token stands for at most {cfg.max_group} text tokens, so no ratio above "
+            f"{cfg.max_group}x is reachable whatever the bound."
+            if cfg.token_code
+            else ""
+        ),
         "",
         "| target | achieved ratio | BLEU-4 | exact match | Spearman(Z count, NLL) | Spearman(Z per token, NLL) "
         "| bound | residual bits/token "

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -291,12 +292,16 @@ def greedy_batch(
     vocab: int,
     eos: set[int] | frozenset[int],
     finished: Any = None,
+    positions: list[Any] | None = None,
+    limits: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Greedy decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
 
     Positions restart at 0 after the padding (explicit ``position_ids``), so a row decodes as it would alone up
-    to floating-point summation order. A row stops at a token in ``eos`` (not returned) or when
-    ``finished(tokens)`` says so; the loop ends when every row has stopped or after ``max_new`` tokens.
+    to floating-point summation order; ``positions`` (one ``[P_b]`` tensor per row) sets them instead, and
+    generated tokens continue from the prefix's last position. A row stops at a token in ``eos`` (not returned)
+    or when ``finished(tokens)`` says so, or after ``limits[b]`` tokens; the loop ends when every row has stopped
+    or after ``max_new`` tokens.
     """
     import torch
     from transformers import DynamicCache
@@ -309,7 +314,12 @@ def greedy_batch(
     for b, p in enumerate(prefixes):
         rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
         mask[b, total - p.shape[0] :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    if positions is None:
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    else:
+        positions = torch.stack(
+            [torch.cat([p.new_zeros(total - p.shape[0]), p]).to(device=dev, dtype=torch.long) for p in positions]
+        )
     cache = DynamicCache(config=model.config)
     ckw = cache_kwargs(model, cache)
     out = model(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
@@ -326,6 +336,7 @@ def greedy_batch(
             else:
                 tokens[b].append(t)
                 done[b] = bool(finished is not None and finished(tokens[b]))
+                done[b] = done[b] or (limits is not None and len(tokens[b]) >= limits[b])
         if all(done):
             break
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)

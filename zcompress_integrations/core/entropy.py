@@ -110,6 +110,7 @@ class _Window:
     tokens: list[int] | None  # known when encoding; filled in when decoding
     length: int  # number of tokens to code
     slot: int  # global slot: run = slot // lanes, lane = slot % lanes
+    prefix_positions: list[int] | None = None  # position ids of the prefix (default: 0, 1, ...); tokens follow on
 
 
 class LaneRunner:
@@ -182,9 +183,16 @@ class LaneRunner:
                 if w.tokens is None:
                     w.tokens = []
                 feed[lane] = w.prefix[0] if self.embed is None else -1
+            positioned = any(w.prefix_positions is not None for w in members)
             with torch.inference_mode():
                 for t in range(steps):
-                    cum = self.tables(self.forward_hidden(self._inputs(feed, by_lane, t, device), cache))
+                    x = self._inputs(feed, by_lane, t, device)
+                    if positioned:
+                        pos = torch.tensor([[self._position(by_lane.get(lane), t)] for lane in range(lanes)], device=device)
+                        hidden = self.forward_hidden(x, cache, pos)
+                    else:
+                        hidden = self.forward_hidden(x, cache)
+                    cum = self.tables(hidden)
                     # lanes in slot order: a code's windows in a run are consecutive lanes, coded in window order
                     for lane in sorted(by_lane):
                         w = by_lane[lane]
@@ -196,6 +204,14 @@ class LaneRunner:
                             feed[lane] = sym if sym < self.vocab_size else self.stand_in
                         else:
                             feed[lane] = 0
+
+    @staticmethod
+    def _position(w: _Window | None, t: int) -> int:
+        """Position id of step ``t`` of window ``w`` (an idle lane: ``t``)."""
+        if w is None or w.prefix_positions is None:
+            return t
+        p = w.prefix_positions
+        return p[t] if t < len(p) else p[-1] + 1 + t - len(p)
 
     def _inputs(self, feed: list[int], by_lane: dict[int, _Window], t: int, device: Any) -> Any:
         """This step's model input: ids ``[B, 1]``, or embeddings ``[B, 1, H]`` (``-1`` = the window's prefix row)."""

@@ -111,7 +111,8 @@ def build_prompt(
         fed += len(head)
         uncompressed += len(head)
         if isinstance(item, ZCode):  # latent: the decompress adapter reads its Z embeddings
-            pieces.append(zc._latent_codec().prompt_embeds(item))
+            codec = zc._latent_codec()
+            pieces.append(_ZPiece(codec.prompt_embeds(item), *codec.prompt_offsets(item)))
             fed += item.z_tokens
             uncompressed += item.text_tokens
             any_latent = True
@@ -123,6 +124,13 @@ def build_prompt(
     tail = tokenizer(rest, add_special_tokens=False)["input_ids"]
     pieces.append(tail)
     return pieces, fed + len(tail), uncompressed + len(tail), any_latent
+
+
+class _ZPiece:
+    """A latent item's Z embeddings ``[n, H]`` in a prompt, with their position offsets and the span they take."""
+
+    def __init__(self, embeds: Any, offsets: list[int], span: int) -> None:
+        self.embeds, self.offsets, self.span = embeds, offsets, span
 
 
 def generate(
@@ -145,7 +153,7 @@ def generate(
         raise ConfigError(f"temperature must be >= 0; got {temperature}")
     stops = [s for s in (stop or []) if s]
     pieces, fed, uncompressed, any_latent = build_prompt(zc, prompt, list(context), titles)
-    _check_length(zc, fed, max_new_tokens)
+    _check_length(zc, _span(pieces), max_new_tokens)
     counter = GenerationStream(iter(()), fed, uncompressed)
     counter._pieces = _generate_pieces(zc, pieces, max_new_tokens, temperature, stops, any_latent, counter)
     if stream:
@@ -154,12 +162,17 @@ def generate(
     return GenerationResult(text, fed, counter.completion_tokens, uncompressed)
 
 
-def _check_length(zc: ZCompressor, fed: int, max_new_tokens: int) -> None:
+def _span(pieces: list[Any]) -> int:
+    """Positions the prompt takes (a token-group code spans its uncompressed length)."""
+    return sum(p.span if isinstance(p, _ZPiece) else len(p) for p in pieces)
+
+
+def _check_length(zc: ZCompressor, span: int, max_new_tokens: int) -> None:
     max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
-    if max_ctx and fed + max_new_tokens > max_ctx:
+    if max_ctx and span + max_new_tokens > max_ctx:
         raise ConfigError(
-            f"the prompt has {fed} tokens and max_new_tokens={max_new_tokens}, more than the model's context "
-            f"of {max_ctx}; compress the context (mode='latent') or pass fewer documents"
+            f"the prompt spans {span} positions and max_new_tokens={max_new_tokens}, more than the model's "
+            f"context of {max_ctx}; pass fewer or shorter documents"
         )
 
 
@@ -204,8 +217,8 @@ def generate_batch(
         raise ConfigError(f"{n} prompts need {n} contexts and titles; got {len(contexts)} and {len(titles)}")
     stops = [s for s in (stop or []) if s]
     built = [build_prompt(zc, p, list(c), t) for p, c, t in zip(prompts, contexts, titles, strict=True)]
-    for _, fed, _, _ in built:
-        _check_length(zc, fed, max_new_tokens)
+    for pieces, _, _, _ in built:
+        _check_length(zc, _span(pieces), max_new_tokens)
     backbone = zc.backbone
     tokenizer = backbone.tokenizer
     eos = _eos_ids(tokenizer)
@@ -227,9 +240,15 @@ def generate_batch(
             emb = model.get_input_embeddings()
             for s in range(0, len(todo), batch_size):
                 chunk = todo[s : s + batch_size]
-                prefixes = [_embed_pieces(emb, built[i][0], backbone.device) for i in chunk]
+                prefixes, positions = zip(*(_embed_pieces(emb, built[i][0], backbone.device) for i in chunk), strict=True)
                 outs = greedy_batch(
-                    model, prefixes, max_new_tokens, vocab=backbone.text_vocab_size, eos=eos, finished=finished
+                    model,
+                    list(prefixes),
+                    max_new_tokens,
+                    vocab=backbone.text_vocab_size,
+                    eos=eos,
+                    finished=finished,
+                    positions=list(positions),
                 )
                 for i, tokens in zip(chunk, outs, strict=True):
                     text, _ = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
@@ -237,12 +256,22 @@ def generate_batch(
     return results  # type: ignore[return-value]
 
 
-def _embed_pieces(emb: Any, pieces: list[Any], device: Any) -> Any:
-    """``[P, H]`` input embeddings of prompt pieces (token-id lists and Z embeddings)."""
+def _embed_pieces(emb: Any, pieces: list[Any], device: Any) -> tuple[Any, Any]:
+    """``[P, H]`` input embeddings of prompt pieces (token-id lists and Z pieces) and their ``[P]`` positions."""
     import torch
 
-    parts = [emb(torch.tensor(p, dtype=torch.long, device=device)) if isinstance(p, list) else p for p in pieces]
-    return torch.cat([p.to(emb.weight.dtype) for p in parts], dim=0)
+    parts, positions, start = [], [], 0
+    for p in pieces:
+        if isinstance(p, _ZPiece):
+            parts.append(p.embeds)
+            positions += [start + o for o in p.offsets]
+            start += p.span
+        else:
+            parts.append(emb(torch.tensor(p, dtype=torch.long, device=device)))
+            positions += range(start, start + len(p))
+            start += len(p)
+    x = torch.cat([p.to(emb.weight.dtype) for p in parts], dim=0)
+    return x, torch.tensor(positions, dtype=torch.long, device=device)
 
 
 def _generate_pieces(
@@ -272,7 +301,8 @@ def _generate_pieces(
         if not any_latent:
             ids = [t for p in pieces for t in p]
             return {"input_ids": torch.tensor([ids], device=backbone.device)}
-        return {"inputs_embeds": _embed_pieces(model.get_input_embeddings(), pieces, backbone.device).unsqueeze(0)}
+        x, pos = _embed_pieces(model.get_input_embeddings(), pieces, backbone.device)
+        return {"inputs_embeds": x.unsqueeze(0), "position_ids": pos.unsqueeze(0)}
 
     def run() -> Iterator[str]:
         from transformers import DynamicCache
@@ -283,6 +313,7 @@ def _generate_pieces(
         with zc._lock, adapter, torch.inference_mode():
             cache = DynamicCache(config=model.config)
             feed = first_input()
+            next_pos = _span(pieces)  # generated tokens follow the prompt's last position
             for _ in range(max_new_tokens):
                 logits = model(**feed, use_cache=True, **cache_kwargs(model, cache)).logits[0, -1].float()
                 logits = logits[: backbone.text_vocab_size]
@@ -310,6 +341,9 @@ def _generate_pieces(
                     yield text[len(emitted) : safe]
                     emitted = text[:safe]
                 feed = {"input_ids": torch.tensor([[nxt]], device=backbone.device)}
+                if any_latent:
+                    feed["position_ids"] = torch.tensor([[next_pos]], device=backbone.device)
+                    next_pos += 1
             text = tokenizer.decode(produced, skip_special_tokens=True)
             if len(text) > len(emitted):
                 yield text[len(emitted) :]

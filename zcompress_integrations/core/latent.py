@@ -54,7 +54,7 @@ CONFIG_NAME = "zcompress_config.json"
 MODULES_NAME = "latent_modules.safetensors"
 ADAPTERS = ("compress", "decompress")
 _LATENT_VERSION = 2
-_NLL_MEMO_SIZE = 20_000  # segments whose base-model NLL is remembered (16-byte keys: about 2 MB)
+_NLL_MEMO_SIZE = 20_000  # segments whose base-model NLL is remembered (per-token float32: about 7 MB)
 
 
 def _segment_key(seg: Sequence[int]) -> bytes:
@@ -79,8 +79,11 @@ class LatentConfig:
         backbone: name of the backbone; ``backbone_fingerprint``: its fingerprint (hex).
         max_decode_extra: decoding stops at the end token or after ``segment_len + max_decode_extra`` tokens.
         z_embedding: ``"table"`` (one learned vector per dimension and level, summed; read like 8 superposed
-            tokens) or ``"linear"`` (``up(q)``: all Z embeddings in one 8-dimensional subspace; kept for
-            comparison, it trained to no measurable use of Z).
+            tokens), ``"linear"`` (``up(q)``: all Z embeddings in one 8-dimensional subspace; kept for
+            comparison, it trained to no measurable use of Z) or ``"tokens"`` (the token-group code: a Z-token
+            is a group of 1..``max_group`` text tokens, embedded as the sum of their turned unit embeddings).
+        max_group: most text tokens one Z-token stands for (``"tokens"`` code).
+        vocab_size: text vocabulary size the ``"tokens"`` code is built on (set by :meth:`LatentCodec.create`).
     """
 
     segment_len: int = 64
@@ -99,6 +102,8 @@ class LatentConfig:
     backbone_fingerprint: str = ""
     max_decode_extra: int = 8
     z_embedding: str = "table"
+    max_group: int = 4
+    vocab_size: int = 0
     version: int = _LATENT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -108,14 +113,25 @@ class LatentConfig:
                 raise ConfigError(f"LatentConfig.{name} must be >= 1; got {getattr(self, name)!r}")
         if self.fsq_levels < 2:
             raise ConfigError(f"LatentConfig.fsq_levels must be >= 2; got {self.fsq_levels}")
-        if self.z_embedding not in ("table", "linear"):
-            raise ConfigError(f"LatentConfig.z_embedding must be 'table' or 'linear'; got {self.z_embedding!r}")
+        if self.z_embedding not in ("table", "linear", "tokens"):
+            raise ConfigError(
+                f"LatentConfig.z_embedding must be 'table', 'linear' or 'tokens'; got {self.z_embedding!r}"
+            )
+        if self.max_group < 1:
+            raise ConfigError(f"LatentConfig.max_group must be >= 1; got {self.max_group}")
         if self.default_ratio <= 0:
             raise ConfigError(f"LatentConfig.default_ratio must be > 0; got {self.default_ratio}")
 
     @property
+    def token_code(self) -> bool:
+        """Whether Z-tokens are token groups (``z_embedding == "tokens"``), not learned FSQ codes."""
+        return self.z_embedding == "tokens"
+
+    @property
     def k_eff(self) -> int:
         """Distinct values one Z-token can take."""
+        if self.token_code:
+            return sum(self.vocab_size**g for g in range(1, self.max_group + 1))
         return self.fsq_levels**self.fsq_dims
 
     def lora_config(self) -> Any:
@@ -132,7 +148,7 @@ class LatentConfig:
 
     @property
     def bits_per_z(self) -> float:
-        return self.fsq_dims * math.log2(self.fsq_levels)
+        return math.log2(self.k_eff)
 
     def save(self, directory: Path) -> None:
         (directory / CONFIG_NAME).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -198,6 +214,14 @@ def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float, to
                 self.up = nn.Linear(dims, hidden)
                 nn.init.normal_(self.up.weight, std=embed_std)
                 nn.init.zeros_(self.up.bias)
+            if config.token_code:
+                # token k of a group is turned by rotations[k] (the first by the identity) so order is in the
+                # code; the scale is the backbone's mean token-embedding norm (Z-tokens look token-sized)
+                gen = torch.Generator().manual_seed(1234)
+                turns = [torch.linalg.qr(torch.randn(hidden, hidden, generator=gen))[0] for _ in range(config.max_group - 1)]
+                self.register_buffer("rotations", torch.stack([torch.eye(hidden), *turns]))
+                norm = 1.0 if token_embeddings is None else float(token_embeddings.detach().float().norm(dim=1).mean())
+                self.register_buffer("token_scale", torch.tensor(norm))
 
         # ---- FSQ: h[..., H] -> (digits[..., D] long, q[..., D] in [-1, 1] with straight-through) -------
         def quantize(self, h: Any) -> tuple[Any, Any]:
@@ -233,6 +257,65 @@ def build_latent_modules(config: LatentConfig, hidden: int, embed_std: float, to
     return _Modules()
 
 
+def group_ids(tokens: Sequence[int], sizes: Sequence[int], vocab: int) -> list[int]:
+    """Z ids of the token-group code: consecutive groups of ``sizes`` tokens; a group of g tokens has id
+    ``sum(V**h for h < g) + sum(t_k * V**k)`` (``V = vocab``), so every id names one group of one size."""
+    if sum(sizes) != len(tokens):
+        raise ValueError(f"group sizes sum to {sum(sizes)}, not the {len(tokens)} tokens")
+    ids, start = [], 0
+    for g in sizes:
+        offset = sum(vocab**h for h in range(1, g))
+        ids.append(offset + sum(int(t) * vocab**k for k, t in enumerate(tokens[start : start + g])))
+        start += g
+    return ids
+
+
+def id_groups(z_ids: Sequence[int], vocab: int, max_group: int) -> list[list[int]]:
+    """Inverse of :func:`group_ids`: the token group each Z id stands for."""
+    out = []
+    for z in z_ids:
+        g, offset = 1, 0
+        while z >= offset + vocab**g:
+            offset += vocab**g
+            g += 1
+            if g > max_group:
+                raise CorruptCodeError(f"Z id {z} is outside the token-group code (groups of at most {max_group})")
+        x = z - offset
+        out.append([(x // vocab**k) % vocab for k in range(g)])
+    return out
+
+
+def surprisal_groups(nll: Sequence[float], count: int, max_group: int) -> list[int]:
+    """Sizes of ``count`` consecutive groups (1..``max_group`` tokens each) covering tokens with these NLLs, chosen
+    to even out the NLL per group (least sum of squared group NLL, by dynamic programming): surprising tokens get
+    a Z-token to themselves, predictable runs share one."""
+    n = len(nll)
+    if not -(-n // max_group) <= count <= n:
+        raise ValueError(f"{n} tokens cannot make {count} groups of 1..{max_group}")
+    prefix = [0.0]
+    for x in nll:
+        prefix.append(prefix[-1] + max(float(x), 0.0) + 1e-3)  # + a little per token: ties favour even sizes
+    inf = float("inf")
+    # best[j][i]: least cost of splitting the first i tokens into j groups; back[j][i]: the last group's size
+    best = [[inf] * (n + 1) for _ in range(count + 1)]
+    back = [[0] * (n + 1) for _ in range(count + 1)]
+    best[0][0] = 0.0
+    for j in range(1, count + 1):
+        lo, hi = j, min(n, j * max_group)
+        for i in range(lo, hi + 1):
+            for g in range(1, min(max_group, i) + 1):
+                prev = best[j - 1][i - g]
+                if prev < inf:
+                    cost = prev + (prefix[i] - prefix[i - g]) ** 2
+                    if cost < best[j][i]:
+                        best[j][i], back[j][i] = cost, g
+    sizes, i = [], n
+    for j in range(count, 0, -1):
+        sizes.append(back[j][i])
+        i -= back[j][i]
+    return sizes[::-1]
+
+
 def digits_to_ids(digits: Any, levels: int) -> list[int]:
     """[n, D] digits -> n combined Z ids (little-endian base ``levels``)."""
     rows = digits.tolist()
@@ -264,7 +347,7 @@ class LatentCodec:
         self.token_bytes = TokenBytes(backbone.tokenizer, backbone.text_vocab_size)
         self._start = EntropyCodec._start_token(backbone.tokenizer)
         self._runner: Any = None
-        self._nll_memo: dict[bytes, float] = {}
+        self._nll_memo: dict[bytes, Any] = {}  # segment key -> per-token NLL (array of float32)
         self.infer_head: Any = None  # the ``infer`` adapter's Z head (core/zspace.py), when there is one
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -289,6 +372,8 @@ class LatentCodec:
         peft_model.add_adapter("decompress", lora)
         modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()), emb)
         modules.to(emb.device)
+        if config.token_code:
+            config.vocab_size = backbone.text_vocab_size
         config.backbone = backbone.name
         config.backbone_fingerprint = backbone.fingerprint.hex()
         return cls(backbone, config, peft_model, modules, _latent_fingerprint(backbone.fingerprint, modules))
@@ -352,16 +437,22 @@ class LatentCodec:
 
     # ---- slot counts -------------------------------------------------------------------------------------
     def segment_nll(self, segments: list[list[int]]) -> list[float]:
-        """Mean per-token NLL (nats) of each segment under the base model (adapters off), one forward each
-        group of equal length. Remembered per segment (the base model never changes), so compressing the same
-        text again, e.g. at another ratio, skips this forward."""
+        """Mean per-token NLL (nats) of each segment under the base model (adapters off)."""
+        return [sum(t) / len(t) if len(t) else 0.0 for t in self.token_nll(segments)]
+
+    def token_nll(self, segments: list[list[int]]) -> list[list[float]]:
+        """Per-token NLL (nats) of each segment under the base model (adapters off), one forward per group of
+        equal length. Remembered per segment (the base model never changes), so compressing the same text
+        again, e.g. at another ratio, skips this forward."""
+        from array import array
+
         import torch
 
         keys = [_segment_key(seg) for seg in segments]
-        out = [self._nll_memo.get(key, math.nan) for key in keys]
+        out: list[Any] = [self._nll_memo.get(key) for key in keys]
         groups: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
-            if math.isnan(out[i]):
+            if out[i] is None:
                 groups.setdefault(len(seg), []).append(i)
         start = self._start  # the same start token as the exact codec
         with self.peft_model.disable_adapter(), torch.inference_mode():
@@ -372,16 +463,17 @@ class LatentCodec:
                     logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
                 ).view(len(idx), length)
                 for j, i in enumerate(idx):
-                    out[i] = float(nll[j].mean())
+                    out[i] = array("f", nll[j].tolist())
         if len(self._nll_memo) > _NLL_MEMO_SIZE:
             self._nll_memo.clear()
         self._nll_memo.update(zip(keys, out, strict=True))
-        return out
+        return [list(x) for x in out]
 
     def slot_count(self, length: int, nll: float, ratio: float) -> int:
         cfg = self.config
         m = round(length / ratio * nll / max(cfg.calib_nll, 1e-6))
-        return int(min(max(m, 1), cfg.max_slots, max(length, 1)))
+        least = -(-length // cfg.max_group) if cfg.token_code else 1  # a Z-token holds at most max_group tokens
+        return int(min(max(m, least, 1), cfg.max_slots, max(length, 1)))
 
     # ---- inference -----------------------------------------------------------------------------------------
     def _segments(self, data: bytes) -> list[list[int]]:
@@ -423,7 +515,6 @@ class LatentCodec:
         With ``exact=True`` each code also carries a residual: the text arithmetic-coded under the decompressor's
         own distribution given the Z-tokens, so decoding is byte-exact (the residual is small when Z says a lot).
         """
-        import torch
 
         from zcompress_integrations.core.entropy import as_bytes
 
@@ -433,21 +524,16 @@ class LatentCodec:
         datas = [as_bytes(x) for x in items]
         seg_lists = [self._segments(d) for d in datas]
         flat = [self._model_ids(seg) for segs in seg_lists for seg in segs]
-        nlls = self.segment_nll(flat) if flat else []
+        token_nlls = self.token_nll(flat) if flat else []
+        nlls = [sum(t) / len(t) for t in token_nlls]
         counts = [self.slot_count(len(seg), nll, ratio) for seg, nll in zip(flat, nlls, strict=True)]
         ids_per_seg: list[list[int]] = [[] for _ in flat]
-        order = sorted(range(len(flat)), key=lambda j: len(flat[j]) + counts[j])
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="latent compress", unit="batch")
-        with self.adapter("compress"), torch.inference_mode():
-            for chunk in batches:
-                hidden = self._encode_padded([flat[j] for j in chunk], [counts[j] for j in chunk])
-                for j, h in zip(chunk, hidden, strict=True):
-                    digits, _ = self.modules.quantize(h)
-                    ids_per_seg[j] = digits_to_ids(digits, self.config.fsq_levels)
+        if self.config.token_code:  # no encoder: the Z-tokens are the segment's tokens in surprisal-even groups
+            vocab, most = self.config.vocab_size, self.config.max_group
+            for j, seg in enumerate(flat):
+                ids_per_seg[j] = group_ids(seg, surprisal_groups(token_nlls[j], counts[j], most), vocab)
+        else:
+            self._encode_all(flat, counts, ids_per_seg, batch_size, progress)
         codes = []
         pos = 0
         for i, item in enumerate(items):
@@ -475,6 +561,25 @@ class LatentCodec:
         if exact:
             codes = self._add_residuals(codes, seg_lists)
         return codes
+
+    def _encode_all(
+        self, flat: list[list[int]], counts: list[int], ids_per_seg: list[list[int]], batch_size: int, progress: bool
+    ) -> None:
+        """FSQ Z ids of every segment (``compress`` adapter), similar lengths batched together."""
+        import torch
+
+        order = sorted(range(len(flat)), key=lambda j: len(flat[j]) + counts[j])
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="latent compress", unit="batch")
+        with self.adapter("compress"), torch.inference_mode():
+            for chunk in batches:
+                hidden = self._encode_padded([flat[j] for j in chunk], [counts[j] for j in chunk])
+                for j, h in zip(chunk, hidden, strict=True):
+                    digits, _ = self.modules.quantize(h)
+                    ids_per_seg[j] = digits_to_ids(digits, self.config.fsq_levels)
 
     def _encode_padded(self, segs: list[list[int]], counts: list[int]) -> list[Any]:
         """Slot hidden states for segments of different lengths and Z counts, left-padded into one batch.
@@ -515,10 +620,37 @@ class LatentCodec:
         """[n, H] embeddings of Z ids (what the decompress adapter reads)."""
         import torch
 
+        if self.config.token_code:
+            return self._token_group_embeddings(id_groups(z_ids, self.config.vocab_size, self.config.max_group))
+
         digits = torch.tensor(
             ids_to_digits(z_ids, self.config.fsq_levels, self.config.fsq_dims), device=self.backbone.device
         ).view(-1, self.config.fsq_dims)
         return self.modules.embed_digits(digits)
+
+    def _token_group_embeddings(self, groups: list[list[int]]) -> Any:
+        """Sum of the groups' unit token embeddings, token k turned by ``rotations[k]``, at token scale."""
+        import torch
+
+        dev = self.backbone.device
+        size = max((len(g) for g in groups), default=1)
+        tok = torch.tensor([g + [0] * (size - len(g)) for g in groups], device=dev).view(-1, size)
+        present = torch.tensor([[1.0] * len(g) + [0.0] * (size - len(g)) for g in groups], device=dev).view(-1, size)
+        emb = self._lm.get_input_embeddings().weight
+        unit = torch.nn.functional.normalize(emb[tok].float(), dim=-1)  # [n, G, H]
+        turned = torch.einsum("ngh,gkh->ngk", unit, self.modules.rotations[:size].float())
+        total = (turned * present.unsqueeze(-1)).sum(1) / present.sum(1, keepdim=True).sqrt()
+        return (total * self.modules.token_scale).to(emb.dtype)
+
+    def token_code_layout(self, z_ids: Sequence[int], n: int) -> tuple[list[int], list[int]]:
+        """Z ids and their aligned position ids: a Z-token sits where its first token is predicted (the separator
+        at 0, text token i at i + 1), so the decoder finds the Z it needs at a small fixed offset."""
+        groups = id_groups(z_ids, self.config.vocab_size, self.config.max_group)
+        positions, start = [], 0
+        for g in groups:
+            positions.append(start)
+            start += len(g)
+        return list(z_ids), positions
 
     def decompress_batch(self, codes: Sequence[ZCode], batch_size: int = 128) -> list[str | bytes]:
         """Text of each code: byte-exact from the residual when the code has one (``exact=True``), else the
@@ -551,19 +683,47 @@ class LatentCodec:
         with self.adapter("decompress"), torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 chunk = order[s : s + batch_size]
-                prefixes = [self.decoder_prefix(self.z_embeddings(segs[j][1]).unsqueeze(0))[0] for j in chunk]
-                for j, toks in zip(chunk, self._greedy(prefixes, max_new), strict=True):
+                prefixes, positions = zip(*(self.segment_prefix(segs[j][1]) for j in chunk), strict=True)
+                limits = [self.segment_length(segs[j][1]) for j in chunk] if self.config.token_code else None
+                for j, toks in zip(chunk, self._greedy(list(prefixes), max_new, positions, limits), strict=True):
                     outputs[j] = toks
         pieces: list[list[int]] = [[] for _ in codes]
         for (i, _), toks in zip(segs, outputs, strict=True):
             pieces[i] += toks
         return [self.backbone.tokenizer.decode(p, skip_special_tokens=True) for p in pieces]
 
-    def _greedy(self, prefixes: list[Any], max_new: int) -> list[list[int]]:
+    def segment_prefix(self, z_ids: Sequence[int]) -> tuple[Any, list[int] | None]:
+        """One segment's decoder prefix ``[m + 1, H]`` (its Z-tokens, then the separator) and the prefix's position
+        ids: aligned for the token-group code (see :meth:`token_code_layout`), ``None`` (sequential) otherwise."""
+        prefix = self.decoder_prefix(self.z_embeddings(z_ids).unsqueeze(0))[0]
+        if not self.config.token_code:
+            return prefix, None
+        return prefix, [*self.token_code_layout(z_ids, 0)[1], 0]
+
+    def segment_length(self, z_ids: Sequence[int]) -> int:
+        """Text tokens a token-group segment holds (its Z-tokens' positions say so; the reader stops there)."""
+        return sum(len(g) for g in id_groups(z_ids, self.config.vocab_size, self.config.max_group))
+
+    def _greedy(
+        self, prefixes: list[Any], max_new: int, positions: Sequence[Any] = (), limits: list[int] | None = None
+    ) -> list[list[int]]:
         """Greedy decoding after left-padded embedding prefixes ``[P_b, H]``, KV-cached, batched."""
+        import torch
+
         from zcompress_integrations.core.backbone import greedy_batch
 
-        return greedy_batch(self._lm, prefixes, max_new, vocab=self.backbone.text_vocab_size, eos={self._eos})
+        pos = None
+        if any(p is not None for p in positions):
+            pos = [torch.tensor(p if p is not None else range(len(x))) for p, x in zip(positions, prefixes, strict=True)]
+        return greedy_batch(
+            self._lm,
+            prefixes,
+            max_new,
+            vocab=self.backbone.text_vocab_size,
+            eos={self._eos},
+            positions=pos,
+            limits=limits,
+        )
 
     # ---- exact mode: the residual ------------------------------------------------------------------------
     def _residual_runner(self) -> Any:
@@ -577,10 +737,11 @@ class LatentCodec:
             lm = self._lm
             head = lm.lm_head.weight[: self.backbone.text_vocab_size].detach().float().contiguous().clone()
 
-            def forward_hidden(x: Any, cache: Any) -> Any:
-                return lm.model(inputs_embeds=x, use_cache=True, **cache_kwargs(lm.model, cache)).last_hidden_state[
-                    :, -1
-                ]
+            def forward_hidden(x: Any, cache: Any, position_ids: Any = None) -> Any:
+                kwargs = cache_kwargs(lm.model, cache)
+                if position_ids is not None:
+                    kwargs["position_ids"] = position_ids
+                return lm.model(inputs_embeds=x, use_cache=True, **kwargs).last_hidden_state[:, -1]
 
             codable = list(self.token_bytes.codable)
             codable[self._eos] = True  # segments end with the end token
@@ -608,14 +769,13 @@ class LatentCodec:
                 L = int(code.params.get("segment_len", self.config.segment_len))
                 pos = 0
                 for j, count in enumerate(code.segments):
-                    z = self.z_embeddings(code.z_ids[pos : pos + count]).unsqueeze(0)
-                    prefix = self.decoder_prefix(z)[0]
+                    prefix, positions = self.segment_prefix(code.z_ids[pos : pos + count])
                     pos += count
                     if seg_lists is None:
-                        windows.append(_Window(owner, prefix, None, L + 1, slots[owner][j]))
+                        windows.append(_Window(owner, prefix, None, L + 1, slots[owner][j], positions))
                     else:
                         tokens = [*seg_lists[owner][j], self._eos]
-                        windows.append(_Window(owner, prefix, tokens, len(tokens), slots[owner][j]))
+                        windows.append(_Window(owner, prefix, tokens, len(tokens), slots[owner][j], positions))
         return windows
 
     def _add_residuals(self, codes: list[ZCode], seg_lists: list[list[list[int]]]) -> list[ZCode]:
@@ -725,6 +885,20 @@ class LatentCodec:
         self.check_compatible(code)
         return self.z_embeddings(code.z_ids)
 
+    def prompt_offsets(self, code: ZCode) -> tuple[list[int], int]:
+        """Position offsets of a code's Z-tokens inside a prompt, and the positions the code spans.
+
+        Token-group code: each Z-token sits where its first token would (the layout the decoder was trained
+        on), and the prompt continues after the full text's span, so positions are those of the uncompressed
+        prompt. Learned codes: consecutive positions."""
+        if not self.config.token_code:
+            return list(range(code.z_tokens)), code.z_tokens
+        offsets, start = [], 0
+        for group in id_groups(code.z_ids, self.config.vocab_size, self.config.max_group):
+            offsets.append(start)
+            start += len(group)
+        return offsets, start
+
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str], card: str | None = None) -> Path:
         """Write the peft adapters (``compress/``, ``decompress/``, ``infer/`` when trained), the latent modules,
@@ -735,7 +909,9 @@ class LatentCodec:
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        names = [*ADAPTERS, INFER_ADAPTER] if self.has_infer else list(ADAPTERS)
+        names = ["decompress"] if self.config.token_code else list(ADAPTERS)  # the token code has no encoder
+        if self.has_infer:
+            names.append(INFER_ADAPTER)
         self.peft_model.save_pretrained(out, selected_adapters=names)
         import torch
         from safetensors.torch import load_file
@@ -799,8 +975,11 @@ def load_latent_codec(backbone: Any, adapters: str | os.PathLike[str] | None) ->
             f"adapters in {directory} were trained on backbone {config.backbone!r} (fingerprint "
             f"{config.backbone_fingerprint}), not the loaded one ({backbone.fingerprint.hex()})"
         )
-    peft_model = PeftModel.from_pretrained(backbone.model, directory / "compress", adapter_name="compress")
-    peft_model.load_adapter(directory / "decompress", adapter_name="decompress")
+    if config.token_code:  # Z-tokens are token groups: only the reader is trained
+        peft_model = PeftModel.from_pretrained(backbone.model, directory / "decompress", adapter_name="decompress")
+    else:
+        peft_model = PeftModel.from_pretrained(backbone.model, directory / "compress", adapter_name="compress")
+        peft_model.load_adapter(directory / "decompress", adapter_name="decompress")
     peft_model.eval()
     emb = backbone.model.get_input_embeddings().weight
     modules = build_latent_modules(config, emb.shape[1], 0.0)

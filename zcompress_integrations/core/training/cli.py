@@ -4,7 +4,10 @@ reads a YAML or JSON file of the same keys (flags given on the command line win)
 ``--task infer --adapters DIR`` trains the ``infer`` adapter (generation in Z space) on top of trained adapters
 instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
 ``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
-``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``."""
+``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``.
+
+``--task tokens`` trains the token-group code's ``decompress`` adapter instead (the shipped default's recipe);
+it has its own flags: ``zcompress train --task tokens --help``."""
 
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None)
-    parser.add_argument("--task", choices=("codec", "infer"), default="codec", help="what to train (default codec)")
+    parser.add_argument(
+        "--task", choices=("codec", "infer", "tokens"), default="codec", help="what to train (default codec)"
+    )
     parser.add_argument("--adapters", help="--task infer: the trained latent adapters to add infer/ to")
     parser.add_argument("--window-segments", type=int, default=4, help="--task infer: segments per window (>= 2)")
     return parser
@@ -66,6 +71,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if arg == "--task=tokens" or (arg == "--task" and argv[i + 1 : i + 2] == ["tokens"]):
+            from zcompress_integrations.core.training.token_code import main as train_tokens
+
+            train_tokens(argv[:i] + argv[i + (1 if "=" in arg else 2) :])
+            return 0
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     if not cfg.data:
@@ -98,6 +110,10 @@ def _train_infer(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization)
     codec = load_latent_codec(backbone, args.adapters)
+    if codec.config.token_code:
+        print("zcompress train: --task infer needs adapters with a learned (FSQ) code, not the token-group code",
+              file=sys.stderr)
+        return 2
     width = codec.config.segment_len * args.window_segments
     windows = prepare_segments(backbone.tokenizer, cfg.data, width, max_tokens=cfg.max_data_tokens or None)
     np.random.default_rng(cfg.seed).shuffle(windows)

@@ -1,0 +1,166 @@
+"""The token-group Z code (``z_embedding="tokens"``) and its trainer, on a tiny random Llama: logic, not quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
+from zcompress_integrations.core.latent import (  # noqa: E402
+    LatentCodec,
+    LatentConfig,
+    group_ids,
+    id_groups,
+    load_latent_codec,
+    surprisal_groups,
+)
+from zcompress_integrations.core.training import token_code  # noqa: E402
+from zcompress_integrations.core.zcode import ZCode  # noqa: E402
+from zcompress_integrations.errors import CorruptCodeError  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_model_dir: Path) -> LatentCodec:
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(z_embedding="tokens", segment_len=32, max_slots=32, lora_r=4, max_group=4)
+    codec = LatentCodec.create(backbone, config)
+    ids = backbone.tokenizer(TEXT * 4)["input_ids"]
+    codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + 32] for i in range(0, len(ids) - 32, 16)])))
+    return codec
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 999), min_size=1, max_size=40), st.randoms(use_true_random=False))
+def test_group_ids_round_trip(tokens: list[int], rnd: Any) -> None:
+    sizes, left = [], len(tokens)
+    while left:
+        sizes.append(min(left, rnd.randint(1, 4)))
+        left -= sizes[-1]
+    ids = group_ids(tokens, sizes, 1000)
+    groups = id_groups(ids, 1000, 4)
+    assert [len(g) for g in groups] == sizes
+    assert [t for g in groups for t in g] == tokens
+    assert all(0 <= z < sum(1000**g for g in range(1, 5)) for z in ids)
+
+
+def test_id_outside_the_code_is_refused() -> None:
+    with pytest.raises(CorruptCodeError):
+        id_groups([1000 + 1000**2 + 1000**3 + 1000**4], 1000, 4)
+
+
+def test_surprisal_groups_give_surprising_tokens_their_own_z() -> None:
+    nll = [6.0, 0.1, 0.1, 0.1, 7.0, 0.2, 0.2, 0.3]
+    assert surprisal_groups(nll, 4, 4) == [1, 3, 1, 3]
+    assert surprisal_groups([1.0] * 8, 2, 4) == [4, 4]
+    assert surprisal_groups([1.0] * 8, 8, 4) == [1] * 8
+    with pytest.raises(ValueError):
+        surprisal_groups([1.0] * 9, 2, 4)  # 9 tokens do not fit in two groups of at most 4
+
+
+def test_compress_emits_token_groups_that_follow_ratio_and_surprisal(codec: LatentCodec) -> None:
+    texts = [TEXT * 3, "short text", TEXT]
+    for ratio in (2.0, 4.0):
+        codes = codec.compress_batch(texts, ratio=ratio)
+        for code, text in zip(codes, texts, strict=True):
+            assert code.k == codec.config.k_eff and sum(code.segments) == code.z_tokens
+            groups = id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group)
+            assert [t for g in groups for t in g] == codec.backbone.tokenizer(text)["input_ids"]
+            assert ZCode.from_bytes(code.to_bytes()) == code  # 63-bit ids pack and parse
+        total_text = sum(c.text_tokens for c in codes)
+        total_z = sum(c.z_tokens for c in codes)
+        assert ratio / 2 <= total_text / total_z <= min(ratio * 2, codec.config.max_group)
+    # text the backbone finds surprising (random ids) gets more Z-tokens than the same number of repeated tokens
+    rng = np.random.default_rng(0)
+    surprising = codec.backbone.tokenizer.decode(rng.integers(100, 1000, 30).tolist())
+    predictable = codec.backbone.tokenizer.decode([42] * 30)
+    a, b = codec.compress_batch([surprising, predictable], ratio=2.0)
+    assert a.z_tokens / a.text_tokens >= b.z_tokens / b.text_tokens
+
+
+def test_embeddings_are_turned_unit_sums(codec: LatentCodec) -> None:
+    vocab = codec.config.vocab_size
+    emb = codec._lm.get_input_embeddings().weight.detach()
+    z = codec.z_embeddings(group_ids([5, 9], [2], vocab) + group_ids([5], [1], vocab))
+    unit = torch.nn.functional.normalize(emb[[5, 9]].float(), dim=-1)
+    rot = codec.modules.rotations
+    scale = codec.modules.token_scale
+    assert torch.allclose(z[0], (unit[0] + rot[1] @ unit[1]) / 2**0.5 * scale, atol=1e-5)
+    assert torch.allclose(z[1], unit[0] * scale, atol=1e-5)
+    assert codec.token_code_layout(group_ids([1, 2, 3, 4, 5], [2, 1, 2], vocab), 5)[1] == [0, 2, 3]
+
+
+def test_free_running_and_exact_decoding_use_aligned_positions(codec: LatentCodec) -> None:
+    """Greedy decoding and the residual coder see the same positions as training: the residual decodes
+    byte-exactly, and the free-running text's first token is the teacher-forced argmax."""
+    code = codec.compress_batch([TEXT], ratio=2.0)[0]
+    exact = codec.compress_batch([TEXT], ratio=2.0, exact=True)[0]
+    assert codec.decompress_batch([exact]) == [TEXT]
+    free = codec.decompress_batch([code])[0]
+    ids = codec.backbone.tokenizer(TEXT)["input_ids"][:32]
+    seg = torch.tensor([ids])
+    groups = [[len(g) for g in id_groups(code.z_ids[: code.segments[0]], codec.config.vocab_size, 4)]]
+    with torch.no_grad(), codec.adapter("decompress"):
+        x, pos, mask = token_code._batch_inputs(codec, seg, groups)
+        logits = codec._lm(inputs_embeds=x, position_ids=pos, attention_mask=mask).logits
+    first = int(logits[0, -len(ids) - 1].argmax())
+    assert codec.backbone.tokenizer(free, add_special_tokens=False)["input_ids"][:1] == [first] or first == codec._eos
+
+
+def test_trainer_lowers_the_loss_resumes_and_exports(tiny_model_dir: Path, tmp_path: Path) -> None:
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    ids = backbone.tokenizer(TEXT * 40)["input_ids"]
+    rows = np.asarray([ids[i : i + 16] for i in range(0, 600, 3)], dtype=np.int64)
+    np.save(tmp_path / "segments.npy", rows)
+    common = [
+        "--data", str(tmp_path / "segments.npy"), "--length", "16", "--batch", "4", "--lr", "1e-2",
+        "--warmup", "1", "--held", "8", "--eval-every", "6", "--checkpoint-every", "3", "--model", str(tiny_model_dir),
+    ]
+    token_code.main(["--out", str(tmp_path / "a"), "--steps", "12", *common])
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 6, 12]
+    assert log[-1]["held_ce_2x"] < log[0]["held_ce_2x"]
+    # a run stopped at step 6 and resumed ends where the uninterrupted run did
+    token_code.main(["--out", str(tmp_path / "b"), "--steps", "6", *common])
+    token_code.main(["--out", str(tmp_path / "b"), "--steps", "12", "--resume", *common])
+    resumed = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert resumed[-1]["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=1e-4)
+    loaded = load_latent_codec(backbone, tmp_path / "a" / "adapters")
+    assert loaded.config.token_code and loaded.config.training["steps"] == 12
+    code = loaded.compress_batch([TEXT], ratio=2.0, exact=True)[0]
+    assert loaded.decompress_batch([code]) == [TEXT]
+
+
+def test_generation_reads_token_codes_at_their_uncompressed_positions(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """In a prompt, each Z-token sits where its first token would and the prompt continues after the text's
+    span; streaming and batched generation agree."""
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.core.generation import _embed_pieces, _span, build_prompt
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(z_embedding="tokens", segment_len=32, max_slots=32, lora_r=4)
+    LatentCodec.create(backbone, config).save_pretrained(tmp_path / "adapters")
+    zc = ZCompressor.from_pretrained(tiny_model_dir, adapters=tmp_path / "adapters", window=64)
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    pieces, fed, uncompressed, any_latent = build_prompt(zc, "What is it?", [code, "plain words"])
+    assert any_latent and fed == uncompressed - code.text_tokens + code.z_tokens
+    with torch.no_grad():
+        x, pos = _embed_pieces(zc.backbone.model.get_input_embeddings(), pieces, "cpu")
+    assert x.shape[0] == fed and int(pos[-1]) == _span(pieces) - 1 == uncompressed - 1
+    start = len(pieces[0])
+    offsets = pos[start : start + code.z_tokens] - start
+    sizes = [len(g) for g in id_groups(code.z_ids, config.vocab_size, config.max_group)]
+    assert offsets.tolist() == np.cumsum([0, *sizes[:-1]]).tolist()
+    one = zc.generate("What is it?", context=[code, "plain words"], max_new_tokens=6)
+    batch = zc.generate_batch(["What is it?"], contexts=[[code, "plain words"]], max_new_tokens=6)[0]
+    assert one.text == batch.text and one.prompt_tokens == batch.prompt_tokens == fed
