@@ -1,6 +1,7 @@
 """The shipped latent adapters on the real default model: they load offline, emit only Z ids at about the target
-ratio, decompress to text, and ``exact=True`` round-trips byte for byte. Marked slow (about a minute on 2 cores).
-Quality is measured by ``benchmarks/latent_default.py``, not asserted here."""
+ratio, decompress to text, the decoder reads Z (its own text comes back far closer than another text's), and
+``exact=True`` round-trips byte for byte. Marked slow (about a minute on 2 cores). Quality figures are measured by
+``benchmarks/latent_default.py``, not asserted here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ pytestmark = pytest.mark.slow
 TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
     "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+
+OTHER = (
+    "Photosynthesis is the process by which green plants and some other organisms use sunlight to synthesize "
+    "foods from carbon dioxide and water, releasing oxygen as a by-product of the reaction in their leaves."
 )
 
 
@@ -28,6 +34,12 @@ def test_default_adapters_ship_and_round_trip(default_compressor: Any) -> None:
         assert code.codec == "latent" and all(0 <= z < code.k for z in code.z_ids)
         assert ratio / 2 <= code.ratio <= ratio * 2  # content-adaptive, so only near the target
         assert isinstance(zc.decompress(code), str)
+    # reading, not guessing: at 2x the reconstruction shares n-grams with its own text, not with another text
+    # (measured when these adapters shipped: sentence BLEU 29.5 against 1.7)
+    from zcompress_integrations.eval.metrics import sentence_bleu
+
+    own, other = zc.decompress_batch(zc.compress_batch([TEXT, OTHER], mode="latent", ratio=2.0))
+    assert sentence_bleu(own, TEXT) > 15 and sentence_bleu(own, TEXT) > 4 * sentence_bleu(other, TEXT)
     exact = zc.compress_batch([TEXT, "naïve café ☕ \x04"], mode="latent", ratio=2.0, exact=True)
     assert zc.decompress_batch([ZCode.from_string(c.to_string()) for c in exact]) == [TEXT, "naïve café ☕ \x04"]
     assert exact[0].residual and exact[0].to_prompt() == zc.compress(TEXT, mode="latent", ratio=2.0).to_prompt()

@@ -368,8 +368,11 @@ class LatentCodec:
         model = backbone.model
         emb = model.get_input_embeddings().weight
         lora = config.lora_config()
-        peft_model = get_peft_model(model, lora, adapter_name="compress")
-        peft_model.add_adapter("decompress", lora)
+        if config.token_code:  # no encoder to train: the reader only
+            peft_model = get_peft_model(model, lora, adapter_name="decompress")
+        else:
+            peft_model = get_peft_model(model, lora, adapter_name="compress")
+            peft_model.add_adapter("decompress", lora)
         modules = build_latent_modules(config, emb.shape[1], float(emb.detach().float().std()), emb)
         modules.to(emb.device)
         if config.token_code:
