@@ -164,3 +164,51 @@ def test_generation_reads_token_codes_at_their_uncompressed_positions(tiny_model
     one = zc.generate("What is it?", context=[code, "plain words"], max_new_tokens=6)
     batch = zc.generate_batch(["What is it?"], contexts=[[code, "plain words"]], max_new_tokens=6)[0]
     assert one.text == batch.text and one.prompt_tokens == batch.prompt_tokens == fed
+
+
+def test_adapter_reads_the_z_context_and_the_base_model_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The prompt up to the last Z-token runs with the decompress adapter, the rest and the answer without it."""
+    from transformers import DynamicCache
+
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.core.backbone import cache_kwargs
+    from zcompress_integrations.core.generation import _embed_pieces, _read_length, build_prompt
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(z_embedding="tokens", segment_len=32, max_slots=32, lora_r=4)
+    codec = LatentCodec.create(backbone, config)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a reader that changes the model's outputs
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    codec.save_pretrained(tmp_path / "adapters")
+    zc = ZCompressor.from_pretrained(tiny_model_dir, adapters=tmp_path / "adapters", window=64)
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    context = [code, "plain words"]
+    pieces, _, _, _ = build_prompt(zc, "What is it?", context)
+    latent = zc._latent_codec()
+    lm = latent._lm
+    x, pos = _embed_pieces(lm.get_input_embeddings(), pieces, "cpu")
+    head = _read_length(pieces)
+    assert head == len(pieces[0]) + code.z_tokens
+
+    def first_token(split: bool) -> int:
+        cache = DynamicCache(config=lm.config)
+        with torch.no_grad(), latent.peft_model.disable_adapter():
+            with latent.reading_inside_base():
+                lm(inputs_embeds=x[None, :head], position_ids=pos[None, :head], **cache_kwargs(lm, cache))
+                if not split:
+                    out = lm(inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache))
+            if split:
+                out = lm(inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache))
+        return int(out.logits[0, -1, : zc.backbone.text_vocab_size].argmax())
+
+    one = zc.generate("What is it?", context=context, max_new_tokens=4)
+    batch = zc.generate_batch(["What is it?"], contexts=[context], max_new_tokens=4)[0]
+    assert one.text == batch.text
+    assert first_token(True) != first_token(False)  # so the check below tells the two layouts apart
+    split_first = zc.backbone.tokenizer.decode([first_token(True)], skip_special_tokens=True)
+    assert one.text.startswith(split_first) or one.text == ""  # empty when the first token was an end token
+    # the adapter is back on afterwards (decompression still reads Z)
+    assert all(not m.disable_adapters for m in lm.modules() if hasattr(m, "lora_A"))

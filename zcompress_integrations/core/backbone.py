@@ -294,6 +294,8 @@ def greedy_batch(
     finished: Any = None,
     positions: list[Any] | None = None,
     limits: Sequence[int] | None = None,
+    head_lengths: Sequence[int] | None = None,
+    head_context: Any = None,
 ) -> list[list[int]]:
     """Greedy decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
 
@@ -302,27 +304,38 @@ def greedy_batch(
     generated tokens continue from the prefix's last position. A row stops at a token in ``eos`` (not returned)
     or when ``finished(tokens)`` says so, or after ``limits[b]`` tokens; the loop ends when every row has stopped
     or after ``max_new`` tokens.
+
+    With ``head_lengths``, the first ``head_lengths[b]`` rows of each prefix run first, inside ``head_context()``
+    (e.g. a reading adapter), and the rest of the prompt and the decoding run outside it: heads and tails are
+    padded separately (masked), so every row's head ends at the same step.
     """
     import torch
     from transformers import DynamicCache
 
     dev = prefixes[0].device
-    total = max(p.shape[0] for p in prefixes)
     batch = len(prefixes)
-    mask = torch.zeros(batch, total, dtype=torch.long, device=dev)
-    rows = []
-    for b, p in enumerate(prefixes):
-        rows.append(torch.cat([p.new_zeros(total - p.shape[0], p.shape[1]), p], dim=0))
-        mask[b, total - p.shape[0] :] = 1
     if positions is None:
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-    else:
-        positions = torch.stack(
-            [torch.cat([p.new_zeros(total - p.shape[0]), p]).to(device=dev, dtype=torch.long) for p in positions]
-        )
+        positions = [torch.arange(p.shape[0], device=dev) for p in prefixes]
+    heads = list(head_lengths) if head_lengths is not None else [0] * batch
+    head_w = max(heads)
+    tail_w = max(p.shape[0] - h for p, h in zip(prefixes, heads, strict=True))
+    total = head_w + tail_w
+    mask = torch.zeros(batch, total, dtype=torch.long, device=dev)
+    x = prefixes[0].new_zeros(batch, total, prefixes[0].shape[1])
+    pos = torch.zeros(batch, total, dtype=torch.long, device=dev)
+    for b, (p, h) in enumerate(zip(prefixes, heads, strict=True)):
+        t = p.shape[0] - h  # left-pad the head to head_w and the tail to tail_w
+        x[b, head_w - h : head_w], x[b, total - t :] = p[:h], p[h:]
+        mask[b, head_w - h : head_w], mask[b, total - t :] = 1, 1
+        pos[b, head_w - h : head_w], pos[b, total - t :] = positions[b][:h], positions[b][h:]
     cache = DynamicCache(config=model.config)
     ckw = cache_kwargs(model, cache)
-    out = model(inputs_embeds=torch.stack(rows), attention_mask=mask, position_ids=positions, use_cache=True, **ckw)
+    if head_w:
+        with head_context():
+            model(inputs_embeds=x[:, :head_w], attention_mask=mask[:, :head_w], position_ids=pos[:, :head_w],
+                  use_cache=True, **ckw)
+    out = model(inputs_embeds=x[:, head_w:], attention_mask=mask, position_ids=pos[:, head_w:], use_cache=True, **ckw)
+    positions = pos
     done = [False] * batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
     next_pos = positions[:, -1:] + 1

@@ -1,9 +1,14 @@
 """Answer from compressed context: the prompt is built from token ids, never by re-tokenising Z strings.
 
-Each context item becomes one delimited block of the user message: a latent code contributes its Z-token ids (the
-Z-aware ``decompress`` adapter reads them); plain text contributes its tokens; an *exact* code is opaque to the
+Each context item becomes one delimited block of the user message: a latent code contributes its Z-token ids;
+plain text contributes its tokens; an *exact* code is opaque to the
 model (it is arithmetic-coded bits), so it is decoded to text first. The chat template of the backbone frames it
 all. Token accounting reports what was fed and what the uncompressed prompt would have cost.
+
+With latent items, the prompt up to the last Z-token is read with the ``decompress`` adapter on, and the rest of
+the prompt and the answer run on the base model, which attends to the adapter's reading of Z (its keys and values
+in the cache). The adapter is trained to reconstruct text, not to answer; with it on throughout, the default
+adapters' summaries came out empty (README, Status).
 """
 
 from __future__ import annotations
@@ -231,12 +236,9 @@ def generate_batch(
         todo = sorted((i for i in range(n) if built[i][3] == latent_kind), key=lambda i: built[i][1])
         if not todo:
             continue
-        if latent_kind:
-            codec = zc._latent_codec()
-            model, adapter = codec._lm, codec.reading()
-        else:
-            model, adapter = backbone.model, zc._disable_adapters()
-        with zc._lock, adapter, torch.inference_mode():
+        codec = zc._latent_codec() if latent_kind else None
+        model = codec._lm if codec is not None else backbone.model
+        with zc._lock, zc._disable_adapters(), torch.inference_mode():
             emb = model.get_input_embeddings()
             for s in range(0, len(todo), batch_size):
                 chunk = todo[s : s + batch_size]
@@ -249,11 +251,19 @@ def generate_batch(
                     eos=eos,
                     finished=finished,
                     positions=list(positions),
+                    head_lengths=[_read_length(built[i][0]) for i in chunk] if codec is not None else None,
+                    head_context=codec.reading_inside_base if codec is not None else None,
                 )
                 for i, tokens in zip(chunk, outs, strict=True):
                     text, _ = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
                     results[i] = GenerationResult(text, built[i][1], len(tokens), built[i][2])
     return results  # type: ignore[return-value]
+
+
+def _read_length(pieces: list[Any]) -> int:
+    """Prompt rows up to and including the last Z piece (read with the adapter on)."""
+    last = max((i for i, p in enumerate(pieces) if isinstance(p, _ZPiece)), default=-1)
+    return sum(p.embeds.shape[0] if isinstance(p, _ZPiece) else len(p) for p in pieces[: last + 1])
 
 
 def _embed_pieces(emb: Any, pieces: list[Any], device: Any) -> tuple[Any, Any]:
@@ -291,18 +301,21 @@ def _generate_pieces(
     backbone = zc.backbone
     tokenizer = backbone.tokenizer
     eos = _eos_ids(tokenizer)
-    if any_latent:
-        latent = zc._latent_codec()
-        model, adapter = latent._lm, latent.reading()
-    else:
-        model, adapter = backbone.model, zc._disable_adapters()
+    latent = zc._latent_codec() if any_latent else None
+    model = latent._lm if latent is not None else backbone.model
 
-    def first_input() -> dict[str, Any]:
-        if not any_latent:
+    def first_input(cache: Any) -> dict[str, Any]:
+        """The prompt's input for its last forward; with latent items, the part up to the last Z-token is run
+        here first, under the reading adapter (see the module docstring)."""
+        if latent is None:
             ids = [t for p in pieces for t in p]
             return {"input_ids": torch.tensor([ids], device=backbone.device)}
         x, pos = _embed_pieces(model.get_input_embeddings(), pieces, backbone.device)
-        return {"inputs_embeds": x.unsqueeze(0), "position_ids": pos.unsqueeze(0)}
+        head = _read_length(pieces)
+        with latent.reading_inside_base():
+            model(inputs_embeds=x[None, :head], position_ids=pos[None, :head], use_cache=True,
+                  **cache_kwargs(model, cache))
+        return {"inputs_embeds": x[None, head:], "position_ids": pos[None, head:]}
 
     def run() -> Iterator[str]:
         from transformers import DynamicCache
@@ -310,9 +323,9 @@ def _generate_pieces(
         generator = torch.Generator().manual_seed(0)
         emitted = ""
         produced: list[int] = []
-        with zc._lock, adapter, torch.inference_mode():
+        with zc._lock, zc._disable_adapters(), torch.inference_mode():
             cache = DynamicCache(config=model.config)
-            feed = first_input()
+            feed = first_input(cache)
             next_pos = _span(pieces)  # generated tokens follow the prompt's last position
             for _ in range(max_new_tokens):
                 logits = model(**feed, use_cache=True, **cache_kwargs(model, cache)).logits[0, -1].float()
@@ -341,7 +354,7 @@ def _generate_pieces(
                     yield text[len(emitted) : safe]
                     emitted = text[:safe]
                 feed = {"input_ids": torch.tensor([[nxt]], device=backbone.device)}
-                if any_latent:
+                if latent is not None:
                     feed["position_ids"] = torch.tensor([[next_pos]], device=backbone.device)
                     next_pos += 1
             text = tokenizer.decode(produced, skip_special_tokens=True)

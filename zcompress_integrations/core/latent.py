@@ -401,6 +401,18 @@ class LatentCodec:
         """Context in which the backbone reads Z-tokens (the ``decompress`` adapter)."""
         return self.adapter("decompress")
 
+    @contextlib.contextmanager
+    def reading_inside_base(self) -> Iterator[None]:
+        """Turn the ``decompress`` adapter on inside ``peft_model.disable_adapter()`` and off again after: how a
+        prompt's Z context is read before the base model answers (core/generation.py)."""
+        base = self.peft_model.base_model
+        base.set_adapter("decompress")
+        base.enable_adapter_layers()
+        try:
+            yield
+        finally:
+            base.disable_adapter_layers()
+
     @property
     def _lm(self) -> Any:
         return self.peft_model.base_model.model  # LlamaForCausalLM with LoRA layers injected
