@@ -908,11 +908,7 @@ class LatentCodec:
         prompt. Learned codes: consecutive positions."""
         if not self.config.token_code:
             return list(range(code.z_tokens)), code.z_tokens
-        offsets, start = [], 0
-        for group in id_groups(code.z_ids, self.config.vocab_size, self.config.max_group):
-            offsets.append(start)
-            start += len(group)
-        return offsets, start
+        return self.token_code_layout(code.z_ids, code.text_tokens)[1], self.segment_length(code.z_ids)
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str], card: str | None = None) -> Path:
