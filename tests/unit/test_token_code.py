@@ -135,6 +135,12 @@ def test_trainer_lowers_the_loss_resumes_and_exports(tiny_model_dir: Path, tmp_p
     token_code.main(["--out", str(tmp_path / "b"), "--steps", "12", "--resume", *common])
     resumed = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert resumed[-1]["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=1e-4)
+    # a rank-32 adapter grown from the rank-16 run starts where that run ended
+    token_code.main(["--out", str(tmp_path / "c"), "--steps", "0", "--rank", "32",
+                     "--init-from", str(tmp_path / "a" / "checkpoint.pt"), *common])
+    grown = json.loads((tmp_path / "c" / "log.jsonl").read_text().splitlines()[0])
+    assert grown["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=1e-4)
+    assert grown["held_ce_4x"] == pytest.approx(log[-1]["held_ce_4x"], abs=1e-4)
     loaded = load_latent_codec(backbone, tmp_path / "a" / "adapters")
     assert loaded.config.token_code and loaded.config.training["steps"] == 12
     code = loaded.compress_batch([TEXT], ratio=2.0, exact=True)[0]

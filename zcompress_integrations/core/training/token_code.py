@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["random_groups", "main"]
+__all__ = ["random_groups", "grow_lora", "main"]
 
 
 def random_groups(length: int, probs: list[float], rng: Any) -> list[int]:
@@ -87,6 +87,24 @@ def reconstruction_loss(codec: Any, seg: Any, groups: list[list[int]], shuffle: 
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
+def grow_lora(model: Any, lora: dict[str, Any]) -> None:
+    """Load LoRA weights of rank r <= the model's rank: A fills the first r rows, B the first r columns, and the
+    rest of B is zeroed, so the adapter computes what the smaller one did (same alpha / r scale) and the extra
+    rank trains from there."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in lora.items():
+            p = params[name]
+            r = value.shape[0] if "lora_A" in name else value.shape[1]
+            if "lora_A" in name:
+                p[:r] = value
+            else:
+                p.zero_()
+                p[:, :r] = value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, final adapters)")
@@ -101,12 +119,17 @@ def main(argv: list[str] | None = None) -> None:
         help="from this step the lr falls linearly to 5%% at --steps (default: constant after warm-up)",
     )
     parser.add_argument("--max-group", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the decompress adapter (alpha = 2 x rank)")
     parser.add_argument("--group-probs", default="0.2,0.45,0.15,0.2", help="P(group size = 1, 2, ...)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--held", type=int, default=32, help="first N segments are held apart for eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--init-from", default=None,
+        help="start from another run's checkpoint.pt (LoRA only; a lower rank fills the first rows, same function)",
+    )
     parser.add_argument(
         "--export", default=None, help="only write adapters from the run's last checkpoint into this directory"
     )
@@ -130,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     backbone = load_backbone(args.model, device="cpu")
     config = LatentConfig(
-        z_embedding="tokens", max_group=args.max_group, segment_len=args.length, max_slots=args.length
+        z_embedding="tokens", max_group=args.max_group, segment_len=args.length, max_slots=args.length,
+        lora_r=args.rank, lora_alpha=2 * args.rank,
     )
     codec = LatentCodec.create(backbone, config, seed=args.seed)
     for p in codec.modules.parameters():
@@ -158,11 +182,22 @@ def main(argv: list[str] | None = None) -> None:
     if (args.resume or args.export) and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         codec.peft_model.load_state_dict(state["lora"], strict=False)
+        if "modules" in state:
+            codec.modules.load_state_dict(state["modules"])
+            codec.refresh_fingerprint()
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         rng.bit_generator.state = state["rng"]
         step, seconds, tokens = state["step"], state["seconds"], state["tokens"]
         print(f"resumed at step {step}", flush=True)
+    elif args.init_from:
+        source = torch.load(args.init_from, weights_only=False)
+        if "modules" not in source:
+            raise SystemExit(f"{args.init_from} has no latent modules (sep embedding); it predates --init-from")
+        grow_lora(codec.peft_model, source["lora"])
+        codec.modules.load_state_dict(source["modules"])  # the same code and separator the source was trained on
+        codec.refresh_fingerprint()
+        print(f"initialised from {args.init_from}", flush=True)
 
     eval_groups = {  # fixed groupings of the held-out rows: all pairs (2x) and all quads (4x)
         f"{g}x": [[g] * (args.length // g) + ([args.length % g] if args.length % g else []) for _ in range(len(held))]
@@ -211,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.checkpoint_every == 0 or step == args.steps:
             lora = {k: v for k, v in codec.peft_model.state_dict().items() if "lora_" in k and ".decompress." in k}
             state = {
-                "lora": lora, "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "lora": lora, "modules": codec.modules.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": rng.bit_generator.state, "step": step, "seconds": seconds, "tokens": tokens,
             }
             torch.save(state, out / "checkpoint.tmp")
