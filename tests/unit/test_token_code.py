@@ -218,3 +218,24 @@ def test_adapter_reads_the_z_context_and_the_base_model_answers(tiny_model_dir: 
     assert one.text.startswith(split_first) or one.text == ""  # empty when the first token was an end token
     # the adapter is back on afterwards (decompression still reads Z)
     assert all(not m.disable_adapters for m in lm.modules() if hasattr(m, "lora_A"))
+
+
+def test_gpu_script_trains_the_token_code_on_cpu_and_stops_on_time(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """scripts/gpu_train.py `tokens` is what a lent GPU runs; here on CPU, tiny, stopped by --minutes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import gpu_train
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    ids = backbone.tokenizer(TEXT * 40)["input_ids"]
+    np.save(tmp_path / "segs.npy", np.asarray([ids[i : i + 16] for i in range(0, 600, 3)], dtype=np.uint16))
+    gpu_train.main([
+        "tokens", "--model", str(tiny_model_dir), "--data", str(tmp_path / "segs.npy"), "--device", "cpu",
+        "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+        "--length", "16", "--batch", "4", "--held", "8", "--steps", "100000", "--minutes", "0.005",
+    ])  # fmt: skip
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert 0 < log[-1]["step"] < 100000 and log[-1]["seconds"] >= 0.3
+    loaded = load_latent_codec(backbone, tmp_path / "out" / "adapters")
+    assert loaded.config.training["steps"] == log[-1]["step"]

@@ -53,10 +53,10 @@ def _batch_inputs(codec: Any, seg: Any, groups: list[list[int]]) -> tuple[Any, A
     batch, n = seg.shape
     rows = [codec.token_code_layout(group_ids(seg[b].tolist(), groups[b], codec.config.vocab_size), n) for b in range(batch)]
     m_max = max(len(r[1]) for r in rows)
-    hidden = codec._lm.get_input_embeddings().weight.shape[1]
-    x = torch.zeros(batch, m_max + 1 + n, hidden)
-    pos = torch.zeros(batch, m_max + 1 + n, dtype=torch.long)
-    mask = torch.zeros(batch, m_max + 1 + n, dtype=torch.long)
+    weight = codec._lm.get_input_embeddings().weight
+    x = torch.zeros(batch, m_max + 1 + n, weight.shape[1], dtype=weight.dtype, device=seg.device)
+    pos = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=seg.device)
+    mask = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=seg.device)
     tok = codec._embed(seg)
     for b, (z_ids, z_pos) in enumerate(rows):
         m = len(z_ids)
@@ -83,7 +83,7 @@ def reconstruction_loss(codec: Any, seg: Any, groups: list[list[int]], shuffle: 
     n = seg.shape[1]
     hidden = codec._lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state
     logits = codec._lm.lm_head(hidden[:, -n - 1 :]).float()
-    target = torch.cat([seg, torch.full((seg.shape[0], 1), codec._eos, dtype=seg.dtype)], 1)
+    target = torch.cat([seg, torch.full((seg.shape[0], 1), codec._eos, dtype=seg.dtype, device=seg.device)], 1)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         "--export", default=None, help="only write adapters from the run's last checkpoint into this directory"
     )
     parser.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (fp32 everywhere: the model is small)")
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -151,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--group-probs has more sizes than --max-group")
 
     torch.manual_seed(args.seed)
-    backbone = load_backbone(args.model, device="cpu")
+    backbone = load_backbone(args.model, device=args.device, dtype="float32")
+    dev = backbone.device
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     config = LatentConfig(
         z_embedding="tokens", max_group=args.max_group, segment_len=args.length, max_slots=args.length,
         lora_r=args.rank, lora_alpha=2 * args.rank,
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     for p in codec.modules.parameters():
         p.requires_grad_(False)  # the code is fixed; only the decompress LoRA trains
     data = np.load(args.data)[:, : args.length].astype(np.int64)
-    held = torch.as_tensor(data[: args.held])
+    held = torch.as_tensor(data[: args.held], device=dev)
     train = data[args.held :]
     params = []
     with codec.adapter("decompress"):
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     codec.peft_model.train()
     while step < args.steps:
         t0 = time.time()
-        seg = torch.as_tensor(train[rng.integers(0, len(train), args.batch)])
+        seg = torch.as_tensor(train[rng.integers(0, len(train), args.batch)], device=dev)
         groups = [random_groups(args.length, probs, rng) for _ in range(args.batch)]
         with codec.adapter("decompress"):
             loss = reconstruction_loss(codec, seg, groups)
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds += time.time() - t0
         if step % 5 == 0:
             print(f"step {step} loss {float(loss.detach()):.3f} lr {sched.get_last_lr()[0]:.2e} {seconds / step:.1f}s/step", flush=True)
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        out_of_time = args.minutes is not None and seconds >= 60 * args.minutes
+        if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
             lora = {k: v for k, v in codec.peft_model.state_dict().items() if "lora_" in k and ".decompress." in k}
             state = {
                 "lora": lora, "modules": codec.modules.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -251,10 +257,12 @@ def main(argv: list[str] | None = None) -> None:
             }
             torch.save(state, out / "checkpoint.tmp")
             os.replace(out / "checkpoint.tmp", ckpt)
-        if step % args.eval_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or step == args.steps or out_of_time:
             codec.peft_model.eval()
             log_eval()
             codec.peft_model.train()
+        if out_of_time:
+            break
     export(codec, out / "adapters", held, args, probs, step, tokens, seconds)
 
 
