@@ -239,3 +239,62 @@ def test_gpu_script_trains_the_token_code_on_cpu_and_stops_on_time(tiny_model_di
     assert 0 < log[-1]["step"] < 100000 and log[-1]["seconds"] >= 0.3
     loaded = load_latent_codec(backbone, tmp_path / "out" / "adapters")
     assert loaded.config.training["steps"] == log[-1]["step"]
+
+
+def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The answer loss reads Z with the adapter and answers on the base model: gradients reach the adapter (only
+    through the Z reading), the loss equals the teacher-forced CE of what generate() would score, and the
+    trainer's --qa-weight run logs a held-out answer CE that falls."""
+    from zcompress_integrations.core.training import from_z
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(z_embedding="tokens", segment_len=32, max_slots=32, lora_r=4, max_group=4)
+    codec = LatentCodec.create(backbone, config)
+    zc = from_z.compressor_for(backbone, codec)
+    example = from_z.AnswerExample("Who jumps?", (("Fox", TEXT),), "the quick brown fox")
+    codes = codec.compress_batch([TEXT], ratio=2.0)
+    with torch.no_grad():
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a non-zero adapter, so its reading matters
+    loss = from_z.answer_loss(zc, codes, example)
+    loss.backward()
+    grads = {n: p.grad for n, p in codec.peft_model.named_parameters() if "lora_" in n}
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads.values())
+    # the adapter's reading changes the answer's loss; with plain-text context no adapter runs at all
+    lora_b = {n: p.detach().clone() for n, p in codec.peft_model.named_parameters() if "lora_B" in n}
+    with torch.no_grad():
+        plain = float(from_z.answer_loss(zc, [TEXT], example))
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+        identity = float(from_z.answer_loss(zc, codes, example))
+        plain_identity = float(from_z.answer_loss(zc, [TEXT], example))
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(lora_b[name])
+    assert identity != pytest.approx(float(loss), abs=1e-4)
+    assert plain == pytest.approx(plain_identity, abs=1e-5)
+
+    ids = backbone.tokenizer(TEXT * 40)["input_ids"]
+    np.save(tmp_path / "segs.npy", np.asarray([ids[i : i + 16] for i in range(0, 600, 3)], dtype=np.int64))
+    data = tmp_path / "data"
+    (data / "hotpotqa").mkdir(parents=True)
+    (data / "natural_questions").mkdir()
+    hp = {"question": "Who jumps?", "answer": "the fox", "supporting_facts": [["Fox", [0], ["x"]]],
+          "context": [["Fox", ["The quick brown fox jumps."]], ["Dog", ["The lazy dog sleeps."]]]}
+    nq = {"question": "What sleeps?", "answers": ["the dog"], "ctxs": [{"title": "Dog", "text": "The lazy dog sleeps."}]}
+    (data / "hotpotqa" / "hotpotqa_train_100.jsonl").write_text(json.dumps(hp) + "\n")
+    (data / "natural_questions" / "nq_open_oracle_500.jsonl").write_text((json.dumps(nq) + "\n") * 3)
+    token_code.main([
+        "--out", str(tmp_path / "qa"), "--data", str(tmp_path / "segs.npy"), "--length", "16", "--batch", "2",
+        "--lr", "1e-2", "--warmup", "1", "--held", "4", "--eval-every", "8", "--steps", "8",
+        "--model", str(tiny_model_dir), "--qa-weight", "1", "--qa-batch", "2", "--qa-held", "2",
+        "--data-dir", str(data),
+    ])  # fmt: skip
+    log = [json.loads(line) for line in (tmp_path / "qa" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["held_answer_ce_2x"] < log[0]["held_answer_ce_2x"]
+    card = json.loads((tmp_path / "qa" / "adapters" / "zcompress_config.json").read_text())
+    assert card["training"]["answer_from_z"]["weight"] == 1.0

@@ -134,6 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         "--export", default=None, help="only write adapters from the run's last checkpoint into this directory"
     )
     parser.add_argument("--model", default=None, help="backbone (default: the embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--qa-weight", type=float, default=0.0,
+        help="add this times the answer-from-Z loss (core/training/from_z.py) to each step; 0 = reconstruction only",
+    )
+    parser.add_argument("--qa-batch", type=int, default=4, help="answer examples per step (with --qa-weight)")
+    parser.add_argument("--qa-repeat", type=float, default=0.25, help="share of them that are 'repeat' prompts")
+    parser.add_argument("--qa-held", type=int, default=24, help="answer examples held apart for eval")
+    parser.add_argument("--data-dir", default=None, help="shared/data folder (answer examples)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (fp32 everywhere: the model is small)")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     args = parser.parse_args(argv)
@@ -204,6 +212,22 @@ def main(argv: list[str] | None = None) -> None:
         codec.refresh_fingerprint()
         print(f"initialised from {args.init_from}", flush=True)
 
+    qa = None
+    if args.qa_weight > 0:
+        from zcompress_integrations.core.training import from_z
+
+        examples = from_z.load_answer_examples(args.data_dir, seed=args.seed)
+        qa = {"zc": from_z.compressor_for(backbone, codec), "held": examples[: args.qa_held],
+              "train": examples[args.qa_held :], "codes": {}}
+
+    def qa_loss(example: Any, ratio: float) -> Any:
+        """Answer-from-Z loss of one example, its context compressed at ``ratio`` (codes cached: they are fixed)."""
+        key = (example, ratio)
+        if key not in qa["codes"]:
+            with torch.no_grad():
+                qa["codes"][key] = codec.compress_batch([text for _, text in example.context], ratio=ratio)
+        return from_z.answer_loss(qa["zc"], qa["codes"][key], example)
+
     eval_groups = {  # fixed groupings of the held-out rows: all pairs (2x) and all quads (4x)
         f"{g}x": [[g] * (args.length // g) + ([args.length % g] if args.length % g else []) for _ in range(len(held))]
         for g in (2, args.max_group)
@@ -222,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, groups in eval_groups.items():
             row[f"held_ce_{name}"] = round(held_ce(groups, False), 4)
             row[f"held_ce_{name}_shuffled"] = round(held_ce(groups, True), 4)
+        if qa is not None:
+            with torch.no_grad():
+                row["held_answer_ce_2x"] = round(sum(float(qa_loss(e, 2.0)) for e in qa["held"]) / len(qa["held"]), 4)
         print(json.dumps(row), flush=True)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -237,9 +264,17 @@ def main(argv: list[str] | None = None) -> None:
         seg = torch.as_tensor(train[rng.integers(0, len(train), args.batch)], device=dev)
         groups = [random_groups(args.length, probs, rng) for _ in range(args.batch)]
         with codec.adapter("decompress"):
-            loss = reconstruction_loss(codec, seg, groups)
             opt.zero_grad()
+            loss = reconstruction_loss(codec, seg, groups)
             loss.backward()
+            if qa is not None:  # answer rows, one forward each (lengths differ); gradients add up
+                for _ in range(args.qa_batch):
+                    if rng.random() < args.qa_repeat:
+                        row = train[rng.integers(0, len(train))]
+                        example = from_z.repeat_example(backbone.tokenizer.decode(row.tolist()))
+                    else:
+                        example = qa["train"][int(rng.integers(0, len(qa["train"])))]
+                    (args.qa_weight / args.qa_batch * qa_loss(example, float(rng.choice([2.0, 4.0])))).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
@@ -285,6 +320,11 @@ def export(
         "wall_s": round(seconds),
         "data": str(args.data),
     }
+    if args.qa_weight > 0:
+        codec.config.training["answer_from_z"] = {
+            "weight": args.qa_weight, "examples_per_step": args.qa_batch, "repeat_share": args.qa_repeat,
+            "data": "hotpotqa_train_100 + nq_open_oracle_500 (first --qa-held held apart) + repeat prompts",
+        }
     codec.save_pretrained(directory)
     print(f"saved {directory} (step {step}, {tokens} text tokens, {seconds:.0f} s)", flush=True)
 

@@ -1,0 +1,110 @@
+"""Train the reader to serve answers from Z: the loss of an answer given a prompt whose context is Z-tokens.
+
+Inference (``core/generation.py``) reads a prompt's Z context with the ``decompress`` adapter on and runs the rest
+of the prompt and the answer on the base model, which attends to the adapter's keys and values. This loss follows
+the same path: the head of the prompt (up to the last Z-token) runs under the adapter, the tail and the teacher-
+forced answer run with adapters off, and the gradient reaches the adapter only through the head's keys and values
+in the cache. So the adapter learns to lay out Z for a base model that answers, and the base model stays itself.
+
+Examples come from the training split only (``shared/data/README.md``): HotpotQA train (supporting paragraphs
+plus up to two distractors), Natural Questions oracle passages, and "repeat the document" prompts over training
+segments (their answer is the segment's text), which teach the base model to take content from the Z reading.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AnswerExample", "load_answer_examples", "repeat_example", "answer_loss", "compressor_for", "REPEAT_PROMPT",
+]
+
+REPEAT_PROMPT = "Repeat Document 1 word for word."
+
+
+@dataclass(frozen=True)
+class AnswerExample:
+    """A question, its context paragraphs ``(title, text)`` and the answer to train on."""
+
+    question: str
+    context: tuple[tuple[str, str], ...]
+    answer: str
+
+
+def load_answer_examples(data_dir: str | Path | None = None, seed: int = 0) -> list[AnswerExample]:
+    """HotpotQA train (100) and Natural Questions oracle (500) examples, shuffled with ``seed``. Training files
+    only: the HotpotQA dev file, CNN/DM, Qulac and WikiText test files are evaluation data."""
+    from zcompress_integrations.eval.datasets import resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    rng = random.Random(seed)
+    examples = []
+    for line in (root / "hotpotqa" / "hotpotqa_train_100.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        paragraphs = {title: "".join(sentences).strip() for title, sentences in r["context"]}
+        support = list(dict.fromkeys(f[0] for f in r["supporting_facts"] if f[0] in paragraphs))
+        others = [t for t in paragraphs if t not in support]
+        titles = support + rng.sample(others, min(2, len(others)))
+        rng.shuffle(titles)
+        examples.append(AnswerExample(r["question"], tuple((t, paragraphs[t]) for t in titles), r["answer"]))
+    for line in (root / "natural_questions" / "nq_open_oracle_500.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        ctx = r["ctxs"][0]
+        examples.append(AnswerExample(r["question"], ((ctx["title"], ctx["text"]),), r["answers"][0]))
+    rng.shuffle(examples)
+    return examples
+
+
+def compressor_for(backbone: Any, codec: Any) -> Any:
+    """A :class:`ZCompressor` over a backbone and latent codec already in memory (what the trainer holds)."""
+    from zcompress_integrations.core.compressor import ZCompressor
+
+    zc = ZCompressor(None, adapters=None)
+    zc._backbone, zc._latent = backbone, codec
+    return zc
+
+
+def repeat_example(text: str) -> AnswerExample:
+    """A "repeat the document" example: the answer is the document itself."""
+    return AnswerExample(REPEAT_PROMPT, (("", text),), text)
+
+
+def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
+    """Mean CE (nats/token) of ``example.answer`` and its end token, given the prompt that
+    :func:`~zcompress_integrations.core.generation.build_prompt` makes from ``codes`` (the context as Z codes or
+    text) and the question, read the way :func:`~zcompress_integrations.core.generation.generate` reads it."""
+    import torch
+    from transformers import DynamicCache
+
+    from zcompress_integrations.core.backbone import cache_kwargs
+    from zcompress_integrations.core.generation import _embed_pieces, _read_length, _span, build_prompt
+
+    codec = zc._latent_codec()
+    model = codec._lm
+    tokenizer = zc.backbone.tokenizer
+    titles = [title or None for title, _ in example.context]
+    pieces, _, _, _ = build_prompt(zc, example.question, codes, titles)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end if isinstance(end, int) and end >= 0 else tokenizer.eos_token_id
+    answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [end]
+    dev = zc.backbone.device
+    emb = model.get_input_embeddings()
+    x, pos = _embed_pieces(emb, pieces, dev)
+    head = _read_length(pieces)
+    span = _span(pieces)
+    answer_ids = torch.tensor(answer, device=dev)
+    tail_x = torch.cat([x[head:], emb(answer_ids[:-1]).to(x.dtype)], 0)
+    tail_pos = torch.cat([pos[head:], torch.arange(span, span + len(answer) - 1, device=dev)], 0)
+    cache = DynamicCache(config=model.config)
+    with codec.peft_model.disable_adapter():
+        if head:
+            with codec.reading_inside_base():
+                model(inputs_embeds=x[None, :head], position_ids=pos[None, :head], use_cache=True,
+                      **cache_kwargs(model, cache))
+        logits = model(inputs_embeds=tail_x[None], position_ids=tail_pos[None], use_cache=True,
+                       **cache_kwargs(model, cache)).logits[0, -len(answer):].float()
+    return torch.nn.functional.cross_entropy(logits, answer_ids)
