@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         export(codec, Path(args.export), held, args, probs, step, tokens, seconds)
         return
-    if step == 0:
+    if step == 0 or (qa is not None and step > 0):  # a run resumed with the answer loss logs where it starts
         log_eval()
     codec.peft_model.train()
     while step < args.steps:
