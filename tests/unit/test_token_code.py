@@ -298,3 +298,4 @@ def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
     assert log[-1]["held_answer_ce_2x"] < log[0]["held_answer_ce_2x"]
     card = json.loads((tmp_path / "qa" / "adapters" / "zcompress_config.json").read_text())
     assert card["training"]["answer_from_z"]["weight"] == 1.0
+    assert card["training"]["answer_from_z"]["examples_seen"] == 16

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)  # the lambda is not in the checkpoint: resume may change it
     rng = np.random.default_rng(args.seed)
-    step, seconds, tokens = 0, 0.0, 0
+    step, seconds, tokens, qa_seen = 0, 0.0, 0, 0
     ckpt = out / "checkpoint.pt"
     if (args.resume or args.export) and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         sched.load_state_dict(state["sched"])
         rng.bit_generator.state = state["rng"]
         step, seconds, tokens = state["step"], state["seconds"], state["tokens"]
+        qa_seen = state.get("qa_seen", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from:
         source = torch.load(args.init_from, weights_only=False)
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             f.write(json.dumps(row) + "\n")
 
     if args.export:
-        export(codec, Path(args.export), held, args, probs, step, tokens, seconds)
+        export(codec, Path(args.export), held, args, probs, step, tokens, seconds, qa_seen)
         return
     if step == 0 or (qa is not None and step > 0):  # a run resumed with the answer loss logs where it starts
         log_eval()
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                     else:
                         example = qa["train"][int(rng.integers(0, len(qa["train"])))]
                     (args.qa_weight / args.qa_batch * qa_loss(example, float(rng.choice([2.0, 4.0])))).backward()
+                    qa_seen += 1
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             state = {
                 "lora": lora, "modules": codec.modules.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": rng.bit_generator.state, "step": step, "seconds": seconds, "tokens": tokens,
+                "qa_seen": qa_seen,
             }
             torch.save(state, out / "checkpoint.tmp")
             os.replace(out / "checkpoint.tmp", ckpt)
@@ -298,12 +301,12 @@ def main(argv: list[str] | None = None) -> None:
             codec.peft_model.train()
         if out_of_time:
             break
-    export(codec, out / "adapters", held, args, probs, step, tokens, seconds)
+    export(codec, out / "adapters", held, args, probs, step, tokens, seconds, qa_seen)
 
 
 def export(
     codec: Any, directory: Path, held: Any, args: argparse.Namespace, probs: list[float], step: int, tokens: int,
-    seconds: float,
+    seconds: float, qa_seen: int = 0,
 ) -> None:
     """Write the adapters directory: LoRA, modules, config (with ``calib_nll`` from the held-apart training
     segments, so Z counts follow surprisal relative to training text) and a short model card."""
@@ -323,6 +326,7 @@ def export(
     if args.qa_weight > 0:
         codec.config.training["answer_from_z"] = {
             "weight": args.qa_weight, "examples_per_step": args.qa_batch, "repeat_share": args.qa_repeat,
+            "examples_seen": qa_seen,
             "data": "hotpotqa_train_100 + nq_open_oracle_500 (first --qa-held held apart) + repeat prompts",
         }
     codec.save_pretrained(directory)
