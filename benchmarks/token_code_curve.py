@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         data["points"] = [p for p in data["points"] if p["step"] != point["step"] or p["paragraphs"] != point["paragraphs"]]
         data["points"] = sorted([*data["points"], point], key=lambda p: (p["paragraphs"], p["step"]))
     if args.log:
-        data["ce"] = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
+        data["ce"] = list({r["step"]: r for r in rows}.values())  # a resumed run re-logs its first step: keep the last
     out.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     write_report(data, out)
@@ -134,15 +135,18 @@ def write_report(data: dict, out: Path) -> None:
         lines += [
             "",
             "Held-out cross-entropy (nats/token, 32 training-split segments the adapter never trained on), true code",
-            "and another segment's code (shuffled: the decoder's prior alone):",
+            "and another segment's code (shuffled: the decoder's prior alone). Answer CE: gold-answer CE of held-apart",
+            "training-split questions (HotpotQA train, NQ) with their context as Z at 2x, logged once the run trains",
+            "the answer-from-Z loss (`--qa-weight`).",
             "",
-            "| step | text tokens | train s | 2x CE | 2x CE shuffled | 4x CE | 4x CE shuffled |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| step | text tokens | train s | 2x CE | 2x CE shuffled | 4x CE | 4x CE shuffled | answer CE (Z 2x) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in data["ce"]:
+            answer = f"{r['held_answer_ce_2x']:.3f}" if "held_answer_ce_2x" in r else ""
             lines.append(
                 f"| {r['step']} | {r['tokens']} | {r['seconds']} | {r['held_ce_2x']:.3f} | "
-                f"{r['held_ce_2x_shuffled']:.3f} | {r['held_ce_4x']:.3f} | {r['held_ce_4x_shuffled']:.3f} |"
+                f"{r['held_ce_2x_shuffled']:.3f} | {r['held_ce_4x']:.3f} | {r['held_ce_4x_shuffled']:.3f} | {answer} |"
             )
     lines += ["", "Samples (first paragraph, 240 characters):", ""]
     for p in data["points"][-1:]:
