@@ -7,8 +7,9 @@ all. Token accounting reports what was fed and what the uncompressed prompt woul
 
 With latent items, the prompt up to the last Z-token is read with the ``decompress`` adapter on, and the rest of
 the prompt and the answer run on the base model, which attends to the adapter's reading of Z (its keys and values
-in the cache). The adapter is trained to reconstruct text, not to answer; with it on throughout, the default
-adapters' summaries came out empty (README, Status).
+in the cache). The shipped adapter trains through this same split (``core/training/from_z.py``): it learns to
+write Z keys and values the base model answers from. A reader trained only to reconstruct, left on throughout,
+wrote empty summaries (README, eval run 3).
 """
 
 from __future__ import annotations
