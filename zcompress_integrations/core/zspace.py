@@ -86,8 +86,26 @@ def add_infer_adapter(codec: Any, seed: int = 0) -> None:
     lora = cfg.lora_config()
     codec.peft_model.add_adapter(INFER_ADAPTER, lora)
     emb = codec._lm.get_input_embeddings().weight
-    head = build_infer_head(cfg.fsq_dims, cfg.fsq_levels, emb.shape[1], float(emb.detach().float().std()))
+    if cfg.token_code:
+        from zcompress_integrations.core.zspace_groups import build_group_head
+
+        head = build_group_head(cfg.max_group, emb.shape[1])
+        _copy_reader(codec)
+    else:
+        head = build_infer_head(cfg.fsq_dims, cfg.fsq_levels, emb.shape[1], float(emb.detach().float().std()))
     codec.infer_head = head.to(emb.device)
+
+
+def _copy_reader(codec: Any) -> None:
+    """Start the token code's ``infer`` LoRA from the ``decompress`` one: it already reads token-group Z
+    embeddings at aligned positions, which is half of what continuing them takes."""
+    import torch
+
+    params = dict(codec.peft_model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            if f".{INFER_ADAPTER}." in name:
+                p.copy_(params[name.replace(f".{INFER_ADAPTER}.", ".decompress.")])
 
 
 def has_infer(codec: Any) -> bool:
@@ -195,13 +213,20 @@ def continue_z(
         raise ConfigError(f"n_segments must be >= 1; got {n_segments}")
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0; got {temperature}")
+    if context_segments is not None and context_segments < 0:
+        raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
+    if cfg.token_code:
+        from zcompress_integrations.core.zspace_groups import continue_groups
+
+        return continue_groups(
+            codec, code, n_segments, z_per_segment=z_per_segment, context_segments=context_segments,
+            temperature=temperature, seed=seed,
+        )
     if z_per_segment is None:
         mean = len(code.z_ids) / len(code.segments) if code.segments else cfg.segment_len / cfg.default_ratio
         z_per_segment = round(mean)
     if not 1 <= z_per_segment <= cfg.max_slots:
         raise ConfigError(f"z_per_segment must be in [1, {cfg.max_slots}]; got {z_per_segment}")
-    if context_segments is not None and context_segments < 0:
-        raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
 
     dev = codec.backbone.device
     counts = list(code.segments)
@@ -274,8 +299,12 @@ def load_infer(codec: Any, directory: str | os.PathLike[str]) -> bool:
         return False
     codec.peft_model.load_adapter(lora_dir, adapter_name=INFER_ADAPTER)
     state = load_file(str(head_file))
-    hidden = state["cont"].shape[0]
-    head = build_infer_head(codec.config.fsq_dims, codec.config.fsq_levels, hidden, 0.0)
+    if codec.config.token_code:
+        from zcompress_integrations.core.zspace_groups import build_group_head
+
+        head = build_group_head(codec.config.max_group, state["down"].shape[1], state["down"].shape[2])
+    else:
+        head = build_infer_head(codec.config.fsq_dims, codec.config.fsq_levels, state["cont"].shape[0], 0.0)
     head.load_state_dict(state)
     emb = codec._lm.get_input_embeddings().weight
     codec.infer_head = head.to(device=emb.device, dtype=torch.float32).eval()

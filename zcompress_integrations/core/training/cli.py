@@ -4,7 +4,8 @@ reads a YAML or JSON file of the same keys (flags given on the command line win)
 ``--task infer --adapters DIR`` trains the ``infer`` adapter (generation in Z space) on top of trained adapters
 instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
 ``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
-``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``.
+``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``. For the token-group
+code the head predicts each group's next tokens (``core/zspace_groups.py``) and ``infer`` starts from ``decompress``.
 
 ``--task tokens`` trains the token-group code's ``decompress`` adapter instead (the shipped default's recipe);
 it has its own flags: ``zcompress train --task tokens --help``."""
@@ -110,10 +111,6 @@ def _train_infer(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization)
     codec = load_latent_codec(backbone, args.adapters)
-    if codec.config.token_code:
-        print("zcompress train: --task infer needs adapters with a learned (FSQ) code, not the token-group code",
-              file=sys.stderr)
-        return 2
     width = codec.config.segment_len * args.window_segments
     windows = prepare_segments(backbone.tokenizer, cfg.data, width, max_tokens=cfg.max_data_tokens or None)
     np.random.default_rng(cfg.seed).shuffle(windows)

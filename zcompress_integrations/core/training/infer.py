@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from zcompress_integrations.core.zspace import (
 )
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["train_infer", "infer_loss", "window_digits", "infer_lr"]
+__all__ = ["train_infer", "infer_loss", "group_infer_loss", "window_digits", "infer_lr"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +104,57 @@ def _forward_loss(codec: LatentCodec, digits: list, train: bool) -> tuple[Any, A
     use_autocast = codec.backbone.device.type == "cuda"
     inputs, targets = window_inputs(codec, digits)
     with codec.adapter(INFER_ADAPTER):
-        if train:  # set_adapter turns the active adapter's grads on; make sure no other adapter's are
-            for n, p in codec.peft_model.named_parameters():
-                if "lora_" in n:
-                    p.requires_grad_(f".{INFER_ADAPTER}." in n)
+        if train:
+            _only_infer_grads(codec)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
             hidden = infer_hidden(codec, inputs)
         logits = codec.infer_head(hidden)
     return digit_loss(logits, targets), logits, targets
+
+
+def _only_infer_grads(codec: LatentCodec) -> None:
+    """set_adapter turns the active adapter's grads on; make sure no other adapter's are."""
+    for n, p in codec.peft_model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(f".{INFER_ADAPTER}." in n)
+
+
+def _group_forward(codec: LatentCodec, windows: Any, sizes: list[list[int]], train: bool) -> tuple[Any, Any, Any]:
+    """Token-group code: (loss, logits[B, T, G, V], targets[B, T, G]) of predicting each group's next tokens."""
+    from zcompress_integrations.core.zspace_groups import group_loss
+
+    with codec.adapter(INFER_ADAPTER):
+        if train:
+            _only_infer_grads(codec)
+        return group_loss(codec, [list(map(int, w)) for w in windows], sizes)
+
+
+def group_infer_loss(codec: LatentCodec, windows: Any, size: int = 2) -> dict[str, float]:
+    """Token-group code: teacher-forced CE (nats/token) and per-offset token accuracy of the infer adapter on
+    ``windows`` cut into groups of ``size`` tokens (the context a continuation at ``size``x reads)."""
+    import torch
+
+    require_infer(codec)
+    arr = _check_windows(codec, windows)
+    width = arr.shape[1]
+    sizes = [[size] * (width // size) + ([width % size] if width % size else [])] * len(arr)
+    was_training = codec.peft_model.training
+    codec.peft_model.eval()
+    with torch.no_grad():
+        losses, hits, counts = [], None, None
+        for i in range(0, len(arr), 4):
+            loss, logits, targets = _group_forward(codec, arr[i : i + 4], sizes[i : i + 4], train=False)
+            valid = targets != -100
+            hit = ((logits.argmax(-1) == targets) & valid).sum((0, 1)).float()
+            hits = hit if hits is None else hits + hit
+            n = valid.sum((0, 1)).float()
+            counts = n if counts is None else counts + n
+            losses.append(float(loss) * float(valid.sum()))
+    codec.peft_model.train(was_training)
+    out = {"loss": sum(losses) / float(counts.sum())}
+    for k, (h, n) in enumerate(zip(hits.tolist(), counts.tolist(), strict=True)):
+        out[f"acc_offset{k}"] = h / max(n, 1.0)
+    return out
 
 
 def infer_loss(
@@ -156,6 +199,7 @@ def train_infer(
     log_file: str | Path | None = None,
     progress: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    group_probs: Sequence[float] = (0.2, 0.45, 0.15, 0.2),
 ) -> list[dict[str, Any]]:
     """Train (or keep training) ``codec``'s ``infer`` adapter and Z head in place; returns the logged records.
 
@@ -165,7 +209,10 @@ def train_infer(
         segments: token windows ``[N, k * segment_len]``, ``k >= 2`` consecutive segments per row.
         steps / batch_size / lr / lr_head / warmup_steps / grad_clip / weight_decay: the optimisation (AdamW;
             ``lr`` for the LoRA weights, ``lr_head`` for the head and the "continue" embedding).
-        ratio / adaptive: how the targets' Z counts are chosen (see :func:`window_digits`).
+        ratio / adaptive: how the targets' Z counts are chosen (see :func:`window_digits`; learned codes).
+        group_probs: token-group code: each window is cut at random into groups of ``k + 1`` tokens with
+            probability ``group_probs[k]`` (the context a continuation reads), and every group's next
+            ``max_group`` tokens are the targets.
         log_every / log_file / progress / on_log: a record every ``log_every`` steps, appended to ``log_file``
             (jsonl) and passed to ``on_log``; a tqdm bar with ``progress``.
     """
@@ -173,6 +220,10 @@ def train_infer(
     import torch
 
     arr = _check_windows(codec, segments)
+    token_code = codec.config.token_code
+    probs = [p / sum(group_probs) for p in group_probs]
+    if token_code and len(probs) > codec.config.max_group:
+        raise ConfigError(f"group_probs has {len(probs)} sizes; this code's groups hold at most {codec.config.max_group}")
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"need steps >= 0 and batch_size >= 1; got steps={steps}, batch_size={batch_size}")
     if not has_infer(codec):
@@ -204,16 +255,23 @@ def train_infer(
             group["lr"] = infer_lr(step, steps, warmup_steps, group["base"])
         # 1. batch of windows
         idx = [int(i) for i in rng.integers(0, len(arr), size=batch_size)]
-        # 2. targets from the frozen compress adapter (computed once per window)
-        missing = sorted({i for i in idx if i not in cache})
-        if missing:
-            targets = window_digits(codec, arr[missing], ratio=ratio, adaptive=adaptive)
-            for i, digits in zip(missing, targets, strict=True):
-                cache[i] = [d.to(torch.int16) for d in digits]
-        batch = [[d.long() for d in cache[i]] for i in idx]
-        # 3. teacher-forced infer forward, digit cross-entropy on segments 2..k
-        codec.peft_model.train()
-        loss, _, _ = _forward_loss(codec, batch, train=True)
+        if token_code:  # 2-3. a random grouping of each window; CE of every group's next max_group tokens
+            from zcompress_integrations.core.training.token_code import random_groups
+
+            sizes = [random_groups(arr.shape[1], probs, rng) for _ in idx]
+            codec.peft_model.train()
+            loss, _, _ = _group_forward(codec, arr[idx], sizes, train=True)
+        else:
+            # 2. targets from the frozen compress adapter (computed once per window)
+            missing = sorted({i for i in idx if i not in cache})
+            if missing:
+                targets = window_digits(codec, arr[missing], ratio=ratio, adaptive=adaptive)
+                for i, digits in zip(missing, targets, strict=True):
+                    cache[i] = [d.to(torch.int16) for d in digits]
+            batch = [[d.long() for d in cache[i]] for i in idx]
+            # 3. teacher-forced infer forward, digit cross-entropy on segments 2..k
+            codec.peft_model.train()
+            loss, _, _ = _forward_loss(codec, batch, train=True)
         # 4. backward, clipped per group (the head's gradients are larger than the LoRA weights'), step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora_params, grad_clip)
@@ -251,9 +309,15 @@ def train_infer(
         "windows": len(arr),
         "batch_size": batch_size,
         "lr": lr,
-        "ratio": float(ratio or codec.config.default_ratio),
-        "adaptive": adaptive,
         "seed": seed,
         "last_loss": records[-1]["loss"] if records else None,
+        "wall_s": round(time.time() - t0),
     }
+    if token_code:
+        codec.config.training["infer"].update(
+            recipe="next token groups (core/zspace_groups.py), infer LoRA started from decompress",
+            group_probs=probs, lr_head=lr_head,
+        )
+    else:
+        codec.config.training["infer"].update(ratio=float(ratio or codec.config.default_ratio), adaptive=adaptive)
     return records

@@ -1,0 +1,133 @@
+"""Generation in Z space for the token-group code, on a tiny random Llama: the group head, continue_z, training,
+save/load. Logic, not quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zcompress_integrations import ZCode, ZCompressor  # noqa: E402
+from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
+from zcompress_integrations.core.latent import LatentCodec, LatentConfig, id_groups, load_latent_codec  # noqa: E402
+from zcompress_integrations.core.training import group_infer_loss, train_infer  # noqa: E402
+from zcompress_integrations.core.zspace import INFER_HEAD_NAME, add_infer_adapter  # noqa: E402
+from zcompress_integrations.core.zspace_groups import group_window  # noqa: E402
+from zcompress_integrations.errors import ConfigError  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
+L = 32
+STEPS = 30
+
+
+def _windows(codec: LatentCodec, n: int = 40) -> np.ndarray:
+    ids = codec.backbone.tokenizer(TEXT * 60)["input_ids"]
+    return np.asarray([ids[i : i + 2 * L] for i in range(0, len(ids) - 2 * L, 5)][:n], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    torch.set_num_threads(1)
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4, max_group=4)
+    codec = LatentCodec.create(backbone, config)
+    with torch.no_grad():  # a reader that is not the identity, so copying it into infer/ is visible
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name and ".decompress." in name:
+                p.normal_(0, 0.02)
+    ids = backbone.tokenizer(TEXT * 4)["input_ids"]
+    codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + L] for i in range(0, len(ids) - L, 16)])))
+    fingerprint = codec.fingerprint
+    windows = _windows(codec)
+    add_infer_adapter(codec, seed=0)
+    start = {n: p.detach().clone() for n, p in codec.peft_model.named_parameters() if ".infer." in n}
+    before = group_infer_loss(codec, windows[:8])
+    records = train_infer(codec, windows, steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    after = group_infer_loss(codec, windows[:8])
+    out = tmp_path_factory.mktemp("zspace_groups") / "adapters"
+    codec.save_pretrained(out)
+    return {"codec": codec, "windows": windows, "before": before, "after": after, "records": records, "dir": out,
+            "start": start, "fingerprint": fingerprint, "tiny": tiny_model_dir}
+
+
+def test_infer_starts_from_the_reader_and_every_offset_from_the_next_token_head(tiny_model_dir: Path) -> None:
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    codec = LatentCodec.create(backbone, LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4))
+    add_infer_adapter(codec, seed=0)
+    params = dict(codec.peft_model.named_parameters())
+    copied = [n for n in params if ".infer." in n]
+    assert copied and all(torch.equal(params[n], params[n.replace(".infer.", ".decompress.")]) for n in copied)
+    h = torch.randn(3, backbone.model.config.hidden_size)
+    weight = backbone.model.lm_head.weight[: backbone.text_vocab_size]
+    logits = codec.infer_head(h, weight)
+    assert logits.shape == (3, codec.config.max_group, backbone.text_vocab_size)
+    for k in range(codec.config.max_group):
+        assert torch.allclose(logits[:, k], h @ weight.T, atol=1e-5)
+
+
+def test_group_window_targets_are_the_tokens_after_each_group(trained: dict) -> None:
+    codec = trained["codec"]
+    tokens = list(range(100, 110))
+    inputs, positions, targets = group_window(codec, tokens, [2, 1, 4, 3])
+    assert inputs.shape[0] == 4 and positions.tolist() == [0, 2, 3, 7]
+    assert targets[0].tolist() == [102, 103, 104, 105]
+    assert targets[2].tolist() == [107, 108, 109, -100]
+    assert targets[3].tolist() == [-100] * 4
+
+
+def test_training_lowers_the_loss_and_leaves_the_code_alone(trained: dict) -> None:
+    before, after = trained["before"], trained["after"]
+    assert after["loss"] < before["loss"] - 0.5
+    assert after["acc_offset0"] > before["acc_offset0"]
+    codec = trained["codec"]
+    assert codec.fingerprint == trained["fingerprint"]
+    moved = [n for n, p in codec.peft_model.named_parameters() if ".infer." in n and not torch.equal(p, trained["start"][n])]
+    assert moved  # the infer LoRA trained ...
+    info = codec.config.training["infer"]
+    assert info["steps"] == STEPS and "next token groups" in info["recipe"]
+
+
+def test_continue_z_writes_whole_segments_of_token_groups(trained: dict) -> None:
+    codec = trained["codec"]
+    code = codec.compress_batch([TEXT * 3], ratio=2.0)[0]
+    groups = id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group)
+    size = round(sum(len(g) for g in groups) / len(groups))
+    cont = codec.continue_z(code, 2)
+    assert cont.segments == (-(-L // size),) * 2 and cont.params["generated"] == 1
+    new = id_groups(cont.z_ids, codec.config.vocab_size, codec.config.max_group)
+    assert sum(len(g) for g in new) == 2 * L and all(len(g) <= size for g in new)
+    assert codec._eos not in [t for g in new for t in g]
+    four = codec.continue_z(code, 1, z_per_segment=L // 4)
+    assert four.segments == (L // 4,) and all(len(g) == 4 for g in id_groups(four.z_ids, codec.config.vocab_size, 4))
+    assert codec.continue_z(code, 1, z_per_segment=L // 4) == four  # greedy: deterministic
+    assert codec.continue_z(code, 1, temperature=1.0, seed=3) == codec.continue_z(code, 1, temperature=1.0, seed=3)
+    text = codec.decompress_batch([ZCode.from_bytes(cont.to_bytes())])[0]
+    assert isinstance(text, str)
+    assert len(codec.continue_z(cont, 1).segments) == 1  # a continuation continues too
+    with pytest.raises(ConfigError, match="z_per_segment"):
+        codec.continue_z(code, 1, z_per_segment=0)
+    with pytest.raises(ConfigError, match="at least one Z-token"):
+        codec.continue_z(code, 1, context_segments=0)
+
+
+def test_save_load_keeps_continue_z_identical(trained: dict) -> None:
+    codec, out = trained["codec"], trained["dir"]
+    assert (out / "infer" / "adapter_model.safetensors").is_file() and (out / INFER_HEAD_NAME).is_file()
+    assert json.loads((out / "zcompress_config.json").read_text())["training"]["infer"]["steps"] == STEPS
+    reloaded = load_latent_codec(load_backbone(str(trained["tiny"]), device="cpu"), out)
+    assert reloaded.has_infer and reloaded.fingerprint == codec.fingerprint
+    code = codec.compress_batch([TEXT * 2], ratio=2.0)[0]
+    assert reloaded.continue_z(code, 2) == codec.continue_z(code, 2)
+    zc: Any = ZCompressor.from_pretrained(trained["tiny"], adapters=out)
+    cont = zc.continue_z(zc.compress(TEXT * 2, mode="latent", ratio=2.0).to_string())
+    assert isinstance(zc.decompress(cont), str)
+
+
+def test_group_probs_must_fit_the_code(trained: dict) -> None:
+    with pytest.raises(ConfigError, match="group_probs"):
+        train_infer(trained["codec"], trained["windows"], steps=1, group_probs=(0.2,) * 5)

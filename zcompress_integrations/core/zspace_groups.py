@@ -1,0 +1,200 @@
+"""Generation in Z space for the token-group code: the ``infer`` adapter writes the next token groups.
+
+A token-group Z-token stands for 1..``max_group`` consecutive text tokens (see ``core/latent.py``). Continuing a
+code in Z space therefore means predicting, from the Z-tokens read so far, the *group* that comes next: one
+forward step of the backbone per Z-token, ``g`` text tokens out of it (multi-token prediction), so writing a
+continuation at 2x takes half the forward steps of writing its text.
+
+Layout. The context is the code's Z embeddings (the codec's own, frozen: the decompress adapter reads the same
+vectors) at aligned position ids (each Z-token where its first token sits in the text), exactly as the
+decompress adapter sees them. With the ``infer`` LoRA on, the last hidden state ``h`` of the Z-token for the
+group ending at text position ``e`` predicts the tokens at ``e + 1 .. e + max_group``: offset ``k`` reads
+``W (h + U_k V_k^T h)``, where ``W`` is the backbone's own (frozen) output embedding and ``U_k V_k^T`` a small
+low-rank map per offset (``U_k = 0`` at the start, so offset 0 starts as the backbone's next-token head).
+
+Group size is not predicted: a continuation is written in groups of ``g`` tokens (default: the mean group size
+of the code being continued), so its Z count per segment is ``ceil(segment_len / g)``. The predicted group gives
+the Z id (ids name token groups), its embedding is fed back at the next aligned position, and the decompress
+adapter renders the result as text like any other code.
+
+The head is kept out of the codec fingerprint: (re)training ``infer`` never invalidates codes made before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from zcompress_integrations.core.zcode import ZCode, text_checksum
+from zcompress_integrations.errors import ConfigError
+
+__all__ = ["build_group_head", "group_window", "group_hidden", "group_loss", "continue_groups"]
+
+IGNORE = -100
+HEAD_RANK = 64
+
+
+def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK) -> Any:
+    """The non-LoRA part of the token-code ``infer`` adapter: a low-rank map per group offset."""
+    import torch
+    from torch import nn
+
+    class _GroupHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Parameter(torch.randn(max_group, hidden, rank) * hidden**-0.5)
+            self.up = nn.Parameter(torch.zeros(max_group, rank, hidden))  # zero: every offset starts as h itself
+
+        def forward(self, h: Any, weight: Any) -> Any:
+            """h[..., H], output embedding ``weight[V, H]`` -> logits [..., G, V] (fp32)."""
+            h = h.float()
+            shifted = h.unsqueeze(-2) + torch.einsum("...h,ghr,grk->...gk", h, self.down, self.up)
+            flat = torch.nn.functional.linear(shifted.reshape(-1, h.shape[-1]), weight.float())  # 2-D: 10x faster
+            return flat.view(*shifted.shape[:-1], weight.shape[0])
+
+    return _GroupHead()
+
+
+def _text_head(codec: Any) -> Any:
+    """The backbone's output embedding rows of text tokens (frozen)."""
+    return codec._lm.lm_head.weight[: codec.backbone.text_vocab_size].detach()
+
+
+def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tuple[Any, Any, Any]:
+    """Inputs ``[n, H]``, aligned positions ``[n]`` and targets ``[n, G]`` of one window cut into groups.
+
+    Target ``[i, k]`` is the token ``k`` places after group ``i`` ends (``IGNORE`` past the window's end)."""
+    import torch
+
+    from zcompress_integrations.core.latent import group_ids
+
+    cfg = codec.config
+    z_ids = group_ids(list(tokens), list(sizes), cfg.vocab_size)
+    inputs = codec.z_embeddings(z_ids).detach()
+    starts = [0]
+    for g in sizes[:-1]:
+        starts.append(starts[-1] + g)
+    targets = torch.full((len(sizes), cfg.max_group), IGNORE, dtype=torch.long)
+    for i, (s, g) in enumerate(zip(starts, sizes, strict=True)):
+        nxt = tokens[s + g : s + g + cfg.max_group]
+        targets[i, : len(nxt)] = torch.as_tensor(list(nxt), dtype=torch.long)
+    dev = codec.backbone.device
+    return inputs, torch.as_tensor(starts, device=dev), targets.to(dev)
+
+
+def group_hidden(codec: Any, inputs: Any, positions: Any, mask: Any | None = None) -> Any:
+    """Last hidden states ``[B, T, H]`` of Z embeddings at aligned positions (the ``infer`` adapter active)."""
+    dtype = codec._lm.get_input_embeddings().weight.dtype
+    kwargs = {"attention_mask": mask} if mask is not None else {}
+    return codec._lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions, **kwargs).last_hidden_state
+
+
+def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+    """(mean CE over every predicted token, logits ``[B, T, G, V]``, targets ``[B, T, G]``) for a batch of windows,
+    right-padded (causal attention never lets a real position see the padding after it)."""
+    import torch
+
+    rows = [group_window(codec, w, s) for w, s in zip(windows, sizes, strict=True)]
+    t_max = max(r[0].shape[0] for r in rows)
+    hid = rows[0][0].shape[1]
+    dev = codec.backbone.device
+    inputs = torch.zeros(len(rows), t_max, hid, device=dev)
+    positions = torch.zeros(len(rows), t_max, dtype=torch.long, device=dev)
+    targets = torch.full((len(rows), t_max, codec.config.max_group), IGNORE, dtype=torch.long, device=dev)
+    for b, (x, pos, tgt) in enumerate(rows):
+        m = x.shape[0]
+        inputs[b, :m] = x.float()
+        positions[b, :m] = pos
+        positions[b, m:] = pos[-1] + 1 + torch.arange(t_max - m, device=dev)
+        targets[b, :m] = tgt
+    hidden = group_hidden(codec, inputs, positions)
+    logits = codec.infer_head(hidden, _text_head(codec))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
+    )
+    return loss, logits, targets
+
+
+def continue_groups(
+    codec: Any,
+    code: ZCode,
+    n_segments: int = 1,
+    *,
+    z_per_segment: int | None = None,
+    context_segments: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> ZCode:
+    """The token-group Z-tokens of the ``n_segments`` segments that follow ``code`` (see the module docstring).
+
+    ``z_per_segment`` sets the group size ``g = ceil(segment_len / z_per_segment)`` (capped at ``max_group``);
+    by default ``g`` is the code's own mean group size, rounded. Other arguments as :func:`.zspace.continue_z`.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from zcompress_integrations.core.backbone import cache_kwargs
+    from zcompress_integrations.core.latent import group_ids, id_groups
+    from zcompress_integrations.core.zspace import INFER_ADAPTER
+
+    cfg = codec.config
+    L, G = cfg.segment_len, cfg.max_group
+    groups = id_groups(code.z_ids, cfg.vocab_size, G)
+    if z_per_segment is None:
+        size = round(sum(len(g) for g in groups) / len(groups)) if groups else round(cfg.default_ratio)
+    else:
+        if not 1 <= z_per_segment <= L:
+            raise ConfigError(f"z_per_segment must be in [1, {L}]; got {z_per_segment}")
+        size = math.ceil(L / z_per_segment)
+    size = max(1, min(G, size))
+    counts = list(code.segments)
+    keep = len(counts) if context_segments is None else min(context_segments, len(counts))
+    first = sum(counts[: len(counts) - keep])
+    context = groups[first:]
+    if not context:
+        raise ConfigError("continue_z needs a code with at least one Z-token to continue (context_segments >= 1)")
+    dev = codec.backbone.device
+    lm = codec._lm
+    weight = _text_head(codec)
+    blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+    blocked[codec._eos] = True  # a continuation does not end inside a segment: the end token is never written
+    gen = torch.Generator(device=dev).manual_seed(seed) if temperature > 0 else None
+    per_segment = [size] * (L // size) + ([L % size] if L % size else [])
+    new_groups: list[list[int]] = []
+    with codec.adapter(INFER_ADAPTER), torch.inference_mode():
+        x = codec._token_group_embeddings(context).unsqueeze(0)
+        pos, start = [], 0
+        for g in context:
+            pos.append(start)
+            start += len(g)
+        position_ids = torch.tensor([pos], device=dev)
+        cache = DynamicCache(config=lm.config)
+        ckw = cache_kwargs(lm.model, cache)
+        for _ in range(n_segments):
+            for g in per_segment:
+                dtype = lm.get_input_embeddings().weight.dtype
+                hidden = lm.model(inputs_embeds=x.to(dtype), position_ids=position_ids, use_cache=True, **ckw)
+                logits = codec.infer_head(hidden.last_hidden_state[:, -1], weight)[0, :g]  # [g, V]
+                logits = logits.masked_fill(blocked, float("-inf"))
+                if gen is None:
+                    toks = logits.argmax(-1)
+                else:
+                    toks = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(-1)
+                group = [int(t) for t in toks]
+                new_groups.append(group)
+                x = codec._token_group_embeddings([group]).unsqueeze(0)
+                position_ids = torch.tensor([[start]], device=dev)
+                start += g
+    ids = group_ids([t for grp in new_groups for t in grp], [len(grp) for grp in new_groups], cfg.vocab_size)
+    return ZCode(
+        z_ids=tuple(ids),
+        codec="latent",
+        k=cfg.k_eff,
+        text_tokens=n_segments * L,
+        text_chars=0,
+        checksum=text_checksum(b""),
+        fingerprint=codec.fingerprint,
+        segments=(len(per_segment),) * n_segments,
+        params={"segment_len": L, "generated": 1},
+    )
