@@ -43,3 +43,38 @@ def test_default_adapters_ship_and_round_trip(default_compressor: Any) -> None:
     exact = zc.compress_batch([TEXT, "naïve café ☕ \x04"], mode="latent", ratio=2.0, exact=True)
     assert zc.decompress_batch([ZCode.from_string(c.to_string()) for c in exact]) == [TEXT, "naïve café ☕ \x04"]
     assert exact[0].residual and exact[0].to_prompt() == zc.compress(TEXT, mode="latent", ratio=2.0).to_prompt()
+
+
+def test_default_infer_adapter_continues_codes_in_z(default_compressor: Any) -> None:
+    """The shipped infer adapter: continue_z writes whole segments of the code's mean group size that decompress
+    to text, and its teacher-forced prediction of each next group beats the untrained start (backbone, identity
+    head). Quality is measured by benchmarks/zspace_continuation.py, not asserted here."""
+    import copy
+
+    import torch
+
+    from zcompress_integrations.core.latent import id_groups
+    from zcompress_integrations.core.zspace_groups import group_loss
+
+    zc = default_compressor
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    cont = zc.continue_z(code)
+    codec = zc._latent_codec()
+    read = id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group)
+    size = round(sum(map(len, read)) / len(read))  # the code's mean group size
+    groups = id_groups(cont.z_ids, codec.config.vocab_size, codec.config.max_group)
+    assert cont.segments == (-(-64 // size),) and sum(map(len, groups)) == 64 and max(map(len, groups)) == size
+    assert isinstance(zc.decompress(cont), str)
+    tokens = codec.backbone.tokenizer(TEXT + " " + OTHER, add_special_tokens=False)["input_ids"]
+    window, sizes = tokens[: len(tokens) // 2 * 2], [2] * (len(tokens) // 2)
+    with codec.adapter("infer"), torch.no_grad():
+        trained = float(group_loss(codec, [window], [sizes])[0])
+    head = codec.infer_head
+    try:
+        codec.infer_head = copy.deepcopy(head)
+        codec.infer_head.up.data.zero_()
+        with codec.peft_model.disable_adapter(), torch.no_grad():
+            start = float(group_loss(codec, [window], [sizes])[0])
+    finally:
+        codec.infer_head = head
+    assert trained < start - 0.5

@@ -36,10 +36,6 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     config = LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4, max_group=4)
     codec = LatentCodec.create(backbone, config)
-    with torch.no_grad():  # a reader that is not the identity, so copying it into infer/ is visible
-        for name, p in codec.peft_model.named_parameters():
-            if "lora_B" in name and ".decompress." in name:
-                p.normal_(0, 0.02)
     ids = backbone.tokenizer(TEXT * 4)["input_ids"]
     codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + L] for i in range(0, len(ids) - L, 16)])))
     fingerprint = codec.fingerprint
@@ -55,13 +51,32 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
             "start": start, "fingerprint": fingerprint, "tiny": tiny_model_dir}
 
 
-def test_infer_starts_from_the_reader_and_every_offset_from_the_next_token_head(tiny_model_dir: Path) -> None:
+def _random_reader(tiny_model_dir: Path) -> LatentCodec:
+    """A tiny token-code codec whose decompress LoRA is not zero, so a copy of it is visible."""
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     codec = LatentCodec.create(backbone, LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4))
+    with torch.no_grad():
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name and ".decompress." in name:
+                p.normal_(0, 0.02)
+    return codec
+
+
+def test_infer_starts_as_the_backbone_or_the_reader_and_every_offset_as_the_next_token_head(
+    tiny_model_dir: Path,
+) -> None:
+    codec = _random_reader(tiny_model_dir)
     add_infer_adapter(codec, seed=0)
     params = dict(codec.peft_model.named_parameters())
+    infer_b = [n for n in params if ".infer." in n and "lora_B" in n]
+    assert infer_b and all(not params[n].any() for n in infer_b)  # zero: the infer adapter starts as the backbone
+    reader = _random_reader(tiny_model_dir)
+    add_infer_adapter(reader, seed=0, from_reader=True)
+    params = dict(reader.peft_model.named_parameters())
     copied = [n for n in params if ".infer." in n]
     assert copied and all(torch.equal(params[n], params[n.replace(".infer.", ".decompress.")]) for n in copied)
+    assert any(params[n].any() for n in copied if "lora_B" in n)
+    backbone = codec.backbone
     h = torch.randn(3, backbone.model.config.hidden_size)
     weight = backbone.model.lm_head.weight[: backbone.text_vocab_size]
     logits = codec.infer_head(h, weight)
@@ -87,7 +102,7 @@ def test_training_lowers_the_loss_and_leaves_the_code_alone(trained: dict) -> No
     codec = trained["codec"]
     assert codec.fingerprint == trained["fingerprint"]
     moved = [n for n, p in codec.peft_model.named_parameters() if ".infer." in n and not torch.equal(p, trained["start"][n])]
-    assert moved  # the infer LoRA trained ...
+    assert moved  # the infer LoRA trained
     info = codec.config.training["infer"]
     assert info["steps"] == STEPS and "next token groups" in info["recipe"]
 

@@ -75,8 +75,10 @@ def build_infer_head(fsq_dims: int, fsq_levels: int, hidden: int, embed_std: flo
     return _InferHead()
 
 
-def add_infer_adapter(codec: Any, seed: int = 0) -> None:
-    """Give ``codec`` a fresh ``infer`` LoRA adapter (same shape as the others) and a fresh head."""
+def add_infer_adapter(codec: Any, seed: int = 0, from_reader: bool = False) -> None:
+    """Give ``codec`` a fresh ``infer`` LoRA adapter (same shape as the others) and a fresh head. The LoRA starts
+    at zero (the backbone); for the token-group code ``from_reader`` starts it as a copy of ``decompress``
+    instead (measured: the zero start was ahead after 12 steps, 7.64 vs 7.86 nats on held-apart windows)."""
     import torch
 
     if has_infer(codec):
@@ -90,7 +92,8 @@ def add_infer_adapter(codec: Any, seed: int = 0) -> None:
         from zcompress_integrations.core.zspace_groups import build_group_head
 
         head = build_group_head(cfg.max_group, emb.shape[1])
-        _copy_reader(codec)
+        if from_reader:
+            _copy_reader(codec)
     else:
         head = build_infer_head(cfg.fsq_dims, cfg.fsq_levels, emb.shape[1], float(emb.detach().float().std()))
     codec.infer_head = head.to(emb.device)

@@ -315,7 +315,7 @@ def train_infer(
     }
     if token_code:
         codec.config.training["infer"].update(
-            recipe="next token groups (core/zspace_groups.py), infer LoRA started from decompress",
+            recipe="next token groups (core/zspace_groups.py)",
             group_probs=probs, lr_head=lr_head,
         )
     else:
