@@ -146,3 +146,21 @@ def test_save_load_keeps_continue_z_identical(trained: dict) -> None:
 def test_group_probs_must_fit_the_code(trained: dict) -> None:
     with pytest.raises(ConfigError, match="group_probs"):
         train_infer(trained["codec"], trained["windows"], steps=1, group_probs=(0.2,) * 5)
+
+
+def test_heldout_benchmark_runs_on_the_tiny_model(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import infer_heldout
+
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps({"text": TEXT * 12}) + "\n" for _ in range(3)))
+    infer_heldout.main(["--adapters", str(trained["dir"]), "--data", str(data), "--model", str(trained["tiny"]),
+                        "--windows", "4", "--width", "64"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["windows"] == 4 and row["infer"]["steps"] == STEPS
+    assert row["groups_of_2"]["loss"] < trained["before"]["loss"]  # the trained adapter, not a fresh one
+    assert set(row["groups_of_4"]) == {"loss", "acc_offset0", "acc_offset1", "acc_offset2", "acc_offset3"}
