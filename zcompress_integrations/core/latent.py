@@ -285,6 +285,11 @@ def id_groups(z_ids: Sequence[int], vocab: int, max_group: int) -> list[list[int
     return out
 
 
+def even_groups(length: int, size: int) -> list[int]:
+    """Sizes of ``length`` tokens cut into groups of ``size`` (the last one shorter when it does not divide)."""
+    return [size] * (length // size) + ([length % size] if length % size else [])
+
+
 def surprisal_groups(nll: Sequence[float], count: int, max_group: int) -> list[int]:
     """Sizes of ``count`` consecutive groups (1..``max_group`` tokens each) covering tokens with these NLLs, chosen
     to even out the NLL per group (least sum of squared group NLL, by dynamic programming): surprising tokens get

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 from zcompress_integrations.core.zcode import ZCode, text_checksum
+from zcompress_integrations.core.zspace import IGNORE
 from zcompress_integrations.errors import ConfigError
 
 __all__ = ["build_group_head", "group_window", "group_hidden", "group_loss", "continue_groups"]
 
-IGNORE = -100
 HEAD_RANK = 64
 
 
@@ -67,27 +68,26 @@ def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tup
     Target ``[i, k]`` is the token ``k`` places after group ``i`` ends (``IGNORE`` past the window's end)."""
     import torch
 
-    from zcompress_integrations.core.latent import group_ids
-
     cfg = codec.config
-    z_ids = group_ids(list(tokens), list(sizes), cfg.vocab_size)
-    inputs = codec.z_embeddings(z_ids).detach()
-    starts = [0]
-    for g in sizes[:-1]:
-        starts.append(starts[-1] + g)
+    starts = _starts(sizes)
+    inputs = codec._token_group_embeddings([list(tokens[s : s + g]) for s, g in zip(starts, sizes, strict=True)])
     targets = torch.full((len(sizes), cfg.max_group), IGNORE, dtype=torch.long)
     for i, (s, g) in enumerate(zip(starts, sizes, strict=True)):
         nxt = tokens[s + g : s + g + cfg.max_group]
         targets[i, : len(nxt)] = torch.as_tensor(list(nxt), dtype=torch.long)
     dev = codec.backbone.device
-    return inputs, torch.as_tensor(starts, device=dev), targets.to(dev)
+    return inputs.detach(), torch.as_tensor(starts, device=dev), targets.to(dev)
 
 
-def group_hidden(codec: Any, inputs: Any, positions: Any, mask: Any | None = None) -> Any:
+def _starts(sizes: Sequence[int]) -> list[int]:
+    """Aligned position of each group: where its first token sits in the text."""
+    return [0, *accumulate(sizes)][: len(sizes)]
+
+
+def group_hidden(codec: Any, inputs: Any, positions: Any) -> Any:
     """Last hidden states ``[B, T, H]`` of Z embeddings at aligned positions (the ``infer`` adapter active)."""
     dtype = codec._lm.get_input_embeddings().weight.dtype
-    kwargs = {"attention_mask": mask} if mask is not None else {}
-    return codec._lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions, **kwargs).last_hidden_state
+    return codec._lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions).last_hidden_state
 
 
 def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
@@ -135,7 +135,7 @@ def continue_groups(
     from transformers import DynamicCache
 
     from zcompress_integrations.core.backbone import cache_kwargs
-    from zcompress_integrations.core.latent import group_ids, id_groups
+    from zcompress_integrations.core.latent import even_groups, group_ids, id_groups
     from zcompress_integrations.core.zspace import INFER_ADAPTER
 
     cfg = codec.config
@@ -160,20 +160,17 @@ def continue_groups(
     blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     blocked[codec._eos] = True  # a continuation does not end inside a segment: the end token is never written
     gen = torch.Generator(device=dev).manual_seed(seed) if temperature > 0 else None
-    per_segment = [size] * (L // size) + ([L % size] if L % size else [])
+    per_segment = even_groups(L, size)
     new_groups: list[list[int]] = []
     with codec.adapter(INFER_ADAPTER), torch.inference_mode():
         x = codec._token_group_embeddings(context).unsqueeze(0)
-        pos, start = [], 0
-        for g in context:
-            pos.append(start)
-            start += len(g)
-        position_ids = torch.tensor([pos], device=dev)
+        position_ids = torch.tensor([_starts([len(g) for g in context])], device=dev)
+        start = sum(len(g) for g in context)
+        dtype = lm.get_input_embeddings().weight.dtype
         cache = DynamicCache(config=lm.config)
         ckw = cache_kwargs(lm.model, cache)
         for _ in range(n_segments):
             for g in per_segment:
-                dtype = lm.get_input_embeddings().weight.dtype
                 hidden = lm.model(inputs_embeds=x.to(dtype), position_ids=position_ids, use_cache=True, **ckw)
                 logits = codec.infer_head(hidden.last_hidden_state[:, -1], weight)[0, :g]  # [g, V]
                 logits = logits.masked_fill(blocked, float("-inf"))

@@ -5,7 +5,7 @@ reads a YAML or JSON file of the same keys (flags given on the command line win)
 instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
 ``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
 ``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``. For the token-group
-code the head predicts each group's next tokens (``core/zspace_groups.py``) and ``infer`` starts from ``decompress``.
+code the head predicts each group's next tokens (``core/zspace_groups.py``).
 
 ``--task tokens`` trains the token-group code's ``decompress`` adapter instead (the shipped default's recipe);
 it has its own flags: ``zcompress train --task tokens --help``."""

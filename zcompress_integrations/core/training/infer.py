@@ -27,6 +27,7 @@ from typing import Any
 
 from zcompress_integrations.core.latent import LatentCodec
 from zcompress_integrations.core.zspace import (
+    IGNORE,
     INFER_ADAPTER,
     add_infer_adapter,
     digit_loss,
@@ -134,17 +135,18 @@ def group_infer_loss(codec: LatentCodec, windows: Any, size: int = 2) -> dict[st
     ``windows`` cut into groups of ``size`` tokens (the context a continuation at ``size``x reads)."""
     import torch
 
+    from zcompress_integrations.core.latent import even_groups
+
     require_infer(codec)
     arr = _check_windows(codec, windows)
-    width = arr.shape[1]
-    sizes = [[size] * (width // size) + ([width % size] if width % size else [])] * len(arr)
+    sizes = [even_groups(arr.shape[1], size)] * len(arr)
     was_training = codec.peft_model.training
     codec.peft_model.eval()
     with torch.no_grad():
         losses, hits, counts = [], None, None
         for i in range(0, len(arr), 4):
             loss, logits, targets = _group_forward(codec, arr[i : i + 4], sizes[i : i + 4], train=False)
-            valid = targets != -100
+            valid = targets != IGNORE
             hit = ((logits.argmax(-1) == targets) & valid).sum((0, 1)).float()
             hits = hit if hits is None else hits + hit
             n = valid.sum((0, 1)).float()

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from zcompress_integrations.core.backbone import load_backbone
-    from zcompress_integrations.core.latent import LatentCodec, LatentConfig
+    from zcompress_integrations.core.latent import LatentCodec, LatentConfig, even_groups
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         return from_z.answer_loss(qa["zc"], qa["codes"][key], example)
 
     eval_groups = {  # fixed groupings of the held-out rows: all pairs (2x) and all quads (4x)
-        f"{g}x": [[g] * (args.length // g) + ([args.length % g] if args.length % g else []) for _ in range(len(held))]
+        f"{g}x": [even_groups(args.length, g) for _ in range(len(held))]
         for g in (2, args.max_group)
     }
 
