@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=1, help="segments to continue in Z")
     parser.add_argument("--ratio", type=float, default=None, help="latent ratio of the first segment's code")
     parser.add_argument("--samples", type=int, default=3, help="side-by-side samples to print and store")
+    parser.add_argument("--temperature", type=float, default=0.0, help="continue_z sampling (0: greedy)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--skip-greedy", action="store_true", help="no base-model greedy row (saves its time)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/zspace_continuation")
     args = parser.parse_args(argv)
@@ -122,21 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     codes = zc.compress_batch(prefix_texts, mode="latent", ratio=args.ratio)
     t1 = time.time()
-    conts = [zc.continue_z(c, n) for c in codes]
+    decoding = {"temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
+    conts = [zc.continue_z(c, n, seed=i, **decoding) for i, c in enumerate(codes)]
     continue_seconds = time.time() - t1
     z_texts = zc.decompress_batch(conts)
     recons = zc.decompress_batch(codes)
     z_seconds = time.time() - t0
-    kinds = KINDS
+    kinds = KINDS[:-1] if args.skip_greedy else KINDS
     if cfg.token_code:  # the ids name their token groups: the continuation the infer adapter wrote, before reading
         from zcompress_integrations.core.latent import id_groups
 
-        kinds = ("z_continuation", "z_continuation_as_named", *KINDS[1:])
+        kinds = ("z_continuation", "z_continuation_as_named", *kinds[1:])
         named = [[t for g in id_groups(c.z_ids, cfg.vocab_size, cfg.max_group) for t in g] for c in conts]
     # 2. the base model's own greedy continuation of the true first segment
     t0 = time.time()
     start = [codec._start]
-    greedy_ids = [_greedy(codec, start + p, n * L) for p in prefixes]
+    greedy_ids = [[] if args.skip_greedy else _greedy(codec, start + p, n * L) for p in prefixes]
     greedy_seconds = time.time() - t0
     # 3. score every continuation given the true first segment
     cont_ids = {
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         "training": cfg.training,
         "segment_len": L,
         "segments_continued": n,
+        "decoding": decoding,
         "z_per_segment_mean": float(np.mean([c.segments[0] for c in conts])) if conts else 0.0,
         "paragraphs": len(prefixes),
         "pool": len(pool),
@@ -212,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"{len(prefixes)} WikiText-2 test paragraphs (seed {args.seed}, from {len(pool)} with at least {1 + n} "
         f"segments of {L} tokens). The first segment is compressed and continued by {n} segment(s) in Z "
-        f"({meta['z_per_segment_mean']:.1f} Z-tokens per segment), then decompressed. Perplexity is the base "
+        f"({meta['z_per_segment_mean']:.1f} Z-tokens per segment; continue_z {json.dumps(decoding)}, seeded per "
+        "paragraph), then decompressed. Perplexity is the base "
         "model's (adapters off) on the continuation's tokens given the true first segment. The greedy continuation "
         "is the base model's own argmax path: its perplexity is low by construction. "
         f"Time: continue_z {meta['continue_z_s']} s for all paragraphs (whole Z path with compression and "

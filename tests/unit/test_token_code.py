@@ -299,3 +299,24 @@ def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
     card = json.loads((tmp_path / "qa" / "adapters" / "zcompress_config.json").read_text())
     assert card["training"]["answer_from_z"]["weight"] == 1.0
     assert card["training"]["answer_from_z"]["examples_seen"] == 16
+
+
+def test_benchmark_reader_bits_price_what_the_coder_spends(codec: LatentCodec) -> None:
+    """``benchmarks/latent_default.py``'s ideal residual: its cost under the coder's frequency table is the coded
+    residual less only the coder's termination, and it never exceeds the cross-entropy by more than the floor
+    allows (a token under 1/2^24 costs at most ~24 bits in the table)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import latent_default
+
+    text = TEXT * 3
+    code = codec.compress_batch([text], ratio=2.0)[0]
+    exact = codec.compress_batch([text], ratio=2.0, exact=True)[0]
+    assert exact.z_ids == code.z_ids
+    ce_bits, table_bits = latent_default.reader_bits(codec, code)
+    coded = 8 * len(exact.residual)
+    assert table_bits - 8 <= coded <= table_bits + 8 * 8  # byte padding and a few bytes of termination
+    tokens = exact.text_tokens + len(code.segments)
+    # every codable token's +1 costs the likely ones a little (about V / 2^24 of their mass)
+    assert table_bits <= ce_bits + tokens * 1e-2 and table_bits > 0

@@ -17,7 +17,7 @@ from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
 from zcompress_integrations.core.latent import LatentCodec, LatentConfig, id_groups, load_latent_codec  # noqa: E402
 from zcompress_integrations.core.training import group_infer_loss, train_infer  # noqa: E402
 from zcompress_integrations.core.zspace import INFER_HEAD_NAME, add_infer_adapter  # noqa: E402
-from zcompress_integrations.core.zspace_groups import group_window  # noqa: E402
+from zcompress_integrations.core.zspace_groups import _pick, group_window  # noqa: E402
 from zcompress_integrations.errors import ConfigError  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
@@ -128,6 +128,35 @@ def test_continue_z_writes_whole_segments_of_token_groups(trained: dict) -> None
         codec.continue_z(code, 1, z_per_segment=0)
     with pytest.raises(ConfigError, match="at least one Z-token"):
         codec.continue_z(code, 1, context_segments=0)
+
+
+def test_repetition_penalty_and_top_p() -> None:
+    logits = torch.tensor([3.0, 2.5, -1.0, 0.5])
+    seen = torch.tensor([True, False, True, False])
+    assert _pick(logits, seen, 0.0, 1.0, 1.0, None) == 0
+    assert _pick(logits, seen, 0.0, 1.0, 1.5, None) == 1  # 3.0 / 1.5 = 2.0 < 2.5
+    gen = torch.Generator().manual_seed(0)
+    # a tiny top_p keeps only the most likely token, whatever the temperature
+    assert {_pick(logits, seen, 5.0, 1e-6, 1.0, gen) for _ in range(20)} == {0}
+    # top_p 0.9 at temperature 1: the least likely tokens (together under 10%) never come out
+    assert {_pick(logits, seen, 1.0, 0.9, 1.0, gen) for _ in range(200)} <= {0, 1}
+
+
+def test_continue_z_decoding_options(trained: dict) -> None:
+    codec = trained["codec"]
+    code = codec.compress_batch([TEXT * 3], ratio=2.0)[0]
+    sampled = codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
+    assert sampled == codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
+    context = {t for g in id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group) for t in g}
+
+    def reused(c: ZCode) -> int:
+        return sum(t in context for g in id_groups(c.z_ids, codec.config.vocab_size, codec.config.max_group) for t in g)
+
+    # a huge penalty pushes the continuation off the context's tokens
+    assert reused(codec.continue_z(code, 1, repetition_penalty=1e4)) < reused(codec.continue_z(code, 1))
+    for bad in ({"top_p": 0.0}, {"top_p": 1.5}, {"repetition_penalty": 0.0}):
+        with pytest.raises(ConfigError):
+            codec.continue_z(code, 1, **bad)
 
 
 def test_save_load_keeps_continue_z_identical(trained: dict) -> None:

@@ -307,6 +307,8 @@ class ZCompressor:
         context_segments: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
     ) -> ZCode:
         """Generation in Z space: the Z-tokens of the ``n_segments`` segments that follow a latent ``code``.
 
@@ -323,6 +325,8 @@ class ZCompressor:
                 context_segments=context_segments,
                 temperature=temperature,
                 seed=seed,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
             )
 
     def generate(

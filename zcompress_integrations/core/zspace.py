@@ -188,6 +188,8 @@ def continue_z(
     context_segments: int | None = None,
     temperature: float = 0.0,
     seed: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
 ) -> ZCode:
     """The Z-tokens of the ``n_segments`` segments that follow ``code``, as a new latent code.
 
@@ -197,6 +199,9 @@ def continue_z(
         z_per_segment: Z-tokens per generated segment; default the mean count per segment of ``code``.
         context_segments: read only the last this many segments of ``code`` (``None``: all of them).
         temperature: 0 for greedy digits, else digits are sampled at this temperature (seeded by ``seed``).
+        top_p: token-group code only: sample from the smallest set of tokens holding this much probability.
+        repetition_penalty: token-group code only: as in ``transformers``' ``generate`` (1 = off), over the
+            tokens of the context and of the continuation so far.
 
     Returns:
         A latent code holding only the continuation: ``segments`` are the new segments' Z counts,
@@ -218,12 +223,18 @@ def continue_z(
         raise ConfigError(f"temperature must be >= 0; got {temperature}")
     if context_segments is not None and context_segments < 0:
         raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1]; got {top_p}")
+    if repetition_penalty <= 0:
+        raise ConfigError(f"repetition_penalty must be > 0; got {repetition_penalty}")
+    if not cfg.token_code and (top_p != 1 or repetition_penalty != 1):
+        raise ConfigError("top_p and repetition_penalty apply to the token-group code only; leave them at 1")
     if cfg.token_code:
         from zcompress_integrations.core.zspace_groups import continue_groups
 
         return continue_groups(
             codec, code, n_segments, z_per_segment=z_per_segment, context_segments=context_segments,
-            temperature=temperature, seed=seed,
+            temperature=temperature, seed=seed, top_p=top_p, repetition_penalty=repetition_penalty,
         )
     if z_per_segment is None:
         mean = len(code.z_ids) / len(code.segments) if code.segments else cfg.segment_len / cfg.default_ratio

@@ -125,6 +125,8 @@ def continue_groups(
     context_segments: int | None = None,
     temperature: float = 0.0,
     seed: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
 ) -> ZCode:
     """The token-group Z-tokens of the ``n_segments`` segments that follow ``code`` (see the module docstring).
 
@@ -160,6 +162,8 @@ def continue_groups(
     blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     blocked[codec._eos] = True  # a continuation does not end inside a segment: the end token is never written
     gen = torch.Generator(device=dev).manual_seed(seed) if temperature > 0 else None
+    seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)  # for the repetition penalty
+    seen[[t for g in context for t in g]] = True
     per_segment = even_groups(L, size)
     new_groups: list[list[int]] = []
     with codec.adapter(INFER_ADAPTER), torch.inference_mode():
@@ -174,11 +178,12 @@ def continue_groups(
                 hidden = lm.model(inputs_embeds=x.to(dtype), position_ids=position_ids, use_cache=True, **ckw)
                 logits = codec.infer_head(hidden.last_hidden_state[:, -1], weight)[0, :g]  # [g, V]
                 logits = logits.masked_fill(blocked, float("-inf"))
-                if gen is None:
-                    toks = logits.argmax(-1)
-                else:
-                    toks = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen).squeeze(-1)
-                group = [int(t) for t in toks]
+                toks = []
+                for row in logits:  # offsets in order, so the penalty sees this group's earlier tokens
+                    tok = _pick(row, seen, temperature, top_p, repetition_penalty, gen)
+                    seen[tok] = True
+                    toks.append(tok)
+                group = toks
                 new_groups.append(group)
                 x = codec._token_group_embeddings([group]).unsqueeze(0)
                 position_ids = torch.tensor([[start]], device=dev)
@@ -195,3 +200,22 @@ def continue_groups(
         segments=(len(per_segment),) * n_segments,
         params={"segment_len": L, "generated": 1},
     )
+
+
+def _pick(logits: Any, seen: Any, temperature: float, top_p: float, repetition_penalty: float, gen: Any) -> int:
+    """One token from one offset's logits: repetition penalty (``transformers``' rule: seen tokens' logits
+    divided by it when positive, multiplied when negative), then argmax or top-p sampling."""
+    import torch
+
+    if repetition_penalty != 1:
+        logits = torch.where(
+            seen, torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty), logits
+        )
+    if gen is None:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep up to and including the one crossing top_p
+        probs = probs.scatter(0, order[drop], 0.0)
+    return int(torch.multinomial(probs, 1, generator=gen))
