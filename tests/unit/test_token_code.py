@@ -135,6 +135,12 @@ def test_trainer_lowers_the_loss_resumes_and_exports(tiny_model_dir: Path, tmp_p
     token_code.main(["--out", str(tmp_path / "b"), "--steps", "12", "--resume", *common])
     resumed = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert resumed[-1]["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=1e-4)
+    # a warm restart takes its peak lr from the flags, not from the checkpoint's optimizer
+    restart = [a if a != "1e-2" else "4e-3" for a in common]
+    token_code.main(["--out", str(tmp_path / "b"), "--steps", "14", "--decay-start", "12", "--resume", *restart])
+    group = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["opt"]["param_groups"][0]
+    assert group["initial_lr"] == 4e-3
+    assert group["lr"] == pytest.approx(4e-3 * (1 - 0.95 * 2 / 2))
     # a rank-32 adapter grown from the rank-16 run starts where that run ended
     token_code.main(["--out", str(tmp_path / "c"), "--steps", "0", "--rank", "32",
                      "--init-from", str(tmp_path / "a" / "checkpoint.pt"), *common])

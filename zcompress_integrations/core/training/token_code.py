@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
             codec.refresh_fingerprint()
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        # the peak lr, like the schedule's shape, comes from the flags, so a warm restart may lower it
+        sched.base_lrs = [args.lr for _ in opt.param_groups]
+        for group in opt.param_groups:
+            group["initial_lr"] = args.lr
+            group["lr"] = args.lr * lr_factor(state["step"])
         rng.bit_generator.state = state["rng"]
         step, seconds, tokens = state["step"], state["seconds"], state["tokens"]
         qa_seen = state.get("qa_seen", 0)
