@@ -147,6 +147,14 @@ def test_trainer_lowers_the_loss_resumes_and_exports(tiny_model_dir: Path, tmp_p
     grown = json.loads((tmp_path / "c" / "log.jsonl").read_text().splitlines()[0])
     assert grown["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=1e-4)
     assert grown["held_ce_4x"] == pytest.approx(log[-1]["held_ce_4x"], abs=1e-4)
+    # a run can also go on from an adapters directory (the released weights are bf16: close, not equal)
+    token_code.main(["--out", str(tmp_path / "d"), "--steps", "0",
+                     "--init-from", str(tmp_path / "a" / "adapters"), *common])
+    from_dir = json.loads((tmp_path / "d" / "log.jsonl").read_text().splitlines()[0])
+    assert log[0]["held_ce_2x"] - log[-1]["held_ce_2x"] > 0.2  # so matching the trained run is not chance
+    assert from_dir["held_ce_2x"] == pytest.approx(log[-1]["held_ce_2x"], abs=0.05)
+    with pytest.raises(SystemExit, match="not a token-group adapters directory"):
+        token_code.main(["--out", str(tmp_path / "e"), "--steps", "0", "--init-from", str(tmp_path), *common])
     loaded = load_latent_codec(backbone, tmp_path / "a" / "adapters")
     assert loaded.config.token_code and loaded.config.training["steps"] == 12
     code = loaded.compress_batch([TEXT], ratio=2.0, exact=True)[0]

@@ -105,6 +105,29 @@ def grow_lora(model: Any, lora: dict[str, Any]) -> None:
                 p[:, :r] = value
 
 
+def init_source(path: Path) -> dict[str, Any]:
+    """The decompress LoRA and latent modules to start from: a run's ``checkpoint.pt``, or an adapters directory
+    (``zcompress train`` output or the shipped default), so a run can go on from the released weights when the
+    checkpoint with the optimizer state is gone. The optimizer then starts fresh (the warm-up covers it)."""
+    import torch
+
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        from zcompress_integrations.core.latent import CONFIG_NAME, MODULES_NAME, LatentConfig
+
+        if not (path / CONFIG_NAME).is_file() or not LatentConfig.load(path).token_code:
+            raise SystemExit(f"{path} is not a token-group adapters directory (no {CONFIG_NAME} with the token code)")
+        saved = load_file(str(path / "decompress" / "adapter_model.safetensors"))
+        # peft drops the adapter name when saving: put it back to match the live parameter names
+        lora = {k.replace(".weight", ".decompress.weight"): v.float() for k, v in saved.items()}
+        return {"lora": lora, "modules": load_file(str(path / MODULES_NAME))}
+    source = torch.load(path, weights_only=False)
+    if "modules" not in source:
+        raise SystemExit(f"{path} has no latent modules (sep embedding); it predates --init-from")
+    return source
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, final adapters)")
@@ -128,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument(
         "--init-from", default=None,
-        help="start from another run's checkpoint.pt (LoRA only; a lower rank fills the first rows, same function)",
+        help="start from another run's checkpoint.pt or an adapters directory (LoRA and code; fresh optimizer; a lower "
+        "rank fills the first rows, same function)",
     )
     parser.add_argument(
         "--export", default=None, help="only write adapters from the run's last checkpoint into this directory"
@@ -210,9 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         qa_seen = state.get("qa_seen", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from:
-        source = torch.load(args.init_from, weights_only=False)
-        if "modules" not in source:
-            raise SystemExit(f"{args.init_from} has no latent modules (sep embedding); it predates --init-from")
+        source = init_source(Path(args.init_from))
         grow_lora(codec.peft_model, source["lora"])
         codec.modules.load_state_dict(source["modules"])  # the same code and separator the source was trained on
         codec.refresh_fingerprint()
