@@ -229,8 +229,10 @@ def test_bits_track_the_model_cross_entropy(tiny_compressor: ZCompressor) -> Non
     ce = codec.cross_entropy_bits_batch(texts)
     assert codec.cross_entropy_bits(texts[0]) == pytest.approx(ce[0])
     for code, h in zip(codes, ce, strict=True):
-        # tolerance: the coder's flush (<= 2 bits) + quantisation (tiny at 2^24) + padding to a whole Z-token
-        assert h - 1 <= code.bits <= 1.01 * h + 2 + 12
+        # above: the coder's flush (<= 2 bits) + quantisation (tiny at 2^24) + padding to a whole Z-token. Below:
+        # trailing zeros are implied, so a short number can land in the final interval by luck (k bits with odds
+        # ~2^-k; an AVX512 CPU measured 96 coded bits against 97.06 of cross-entropy): allow one Z-token
+        assert h - 12 <= code.bits <= 1.01 * h + 2 + 12
     assert ce[-1] == 0.0
 
 
