@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument(
         "--init-from", default=None,
-        help="start from another run's checkpoint.pt or an adapters directory (LoRA and code; fresh optimizer; a lower "
-        "rank fills the first rows, same function)",
+        help="start from another run's checkpoint.pt or an adapters directory ('default': the shipped one) (LoRA and "
+        "code; fresh optimizer; a lower rank fills the first rows, same function)",
     )
     parser.add_argument(
         "--export", default=None, help="only write adapters from the run's last checkpoint into this directory"
@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         qa_seen = state.get("qa_seen", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from:
-        source = init_source(Path(args.init_from))
+        from zcompress_integrations.core.latent import default_adapter_dir
+
+        source = init_source(default_adapter_dir() if args.init_from == "default" else Path(args.init_from))
         grow_lora(codec.peft_model, source["lora"])
         codec.modules.load_state_dict(source["modules"])  # the same code and separator the source was trained on
         codec.refresh_fingerprint()
