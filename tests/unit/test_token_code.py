@@ -338,9 +338,7 @@ def test_benchmark_reader_bits_price_what_the_coder_spends(codec: LatentCodec) -
 
 def test_init_source_reads_the_shipped_adapters_with_live_parameter_names() -> None:
     """``--init-from default`` maps peft's saved names (adapter name dropped) back to the live ``.decompress.`` ones."""
-    from zcompress_integrations.core.latent import default_adapter_dir
-
-    source = token_code.init_source(default_adapter_dir())
+    source = token_code.init_source("default")
     assert source["lora"] and all(".decompress.weight" in k for k in source["lora"])
     assert {k.split(".")[-3] for k in source["lora"]} == {"lora_A", "lora_B"}
     assert all(v.dtype == torch.float32 for v in source["lora"].values()) and source["modules"]

@@ -105,12 +105,16 @@ def grow_lora(model: Any, lora: dict[str, Any]) -> None:
                 p[:, :r] = value
 
 
-def init_source(path: Path) -> dict[str, Any]:
+def init_source(source: str | Path) -> dict[str, Any]:
     """The decompress LoRA and latent modules to start from: a run's ``checkpoint.pt``, or an adapters directory
-    (``zcompress train`` output or the shipped default), so a run can go on from the released weights when the
-    checkpoint with the optimizer state is gone. The optimizer then starts fresh (the warm-up covers it)."""
+    (``zcompress train`` output, or ``"default"`` for the shipped one, as in ``load_latent_codec``), so a run can go
+    on from the released weights when the checkpoint with the optimizer state is gone. The optimizer then starts
+    fresh (the warm-up covers it)."""
     import torch
 
+    from zcompress_integrations.core.latent import default_adapter_dir
+
+    path = default_adapter_dir() if str(source) == "default" else Path(source)
     if path.is_dir():
         from safetensors.torch import load_file
 
@@ -122,10 +126,10 @@ def init_source(path: Path) -> dict[str, Any]:
         # peft drops the adapter name when saving: put it back to match the live parameter names
         lora = {k.replace(".weight", ".decompress.weight"): v.float() for k, v in saved.items()}
         return {"lora": lora, "modules": load_file(str(path / MODULES_NAME))}
-    source = torch.load(path, weights_only=False)
-    if "modules" not in source:
+    state = torch.load(path, weights_only=False)
+    if "modules" not in state:
         raise SystemExit(f"{path} has no latent modules (sep embedding); it predates --init-from")
-    return source
+    return state
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,9 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         qa_seen = state.get("qa_seen", 0)
         print(f"resumed at step {step}", flush=True)
     elif args.init_from:
-        from zcompress_integrations.core.latent import default_adapter_dir
-
-        source = init_source(default_adapter_dir() if args.init_from == "default" else Path(args.init_from))
+        source = init_source(args.init_from)
         grow_lora(codec.peft_model, source["lora"])
         codec.modules.load_state_dict(source["modules"])  # the same code and separator the source was trained on
         codec.refresh_fingerprint()
