@@ -59,7 +59,17 @@ def test_qa_scores_means() -> None:
     assert scores["n"] == 2
     assert scores["em"] == pytest.approx(0.5)
     assert scores["f1"] == pytest.approx((1 + 2 / 3) / 2)
-    assert m.qa_scores([], []) == {"em": 0.0, "f1": 0.0, "n": 0}
+    assert scores["contains"] == pytest.approx(0.5)
+    assert m.qa_scores([], []) == {"em": 0.0, "f1": 0.0, "contains": 0.0, "n": 0}
+
+
+def test_qa_contains_credits_an_answer_said_in_a_sentence_but_not_part_of_a_word() -> None:
+    assert m.qa_contains("The final was played at Stadio Olimpico in Rome.", "Stadio Olimpico") == 1.0
+    assert m.qa_contains("It was in Boston, Massachusetts", ["Paris", "boston"]) == 1.0
+    assert m.qa_contains("Bostonian", "Boston") == 0.0  # whole words only
+    assert m.qa_contains("a video game", "the video game") == 1.0  # articles and case are normalised
+    assert m.qa_contains("anything", "") == 0.0
+    assert m.qa_contains("", "Boston") == 0.0
 
 
 def test_exact_match_rate() -> None:

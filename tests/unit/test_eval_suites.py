@@ -125,6 +125,32 @@ def test_quality_figures_repeat_in_one_process_and_in_workers(tiny_model_dir: Pa
     assert second["jobs"] == 2 and "worker processes" in (tmp_path / "b" / "results.md").read_text()
 
 
+def test_qa_shards_merge_into_the_unsharded_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    base = ["--suite", "qa", "--model", str(tiny_model_dir), "--no-progress", "--no-llmlingua", *TINY_FLAGS]
+    base[base.index("--limit") + 1] = "3"
+    assert eval_cli.main([*base, "--out", str(tmp_path / "whole")]) == 0
+    for i in (0, 1):
+        assert eval_cli.main([*base, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
+    s0 = json.loads((tmp_path / "s0" / "results.json").read_text())["suites"]["qa"]
+    assert s0["n"] == 2 and s0["shard"] == [0, 2]  # questions 0 and 2 of 3
+    shards = [str(tmp_path / "s1"), str(tmp_path / "s0")]
+    assert eval_cli.main(["--merge", *shards, "--out", str(tmp_path / "merged")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())["suites"]["qa"]
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())["suites"]["qa"]
+    assert merged["n"] == whole["n"] == 3 and sorted(merged["golds"]) == sorted(whole["golds"])
+    for name, row in whole["methods"].items():
+        if row["status"] != "ok":
+            continue
+        assert sorted(merged["methods"][name]["predictions"]) == sorted(row["predictions"])
+        for key in ("em", "f1", "contains", "prompt_tokens"):
+            assert merged["methods"][name][key] == pytest.approx(row[key])
+    assert "answer in prediction" in (tmp_path / "merged" / "results.md").read_text()
+    # an incomplete set of shards is refused, with the reason
+    assert eval_cli.main(["--merge", str(tmp_path / "s0"), "--out", str(tmp_path / "bad")]) == 2
+    with pytest.raises(SystemExit):
+        eval_cli.main([*base, "--shard", "2/2", "--out", str(tmp_path / "x")])
+
+
 def test_plan_jobs_balances_suites_and_keeps_speed_out() -> None:
     groups = eval_cli.plan_jobs(["reconstruction", "qa", "summarization", "queries", "speed"], 2)
     assert sorted(map(sorted, groups)) == [["qa", "queries"], ["reconstruction", "summarization"]]

@@ -330,11 +330,13 @@ def greedy_batch(
         pos[b, head_w - h : head_w], pos[b, total - t :] = positions[b][:h], positions[b][h:]
     cache = DynamicCache(config=model.config)
     ckw = cache_kwargs(model, cache)
+    # logits_to_keep=1: only the last row's logits are read; all rows' would be batch x length x vocab floats.
     if head_w:
         with head_context():
             model(inputs_embeds=x[:, :head_w], attention_mask=mask[:, :head_w], position_ids=pos[:, :head_w],
-                  use_cache=True, **ckw)
-    out = model(inputs_embeds=x[:, head_w:], attention_mask=mask, position_ids=pos[:, head_w:], use_cache=True, **ckw)
+                  use_cache=True, logits_to_keep=1, **ckw)
+    out = model(inputs_embeds=x[:, head_w:], attention_mask=mask, position_ids=pos[:, head_w:], use_cache=True,
+                logits_to_keep=1, **ckw)
     positions = pos
     done = [False] * batch
     tokens: list[list[int]] = [[] for _ in range(batch)]

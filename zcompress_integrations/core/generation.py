@@ -314,7 +314,7 @@ def _generate_pieces(
         x, pos = _embed_pieces(model.get_input_embeddings(), pieces, backbone.device)
         head = _read_length(pieces)
         with latent.reading_inside_base():
-            model(inputs_embeds=x[None, :head], position_ids=pos[None, :head], use_cache=True,
+            model(inputs_embeds=x[None, :head], position_ids=pos[None, :head], use_cache=True, logits_to_keep=1,
                   **cache_kwargs(model, cache))
         return {"inputs_embeds": x[None, head:], "position_ids": pos[None, head:]}
 
@@ -329,7 +329,8 @@ def _generate_pieces(
             feed = first_input(cache)
             next_pos = _span(pieces)  # generated tokens follow the prompt's last position
             for _ in range(max_new_tokens):
-                logits = model(**feed, use_cache=True, **cache_kwargs(model, cache)).logits[0, -1].float()
+                out = model(**feed, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
+                logits = out.logits[0, -1].float()
                 logits = logits[: backbone.text_vocab_size]
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, -1).cpu()

@@ -2,6 +2,8 @@
 
     zcompress eval --suite all --limit 20 --out benchmarks/results/eval_limit20
     zcompress eval --suite reconstruction --limit 5 --ratios 2,4 --adapters path/to/adapters --out /tmp/ev
+    zcompress eval --suite qa --limit 200 --shard 0/2 --out qa/0   # and --shard 1/2 --out qa/1, then
+    zcompress eval --merge qa/0 qa/1 --out qa
 
 The JSON holds every figure plus the machine (nproc, CPU model, torch threads, load average) and the command line.
 Quality figures repeat exactly for the same command; timings do not.
@@ -22,7 +24,7 @@ from typing import Any
 from zcompress_integrations.eval import report
 from zcompress_integrations.eval.suites import SUITE_ORDER, SUITES, EvalContext, SuiteConfig, machine_info
 
-__all__ = ["main", "build_parser", "run", "render_markdown", "write_plots"]
+__all__ = ["main", "build_parser", "run", "merge", "render_markdown", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,13 @@ def _ratios(value: str) -> tuple[float, ...]:
     if not ratios or any(r <= 0 for r in ratios):
         raise argparse.ArgumentTypeError(f"--ratios must be positive numbers, got {value!r}")
     return ratios
+
+
+def _shard(value: str) -> tuple[int, int]:
+    i, sep, n = value.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, e.g. 0/2; got {value!r}")
+    return int(i), int(n)
 
 
 def _positive(value: str) -> int:
@@ -81,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="HotpotQA paragraphs per question, gold first (0: all 10)",
     )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        help="QA only: answer questions I, I+N, ... of the selection (I/N), to split a long run; see --merge",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="merge the QA results of runs with --shard 0/N ... N-1/N into --out, instead of running anything",
+    )
     parser.add_argument("--no-llmlingua", action="store_true", help="skip the LLMLingua baseline")
     parser.add_argument(
         "--speed-lengths", default="128,1024", help="text lengths in tokens for the speed suite"
@@ -115,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         show_progress=not args.no_progress,
         max_tokens=args.max_tokens,
         qa_paragraphs=args.qa_paragraphs,
+        qa_shard=args.shard,
         llmlingua=not args.no_llmlingua,
         speed_lengths=tuple(int(v) for v in str(args.speed_lengths).split(",") if v.strip()),
     )
@@ -236,6 +258,56 @@ def run(
     return results
 
 
+def merge(dirs: Sequence[str | Path], out: str | Path, command: str = "") -> dict[str, Any]:
+    """Merge the QA suites of shard runs (``--shard 0/N`` ... ``N-1/N``, same settings otherwise) into one report.
+
+    EM, F1 and answer accuracy are recomputed from the pooled predictions; prompt tokens are the mean over all
+    questions. Raises ``ValueError`` when the runs are not the complete set of shards of one configuration.
+    """
+    import json
+
+    from zcompress_integrations.eval.suites import _qa_summary
+
+    runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    if any("qa" not in r["suites"] for r in runs):
+        raise ValueError("every run to merge needs a QA suite (zcompress eval --suite qa --shard I/N)")
+    shards = sorted(tuple(r["suites"]["qa"].get("shard", (0, 1))) for r in runs)
+    n = shards[0][1]
+    if shards != [(i, n) for i in range(n)]:
+        raise ValueError(f"--merge needs shards 0/{n} ... {n - 1}/{n} exactly once each; got {shards}")
+    same = [{k: v for k, v in r["config"].items() if k not in ("qa_shard", "show_progress")} for r in runs]
+    if any(c != same[0] for c in same):
+        raise ValueError("the runs to merge differ in more than --shard; rerun them with the same settings")
+    first = runs[0]["suites"]["qa"]
+    golds = [g for r in runs for g in r["suites"]["qa"]["golds"]]
+    methods: dict[str, Any] = {}
+    for name, row in first["methods"].items():
+        rows = [r["suites"]["qa"]["methods"][name] for r in runs]
+        if not all("predictions" in x for x in rows):
+            methods[name] = row
+            continue
+        pooled = {"predictions": [p for x in rows for p in x["predictions"]], "prompt_tokens": []}
+        merged = _qa_summary(pooled, golds)
+        merged["prompt_tokens"] = sum(x["prompt_tokens"] * x["n"] for x in rows) / sum(x["n"] for x in rows)
+        methods[name] = merged
+    results: dict[str, Any] = {
+        "command": command,
+        "config": {**runs[0]["config"], "qa_shard": [0, 1]},
+        "machine": runs[0]["machine"],
+        "suites": {"qa": {**first, "n": len(golds), "shard": [0, 1], "golds": golds, "methods": methods}},
+        "seconds": {f"qa shard {r['suites']['qa']['shard'][0]}/{n}": r["seconds"]["qa"] for r in runs},
+        "merged_from": [str(d) for d in dirs],
+        "model": runs[0].get("model"),
+        "latent_unavailable": runs[0].get("latent_unavailable"),
+    }
+    out = Path(out)
+    report.write_json(results, out / "results.json")
+    results["plots"] = [p.name for p in write_plots(results, out)]
+    report.write_text(render_markdown(results), out / "results.md")
+    report.write_json(results, out / "results.json")
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------- tables
 
 
@@ -341,7 +413,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "(nominal = full context tokens / ratio when the latent codec is unavailable).",
             "",
             report.markdown_table(
-                _methods_rows(res["methods"], {"em": "EM", "f1": "F1", "prompt_tokens": "prompt tokens"})
+                _methods_rows(
+                    res["methods"],
+                    {"em": "EM", "f1": "F1", "contains": "answer in prediction", "prompt_tokens": "prompt tokens"},
+                )
             ),
         ]
     if "summarization" in suites:
@@ -483,6 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     suites = list(SUITE_ORDER) if args.suite == "all" else [args.suite]
     command = "zcompress eval " + shlex.join(argv)
+    if args.merge:
+        try:
+            merge(args.merge, args.out, command)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"zcompress eval: error: {err}", file=sys.stderr)
+            return 2
+        print(f"zcompress eval: merged {len(args.merge)} QA runs; report in {Path(args.out) / 'results.md'}")
+        return 0
     import os
 
     jobs = args.jobs or min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)

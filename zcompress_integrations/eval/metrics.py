@@ -25,6 +25,7 @@ __all__ = [
     "normalize_answer",
     "qa_exact_match",
     "qa_f1",
+    "qa_contains",
     "qa_scores",
     "rouge",
     "compression_ratio",
@@ -177,24 +178,41 @@ def qa_f1(prediction: str, gold: str | Sequence[str]) -> float:
     return max((_f1(prediction, g) for g in _as_list(gold)), default=0.0)
 
 
+def qa_contains(prediction: str, gold: str | Sequence[str]) -> float:
+    """Answer accuracy as LongLLMLingua reports it: 1.0 when a normalised gold answer occurs in the normalised
+    prediction (as whole words), else 0.0. Unlike EM and F1 it does not punish a correct answer said in a sentence.
+
+    Args:
+        prediction: Predicted answer.
+        gold: One gold answer or a list of accepted answers.
+
+    Returns:
+        1.0 or 0.0.
+    """
+    pred = f" {normalize_answer(prediction)} "
+    return max((float(bool(g) and f" {g} " in pred) for g in map(normalize_answer, _as_list(gold))), default=0.0)
+
+
 def qa_scores(predictions: Sequence[str], golds: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Mean SQuAD EM and F1 over a set of questions.
+    """Mean SQuAD EM and F1, and answer-in-prediction accuracy (:func:`qa_contains`), over a set of questions.
 
     Args:
         predictions: Predicted answers.
         golds: For each question, one gold answer or a list of accepted answers.
 
     Returns:
-        ``{"em": ..., "f1": ..., "n": ...}`` with EM and F1 in [0, 1].
+        ``{"em": ..., "f1": ..., "contains": ..., "n": ...}`` with the scores in [0, 1].
     """
     if isinstance(predictions, str) or len(predictions) != len(golds):
         raise ValueError("predictions and golds must be sequences of the same length.")
     n = len(predictions)
     if n == 0:
-        return {"em": 0.0, "f1": 0.0, "n": 0}
-    em = sum(qa_exact_match(p, g) for p, g in zip(predictions, golds, strict=True)) / n
-    f1 = sum(qa_f1(p, g) for p, g in zip(predictions, golds, strict=True)) / n
-    return {"em": em, "f1": f1, "n": n}
+        return {"em": 0.0, "f1": 0.0, "contains": 0.0, "n": 0}
+    pairs = list(zip(predictions, golds, strict=True))
+    em = sum(qa_exact_match(p, g) for p, g in pairs) / n
+    f1 = sum(qa_f1(p, g) for p, g in pairs) / n
+    contains = sum(qa_contains(p, g) for p, g in pairs) / n
+    return {"em": em, "f1": f1, "contains": contains, "n": n}
 
 
 # --------------------------------------------------------------------------------------------------- ROUGE

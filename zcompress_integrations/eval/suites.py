@@ -72,6 +72,8 @@ class SuiteConfig:
         llmlingua: Run the LLMLingua baseline in ``qa``.
         speed_lengths: Text lengths in tokens for ``speed``.
         qa_max_new_tokens: Answer length cap.
+        qa_shard: ``(i, n)``: answer only questions i, i+n, i+2n, ... of the ``limit`` selected, so a long QA run
+            can be split across processes or sessions and merged (``zcompress eval --merge``).
         summary_max_new_tokens: Summary length cap.
     """
 
@@ -88,6 +90,7 @@ class SuiteConfig:
     llmlingua: bool = True
     speed_lengths: tuple[int, ...] = (128, 1024)
     qa_max_new_tokens: int = 16
+    qa_shard: tuple[int, int] = (0, 1)
     summary_max_new_tokens: int = 60
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +101,9 @@ class SuiteConfig:
             raise ValueError(f"ratios must be positive numbers, got {self.ratios}.")
         if any(n < 1 for n in self.speed_lengths):
             raise ValueError(f"speed_lengths must be >= 1, got {self.speed_lengths}.")
+        i, n = self.qa_shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"qa_shard must be (i, n) with 0 <= i < n, got {self.qa_shard}.")
 
 
 class EvalContext:
@@ -357,6 +363,7 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
 
     cfg, zc = ctx.config, ctx.zc
     examples = datasets.load_hotpotqa(cfg.limit, cfg.seed, min_paragraphs=2, data_dir=cfg.data_dir)
+    examples = examples[cfg.qa_shard[0] :: cfg.qa_shard[1]]
     contexts = [
         [(t, ctx.cut(p, cfg.max_tokens)) for t, p in _qa_context(ex, cfg.qa_paragraphs)] for ex in examples
     ]
@@ -433,6 +440,7 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
         "n": len(examples),
         "max_tokens": cfg.max_tokens,
         "paragraphs_per_question": cfg.qa_paragraphs,
+        "shard": list(cfg.qa_shard),
         "budget_source": budgets_source,
         "golds": golds,
         "methods": summary,
@@ -449,6 +457,7 @@ def _qa_summary(row: dict[str, Any], golds: list[str]) -> dict[str, Any]:
         "status": "ok",
         "em": scores["em"],
         "f1": scores["f1"],
+        "contains": scores["contains"],
         "n": scores["n"],
         "prompt_tokens": _mean(row["prompt_tokens"]),
         "predictions": row["predictions"],
