@@ -12,6 +12,7 @@ Quality figures repeat exactly for the same command; timings do not.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shlex
@@ -264,9 +265,7 @@ def merge(dirs: Sequence[str | Path], out: str | Path, command: str = "") -> dic
     EM, F1 and answer accuracy are recomputed from the pooled predictions; prompt tokens are the mean over all
     questions. Raises ``ValueError`` when the runs are not the complete set of shards of one configuration.
     """
-    import json
-
-    from zcompress_integrations.eval.suites import _qa_summary
+    from zcompress_integrations.eval.suites import qa_summary
 
     runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
     if any("qa" not in r["suites"] for r in runs):
@@ -286,10 +285,12 @@ def merge(dirs: Sequence[str | Path], out: str | Path, command: str = "") -> dic
         if not all("predictions" in x for x in rows):
             methods[name] = row
             continue
-        pooled = {"predictions": [p for x in rows for p in x["predictions"]], "prompt_tokens": []}
-        merged = _qa_summary(pooled, golds)
-        merged["prompt_tokens"] = sum(x["prompt_tokens"] * x["n"] for x in rows) / sum(x["n"] for x in rows)
-        methods[name] = merged
+        # each shard's mean prompt tokens, once per question it answered: their mean is the pooled mean
+        pooled = {
+            "predictions": [p for x in rows for p in x["predictions"]],
+            "prompt_tokens": [x["prompt_tokens"] for x in rows for _ in range(x["n"])],
+        }
+        methods[name] = qa_summary(pooled, golds)
     results: dict[str, Any] = {
         "command": command,
         "config": {**runs[0]["config"], "qa_shard": [0, 1]},

@@ -435,7 +435,7 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
                 methods[method] = ctx.unavailable()
         bar.update(1)
     order = ["full", "none"] + [f"{kind} x{r:g}" for r in cfg.ratios for kind in ("latent", "truncation", "llmlingua")]
-    summary = {m: _qa_summary(methods[m], golds) for m in sorted(methods, key=order.index)}
+    summary = {m: qa_summary(methods[m], golds) for m in sorted(methods, key=order.index)}
     return {
         "n": len(examples),
         "max_tokens": cfg.max_tokens,
@@ -447,7 +447,8 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
     }
 
 
-def _qa_summary(row: dict[str, Any], golds: list[str]) -> dict[str, Any]:
+def qa_summary(row: dict[str, Any], golds: list[str]) -> dict[str, Any]:
+    """EM, F1, answer accuracy and mean prompt tokens of one method's ``predictions`` and ``prompt_tokens``."""
     from zcompress_integrations.eval import metrics
 
     if "predictions" not in row:
