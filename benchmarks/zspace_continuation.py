@@ -91,9 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=3, help="side-by-side samples to print and store")
     parser.add_argument("--temperature", type=float, default=0.0, help="continue_z sampling (0: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=None, help="default: continue_z's own (1.1 for token groups)"
+    )
     parser.add_argument("--skip-greedy", action="store_true", help="no base-model greedy row (saves its time)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--data", default=None,
+        help="a jsonl with a 'text' field instead of WikiText-2 test (e.g. a held-apart training-split file, to "
+        "choose decoding settings without touching evaluation data)",
+    )
     parser.add_argument("--out", default="benchmarks/results/zspace_continuation")
     args = parser.parse_args(argv)
 
@@ -112,8 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     vocab = codec.backbone.text_vocab_size
     # paragraphs long enough for a first segment and n true continuation segments, a seeded sample of them
     pool = []
-    for p in load_wikitext_paragraphs():
-        ids = tok(p.text_detok, add_special_tokens=False)["input_ids"]
+    if args.data:
+        with open(args.data) as f:
+            texts = [json.loads(line)["text"] for line in f if line.strip()]
+    else:
+        texts = [p.text_detok for p in load_wikitext_paragraphs()]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= (1 + n) * L and max(ids[: (1 + n) * L]) < vocab:
             pool.append(ids[: (1 + n) * L])
     rng = np.random.default_rng(args.seed)
@@ -126,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     codes = zc.compress_batch(prefix_texts, mode="latent", ratio=args.ratio)
     t1 = time.time()
-    decoding = {"temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
+    from zcompress_integrations.core.zspace import DEFAULT_REPETITION_PENALTY
+
+    penalty = args.repetition_penalty
+    if penalty is None:
+        penalty = DEFAULT_REPETITION_PENALTY if cfg.token_code else 1.0
+    decoding = {"temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": penalty}
     conts = [zc.continue_z(c, n, seed=i, **decoding) for i, c in enumerate(codes)]
     continue_seconds = time.time() - t1
     z_texts = zc.decompress_batch(conts)
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "segment_len": L,
         "segments_continued": n,
         "decoding": decoding,
+        "data": args.data or "wikitext-2 test",
         "z_per_segment_mean": float(np.mean([c.segments[0] for c in conts])) if conts else 0.0,
         "paragraphs": len(prefixes),
         "pool": len(pool),
@@ -210,13 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     (out.parent / f"{out.name}.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "samples": samples}, indent=2) + "\n"
     )
+    source = f"`{args.data}`" if args.data else "WikiText-2 test"
     lines = [
-        "# Generation in Z space: continuing WikiText-2 paragraphs",
+        f"# Generation in Z space: continuing {source} paragraphs",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; model {meta['model']}; adapters {meta['adapters']}",
         "",
-        f"{len(prefixes)} WikiText-2 test paragraphs (seed {args.seed}, from {len(pool)} with at least {1 + n} "
+        f"{len(prefixes)} {source} paragraphs (seed {args.seed}, from {len(pool)} with at least {1 + n} "
         f"segments of {L} tokens). The first segment is compressed and continued by {n} segment(s) in Z "
         f"({meta['z_per_segment_mean']:.1f} Z-tokens per segment; continue_z {json.dumps(decoding)}, seeded per "
         "paragraph), then decompressed. Perplexity is the base "

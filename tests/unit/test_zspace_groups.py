@@ -16,8 +16,12 @@ from zcompress_integrations import ZCode, ZCompressor  # noqa: E402
 from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
 from zcompress_integrations.core.latent import LatentCodec, LatentConfig, id_groups, load_latent_codec  # noqa: E402
 from zcompress_integrations.core.training import group_infer_loss, train_infer  # noqa: E402
-from zcompress_integrations.core.zspace import INFER_HEAD_NAME, add_infer_adapter  # noqa: E402
-from zcompress_integrations.core.zspace_groups import _pick, group_window  # noqa: E402
+from zcompress_integrations.core.zspace import (  # noqa: E402
+    DEFAULT_REPETITION_PENALTY,
+    INFER_HEAD_NAME,
+    add_infer_adapter,
+)
+from zcompress_integrations.core.zspace_groups import _pick, add_chain, group_window  # noqa: E402
 from zcompress_integrations.errors import ConfigError  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens. "
@@ -145,6 +149,8 @@ def test_repetition_penalty_and_top_p() -> None:
 def test_continue_z_decoding_options(trained: dict) -> None:
     codec = trained["codec"]
     code = codec.compress_batch([TEXT * 3], ratio=2.0)[0]
+    assert DEFAULT_REPETITION_PENALTY > 1  # greedy token-group continuations loop without a penalty
+    assert codec.continue_z(code, 1) == codec.continue_z(code, 1, repetition_penalty=DEFAULT_REPETITION_PENALTY)
     sampled = codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
     assert sampled == codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
     context = {t for g in id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group) for t in g}
@@ -193,3 +199,73 @@ def test_heldout_benchmark_runs_on_the_tiny_model(
     assert row["windows"] == 4 and row["infer"]["steps"] == STEPS
     assert row["groups_of_2"]["loss"] < trained["before"]["loss"]  # the trained adapter, not a fresh one
     assert set(row["groups_of_4"]) == {"loss", "acc_offset0", "acc_offset1", "acc_offset2", "acc_offset3"}
+
+
+@pytest.fixture(scope="module")
+def chained(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The trained codec reloaded, its head given a chain, then trained a few steps more."""
+    codec = load_latent_codec(load_backbone(str(trained["tiny"]), device="cpu"), trained["dir"])
+    windows = trained["windows"]
+    code = codec.compress_batch([TEXT * 3], ratio=2.0)[0]
+    plain = codec.continue_z(code, 1)
+    plain_loss = group_infer_loss(codec, windows[:8])
+    add_chain(codec, 8)
+    added = {"loss": group_infer_loss(codec, windows[:8]), "cont": codec.continue_z(code, 1)}
+    train_infer(codec, windows, steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    out = tmp_path_factory.mktemp("zspace_chain") / "adapters"
+    codec.save_pretrained(out)
+    return {"codec": codec, "code": code, "plain": plain, "plain_loss": plain_loss, "added": added, "dir": out,
+            "after": group_infer_loss(codec, windows[:8]), "tiny": trained["tiny"]}
+
+
+def test_a_new_chain_changes_nothing_until_trained(chained: dict) -> None:
+    assert chained["added"]["cont"] == chained["plain"]
+    assert chained["added"]["loss"]["loss"] == pytest.approx(chained["plain_loss"]["loss"], abs=1e-5)
+    assert chained["after"]["loss"] < chained["plain_loss"]["loss"]
+    info = chained["codec"].config.training["infer"]
+    assert info["chain_rank"] == 8 and info["steps"] == 2 * STEPS
+
+
+def test_chained_offsets_read_the_token_before_them(chained: dict) -> None:
+    codec = chained["codec"]
+    head, H = codec.infer_head, codec.backbone.model.config.hidden_size
+    weight = codec.backbone.model.lm_head.weight[: codec.backbone.text_vocab_size]
+    emb = codec._lm.get_input_embeddings().weight
+    h = torch.randn(2, H)
+    prev = emb[torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8]])]  # the rows differ in the token before offset 2 only
+    with torch.no_grad():
+        logits = head(h[[0, 0]], weight, prev)
+    assert torch.equal(logits[0, :2], logits[1, :2]) and not torch.allclose(logits[0, 2:], logits[1, 2:])
+    with torch.no_grad():  # one offset at a time (generation) = all at once (training)
+        carry = None
+        for k in range(4):
+            state, carry = head.offset_state(k, h[0], prev[0, k], carry)
+            assert torch.allclose(state @ weight.T, logits[0, k], atol=1e-4)
+    with pytest.raises(ValueError, match="chain"):
+        head(h, weight)
+
+
+def test_a_chained_head_saves_loads_and_continues_identically(chained: dict) -> None:
+    codec, out = chained["codec"], chained["dir"]
+    reloaded = load_latent_codec(load_backbone(str(chained["tiny"]), device="cpu"), out)
+    assert reloaded.infer_head.chain_rank == 8
+    code = chained["code"]
+    assert reloaded.continue_z(code, 2) == codec.continue_z(code, 2)
+    assert reloaded.continue_z(code, 1, temperature=0.9, seed=1) == codec.continue_z(code, 1, temperature=0.9, seed=1)
+
+
+def test_continuation_benchmark_reads_a_jsonl_and_uses_the_default_penalty(chained: dict, tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import zspace_continuation
+
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{i} " + TEXT * 12}) + "\n" for i in range(3)))
+    out = tmp_path / "bench"
+    zspace_continuation.main(["--model", str(chained["tiny"]), "--adapters", str(chained["dir"]), "--limit", "2",
+                              "--data", str(data), "--skip-greedy", "--out", str(out)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["meta"]["data"] == str(data) and result["meta"]["paragraphs"] == 2
+    assert result["meta"]["decoding"]["repetition_penalty"] == DEFAULT_REPETITION_PENALTY
+    assert str(data) in (tmp_path / "bench.md").read_text()

@@ -308,12 +308,13 @@ class ZCompressor:
         temperature: float = 0.0,
         seed: int = 0,
         top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: float | None = None,
     ) -> ZCode:
         """Generation in Z space: the Z-tokens of the ``n_segments`` segments that follow a latent ``code``.
 
         The result holds only the continuation; ``decompress`` renders it as text. Needs adapters with an
-        ``infer`` adapter (:class:`LatentUnavailableError` otherwise). See :mod:`.zspace`.
+        ``infer`` adapter (:class:`LatentUnavailableError` otherwise). Greedy by default, with a mild
+        repetition penalty for the token-group code (``None``: 1.1; pass 1 for none). See :mod:`.zspace`.
         """
         parsed = ZCode.load(code)
         codec = self._latent_codec()

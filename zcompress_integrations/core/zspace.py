@@ -36,6 +36,7 @@ from zcompress_integrations.errors import ConfigError, LatentUnavailableError
 __all__ = [
     "INFER_ADAPTER",
     "INFER_HEAD_NAME",
+    "DEFAULT_REPETITION_PENALTY",
     "build_infer_head",
     "add_infer_adapter",
     "window_inputs",
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 INFER_ADAPTER = "infer"
 INFER_HEAD_NAME = "infer_head.safetensors"
+# chosen on held-apart training-split paragraphs (benchmarks/results/zspace_decoding_chain/): 1.1 keeps the
+# shipped adapter's greedy continuations from looping (distinct bigrams 0.40 -> 0.87; real text 0.93)
+DEFAULT_REPETITION_PENALTY = 1.1
 IGNORE = -100  # target value of positions that predict nothing (cross_entropy's ignore_index)
 
 
@@ -189,7 +193,7 @@ def continue_z(
     temperature: float = 0.0,
     seed: int = 0,
     top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float | None = None,
 ) -> ZCode:
     """The Z-tokens of the ``n_segments`` segments that follow ``code``, as a new latent code.
 
@@ -201,7 +205,8 @@ def continue_z(
         temperature: 0 for greedy digits, else digits are sampled at this temperature (seeded by ``seed``).
         top_p: token-group code only: sample from the smallest set of tokens holding this much probability.
         repetition_penalty: token-group code only: as in ``transformers``' ``generate`` (1 = off), over the
-            tokens of the context and of the continuation so far.
+            tokens of the context and of the continuation so far. ``None``: :data:`DEFAULT_REPETITION_PENALTY`
+            for the token-group code (greedy continuations loop without it), 1 for learned codes.
 
     Returns:
         A latent code holding only the continuation: ``segments`` are the new segments' Z counts,
@@ -225,6 +230,8 @@ def continue_z(
         raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1]; got {top_p}")
+    if repetition_penalty is None:
+        repetition_penalty = DEFAULT_REPETITION_PENALTY if cfg.token_code else 1.0
     if repetition_penalty <= 0:
         raise ConfigError(f"repetition_penalty must be > 0; got {repetition_penalty}")
     if not cfg.token_code and (top_p != 1 or repetition_penalty != 1):
@@ -316,7 +323,8 @@ def load_infer(codec: Any, directory: str | os.PathLike[str]) -> bool:
     if codec.config.token_code:
         from zcompress_integrations.core.zspace_groups import build_group_head
 
-        head = build_group_head(codec.config.max_group, state["down"].shape[1], state["down"].shape[2])
+        chain = state["chain_down"].shape[2] if "chain_down" in state else 0
+        head = build_group_head(codec.config.max_group, state["down"].shape[1], state["down"].shape[2], chain)
     else:
         head = build_infer_head(codec.config.fsq_dims, codec.config.fsq_levels, state["cont"].shape[0], 0.0)
     head.load_state_dict(state)

@@ -11,6 +11,10 @@ decompress adapter sees them. With the ``infer`` LoRA on, the last hidden state 
 group ending at text position ``e`` predicts the tokens at ``e + 1 .. e + max_group``: offset ``k`` reads
 ``W (h + U_k V_k^T h)``, where ``W`` is the backbone's own (frozen) output embedding and ``U_k V_k^T`` a small
 low-rank map per offset (``U_k = 0`` at the start, so offset 0 starts as the backbone's next-token head).
+Those offsets are independent guesses: offset 2 does not know what offsets 0 and 1 chose. A *chained* head
+(:func:`add_chain`) adds a small MLP per offset that also reads the embedding of the token before it and the
+previous offset's state, so a group's tokens are written one after another (teacher-forced in training); it costs
+a few ``[2H, r]`` products per token, nothing next to the backbone step.
 
 Group size is not predicted: a continuation is written in groups of ``g`` tokens (default: the mean group size
 of the code being continued), so its Z count per segment is ``ceil(segment_len / g)``. The predicted group gives
@@ -31,13 +35,15 @@ from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.core.zspace import IGNORE
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["build_group_head", "group_window", "group_hidden", "group_loss", "continue_groups"]
+__all__ = ["build_group_head", "add_chain", "group_window", "group_hidden", "group_loss", "continue_groups"]
 
 HEAD_RANK = 64
+CHAIN_RANK = 128
 
 
-def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK) -> Any:
-    """The non-LoRA part of the token-code ``infer`` adapter: a low-rank map per group offset."""
+def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_rank: int = 0) -> Any:
+    """The non-LoRA part of the token-code ``infer`` adapter: a low-rank map per group offset, and with
+    ``chain_rank > 0`` a chain that lets each offset read the token before it (see :func:`add_chain`)."""
     import torch
     from torch import nn
 
@@ -46,20 +52,70 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK) -> Any:
             super().__init__()
             self.down = nn.Parameter(torch.randn(max_group, hidden, rank) * hidden**-0.5)
             self.up = nn.Parameter(torch.zeros(max_group, rank, hidden))  # zero: every offset starts as h itself
+            self.chain_rank = 0
+            if chain_rank:
+                self.add_chain(chain_rank)
 
-        def forward(self, h: Any, weight: Any) -> Any:
-            """h[..., H], output embedding ``weight[V, H]`` -> logits [..., G, V] (fp32)."""
+        def add_chain(self, r: int) -> None:
+            """Offset ``k`` also reads ``c_k = up_k silu(down_k [norm(h + c_{k-1}), norm(e(t_{k-1}))])``: the
+            embedding of the token before it (for offset 0, the group's own last token) and the previous offset's
+            state, so the tokens of a group are predicted one after another instead of independently. Zero
+            ``chain_up`` at the start: the head predicts exactly as before until the chain is trained."""
+            self.chain_rank = r
+            self.chain_down = nn.Parameter(torch.randn(max_group, 2 * hidden, r) * (2 * hidden) ** -0.5)
+            self.chain_up = nn.Parameter(torch.zeros(max_group, r, hidden))
+
+        def offset_state(self, k: int, h: Any, prev_embed: Any = None, carry: Any = None) -> tuple[Any, Any]:
+            """(pre-logit state ``[..., H]`` of offset ``k``, chain carry for offset ``k + 1``)."""
             h = h.float()
-            shifted = h.unsqueeze(-2) + torch.einsum("...h,ghr,grk->...gk", h, self.down, self.up)
+            state = h + (h @ self.down[k]) @ self.up[k]
+            if not self.chain_rank:
+                return state, None
+            if prev_embed is None:
+                raise ValueError("this head's chain needs the embedding of the token before each offset")
+            carry = torch.zeros_like(h) if carry is None else carry
+            norm = torch.nn.functional.rms_norm
+            u = torch.cat([norm(h + carry, (h.shape[-1],)), norm(prev_embed.float(), (h.shape[-1],))], -1)
+            carry = torch.nn.functional.silu(u @ self.chain_down[k]) @ self.chain_up[k]
+            return state + carry, carry
+
+        def forward(self, h: Any, weight: Any, prev_embeds: Any = None) -> Any:
+            """h[..., H], output embedding ``weight[V, H]``, teacher-forced ``prev_embeds[..., G, H]`` (the
+            embedding of the token before each offset; chained heads only) -> logits [..., G, V] (fp32)."""
+            if self.chain_rank:
+                if prev_embeds is None:
+                    raise ValueError("this head's chain needs the embedding of the token before each offset")
+                states, carry = [], None
+                for k in range(max_group):
+                    state, carry = self.offset_state(k, h, prev_embeds[..., k, :], carry)
+                    states.append(state)
+                shifted = torch.stack(states, -2)
+            else:
+                h = h.float()
+                shifted = h.unsqueeze(-2) + torch.einsum("...h,ghr,grk->...gk", h, self.down, self.up)
             flat = torch.nn.functional.linear(shifted.reshape(-1, h.shape[-1]), weight.float())  # 2-D: 10x faster
             return flat.view(*shifted.shape[:-1], weight.shape[0])
 
     return _GroupHead()
 
 
+def add_chain(codec: Any, rank: int = CHAIN_RANK) -> None:
+    """Give ``codec``'s token-group head a chain (no-op when it has one): offsets then read the token before
+    them. It starts as a no-op, so an already trained head keeps its predictions until the chain is trained."""
+    head = codec.infer_head
+    if not head.chain_rank:
+        head.add_chain(rank)
+        head.to(head.down.device)
+
+
 def _text_head(codec: Any) -> Any:
     """The backbone's output embedding rows of text tokens (frozen)."""
     return codec._lm.lm_head.weight[: codec.backbone.text_vocab_size].detach()
+
+
+def _embed_tokens(codec: Any, tokens: Any) -> Any:
+    """The backbone's (frozen) input embeddings of text tokens."""
+    return codec._lm.get_input_embeddings().weight.detach()[tokens]
 
 
 def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tuple[Any, Any, Any]:
@@ -109,7 +165,15 @@ def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Seq
         positions[b, m:] = pos[-1] + 1 + torch.arange(t_max - m, device=dev)
         targets[b, :m] = tgt
     hidden = group_hidden(codec, inputs, positions)
-    logits = codec.infer_head(hidden, _text_head(codec))
+    prev_embeds = None
+    if codec.infer_head.chain_rank:  # teacher forcing: offset k reads the true token before it
+        last = torch.zeros(len(rows), t_max, 1, dtype=torch.long, device=dev)
+        for b, (w, s) in enumerate(zip(windows, sizes, strict=True)):
+            ends = list(accumulate(s))
+            last[b, : len(ends), 0] = torch.as_tensor([w[e - 1] for e in ends], device=dev)
+        prev = torch.cat([last, targets[..., :-1].clamp(min=0)], -1)  # past the end: any token (no target there)
+        prev_embeds = _embed_tokens(codec, prev)
+    logits = codec.infer_head(hidden, _text_head(codec), prev_embeds)
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
     )
@@ -165,6 +229,7 @@ def continue_groups(
     seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)  # for the repetition penalty
     seen[[t for g in context for t in g]] = True
     per_segment = even_groups(L, size)
+    head, last_token = codec.infer_head, context[-1][-1]
     new_groups: list[list[int]] = []
     with codec.adapter(INFER_ADAPTER), torch.inference_mode():
         x = codec._token_group_embeddings(context).unsqueeze(0)
@@ -176,14 +241,16 @@ def continue_groups(
         for _ in range(n_segments):
             for g in per_segment:
                 hidden = lm.model(inputs_embeds=x.to(dtype), position_ids=position_ids, use_cache=True, **ckw)
-                logits = codec.infer_head(hidden.last_hidden_state[:, -1], weight)[0, :g]  # [g, V]
-                logits = logits.masked_fill(blocked, float("-inf"))
-                toks = []
-                for row in logits:  # offsets in order, so the penalty sees this group's earlier tokens
+                h = hidden.last_hidden_state[0, -1]
+                group, carry = [], None
+                for k in range(g):  # offsets in order: the chain and the penalty see this group's earlier tokens
+                    prev_embed = _embed_tokens(codec, group[-1] if group else last_token) if head.chain_rank else None
+                    state, carry = head.offset_state(k, h, prev_embed, carry)
+                    row = torch.nn.functional.linear(state, weight.float()).masked_fill(blocked, float("-inf"))
                     tok = _pick(row, seen, temperature, top_p, repetition_penalty, gen)
                     seen[tok] = True
-                    toks.append(tok)
-                group = toks
+                    group.append(tok)
+                last_token = group[-1]
                 new_groups.append(group)
                 x = codec._token_group_embeddings([group]).unsqueeze(0)
                 position_ids = torch.tensor([[start]], device=dev)

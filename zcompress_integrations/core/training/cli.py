@@ -5,7 +5,8 @@ reads a YAML or JSON file of the same keys (flags given on the command line win)
 instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
 ``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
 ``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``. For the token-group
-code the head predicts each group's next tokens (``core/zspace_groups.py``).
+code the head predicts each group's next tokens (``core/zspace_groups.py``); ``--chain-rank N`` makes it predict
+them one after another.
 
 ``--task tokens`` trains the token-group code's ``decompress`` adapter instead (the shipped default's recipe);
 it has its own flags: ``zcompress train --task tokens --help``."""
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adapters", help="--task infer: the trained latent adapters to add infer/ to")
     parser.add_argument("--window-segments", type=int, default=4, help="--task infer: segments per window (>= 2)")
+    parser.add_argument(
+        "--chain-rank", type=int, default=0,
+        help="--task infer, token-group code: give the head a chain of this rank (each offset reads the token "
+        "before it) when it has none; 0 (default) keeps the head as it is",
+    )
     return parser
 
 
@@ -130,6 +136,7 @@ def _train_infer(cfg: TrainConfig, args: argparse.Namespace) -> int:
         log_every=cfg.log_every,
         log_file=out / "infer_log.jsonl",
         progress=cfg.progress,
+        chain_rank=args.chain_rank,
     )
     codec.save_pretrained(out / "adapters")
     last = records[-1]["loss"] if records else None

@@ -202,6 +202,7 @@ def train_infer(
     progress: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     group_probs: Sequence[float] = (0.2, 0.45, 0.15, 0.2),
+    chain_rank: int = 0,
 ) -> list[dict[str, Any]]:
     """Train (or keep training) ``codec``'s ``infer`` adapter and Z head in place; returns the logged records.
 
@@ -215,6 +216,8 @@ def train_infer(
         group_probs: token-group code: each window is cut at random into groups of ``k + 1`` tokens with
             probability ``group_probs[k]`` (the context a continuation reads), and every group's next
             ``max_group`` tokens are the targets.
+        chain_rank: token-group code: give the head a chain of this rank first when it has none (offsets then
+            read the token before them; see :func:`.zspace_groups.add_chain`). 0 leaves the head as it is.
         log_every / log_file / progress / on_log: a record every ``log_every`` steps, appended to ``log_file``
             (jsonl) and passed to ``on_log``; a tqdm bar with ``progress``.
     """
@@ -231,6 +234,12 @@ def train_infer(
     if not has_infer(codec):
         add_infer_adapter(codec, seed=seed)
     torch.manual_seed(seed)
+    if chain_rank:
+        if not token_code:
+            raise ConfigError("chain_rank applies to the token-group code's head only; leave it at 0")
+        from zcompress_integrations.core.zspace_groups import add_chain
+
+        add_chain(codec, chain_rank)
     lora_params = _infer_params(codec)
     head_params = list(codec.infer_head.parameters())
     for p in [*lora_params, *head_params]:
@@ -318,7 +327,7 @@ def train_infer(
     if token_code:
         codec.config.training["infer"].update(
             recipe="next token groups (core/zspace_groups.py)",
-            group_probs=probs, lr_head=lr_head,
+            group_probs=probs, lr_head=lr_head, chain_rank=codec.infer_head.chain_rank,
         )
     else:
         codec.config.training["infer"].update(ratio=float(ratio or codec.config.default_ratio), adaptive=adaptive)
