@@ -138,11 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     codes = zc.compress_batch(prefix_texts, mode="latent", ratio=args.ratio)
     t1 = time.time()
-    from zcompress_integrations.core.zspace import DEFAULT_REPETITION_PENALTY
+    from zcompress_integrations.core.zspace import resolve_repetition_penalty
 
-    penalty = args.repetition_penalty
-    if penalty is None:
-        penalty = DEFAULT_REPETITION_PENALTY if cfg.token_code else 1.0
+    penalty = resolve_repetition_penalty(codec, args.repetition_penalty)
     decoding = {"temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": penalty}
     conts = [zc.continue_z(c, n, seed=i, **decoding) for i, c in enumerate(codes)]
     continue_seconds = time.time() - t1

@@ -42,6 +42,7 @@ __all__ = [
     "window_inputs",
     "infer_hidden",
     "continue_z",
+    "resolve_repetition_penalty",
     "save_infer",
     "load_infer",
 ]
@@ -183,6 +184,13 @@ def digit_loss(logits: Any, targets: Any) -> Any:
 
 
 # ---- inference -------------------------------------------------------------------------------------------
+def resolve_repetition_penalty(codec: Any, repetition_penalty: float | None) -> float:
+    """``continue_z``'s penalty: ``None`` is :data:`DEFAULT_REPETITION_PENALTY` for the token-group code, 1 else."""
+    if repetition_penalty is not None:
+        return repetition_penalty
+    return DEFAULT_REPETITION_PENALTY if codec.config.token_code else 1.0
+
+
 def continue_z(
     codec: Any,
     code: ZCode,
@@ -230,8 +238,7 @@ def continue_z(
         raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1]; got {top_p}")
-    if repetition_penalty is None:
-        repetition_penalty = DEFAULT_REPETITION_PENALTY if cfg.token_code else 1.0
+    repetition_penalty = resolve_repetition_penalty(codec, repetition_penalty)
     if repetition_penalty <= 0:
         raise ConfigError(f"repetition_penalty must be > 0; got {repetition_penalty}")
     if not cfg.token_code and (top_p != 1 or repetition_penalty != 1):

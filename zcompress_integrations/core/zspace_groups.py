@@ -61,9 +61,10 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
             embedding of the token before it (for offset 0, the group's own last token) and the previous offset's
             state, so the tokens of a group are predicted one after another instead of independently. Zero
             ``chain_up`` at the start: the head predicts exactly as before until the chain is trained."""
+            dev = self.down.device
             self.chain_rank = r
-            self.chain_down = nn.Parameter(torch.randn(max_group, 2 * hidden, r) * (2 * hidden) ** -0.5)
-            self.chain_up = nn.Parameter(torch.zeros(max_group, r, hidden))
+            self.chain_down = nn.Parameter(torch.randn(max_group, 2 * hidden, r, device=dev) * (2 * hidden) ** -0.5)
+            self.chain_up = nn.Parameter(torch.zeros(max_group, r, hidden, device=dev))
 
         def offset_state(self, k: int, h: Any, prev_embed: Any = None, carry: Any = None) -> tuple[Any, Any]:
             """(pre-logit state ``[..., H]`` of offset ``k``, chain carry for offset ``k + 1``)."""
@@ -83,11 +84,10 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
             """h[..., H], output embedding ``weight[V, H]``, teacher-forced ``prev_embeds[..., G, H]`` (the
             embedding of the token before each offset; chained heads only) -> logits [..., G, V] (fp32)."""
             if self.chain_rank:
-                if prev_embeds is None:
-                    raise ValueError("this head's chain needs the embedding of the token before each offset")
                 states, carry = [], None
                 for k in range(max_group):
-                    state, carry = self.offset_state(k, h, prev_embeds[..., k, :], carry)
+                    prev = None if prev_embeds is None else prev_embeds[..., k, :]
+                    state, carry = self.offset_state(k, h, prev, carry)
                     states.append(state)
                 shifted = torch.stack(states, -2)
             else:
@@ -102,10 +102,8 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
 def add_chain(codec: Any, rank: int = CHAIN_RANK) -> None:
     """Give ``codec``'s token-group head a chain (no-op when it has one): offsets then read the token before
     them. It starts as a no-op, so an already trained head keeps its predictions until the chain is trained."""
-    head = codec.infer_head
-    if not head.chain_rank:
-        head.add_chain(rank)
-        head.to(head.down.device)
+    if not codec.infer_head.chain_rank:
+        codec.infer_head.add_chain(rank)
 
 
 def _text_head(codec: Any) -> Any:
