@@ -31,6 +31,8 @@ __all__ = [
     "resolve_device",
     "cache_dir",
     "model_fingerprint",
+    "read_prompt",
+    "decode_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -284,7 +286,36 @@ def backbone_from_model(model: Any, tokenizer: Any, name: str = "custom", device
     )
 
 
-def greedy_batch(
+def read_prompt(
+    model: Any,
+    x: Any,
+    positions: Any,
+    cache: Any,
+    *,
+    head: int = 0,
+    head_context: Any = None,
+    attention_mask: Any = None,
+    logits_to_keep: int = 1,
+) -> Any:
+    """The one Z-prompt runner: forward prompt embeddings ``x[B, T, H]`` at ``positions[B, T]`` into ``cache``.
+
+    The first ``head`` rows (a prompt up to its last Z-token) run inside ``head_context()`` (the reader adapter
+    on); the rest run outside it (the base model), attending to the reader's keys and values in the cache. This is
+    how :func:`~zcompress_integrations.core.generation.generate`, :func:`decode_batch` and the answer-from-Z
+    training loss read a prompt. Returns the model output of the second part, with its last ``logits_to_keep``
+    positions' logits (0: all of them).
+    """
+    ckw = cache_kwargs(model, cache)
+    if head:
+        with head_context():
+            mask = None if attention_mask is None else attention_mask[:, :head]
+            model(inputs_embeds=x[:, :head], attention_mask=mask, position_ids=positions[:, :head], use_cache=True,
+                  logits_to_keep=1, **ckw)
+    return model(inputs_embeds=x[:, head:], attention_mask=attention_mask, position_ids=positions[:, head:],
+                 use_cache=True, logits_to_keep=logits_to_keep, **ckw)
+
+
+def decode_batch(
     model: Any,
     prefixes: list[Any],
     max_new: int,
@@ -296,9 +327,12 @@ def greedy_batch(
     limits: Sequence[int] | None = None,
     head_lengths: Sequence[int] | None = None,
     head_context: Any = None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[list[int]]:
-    """Greedy decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
+    """Decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
 
+    Greedy, or sampled at ``temperature > 0`` (one generator seeded with ``seed`` for the batch).
     Positions restart at 0 after the padding (explicit ``position_ids``), so a row decodes as it would alone up
     to floating-point summation order; ``positions`` (one ``[P_b]`` tensor per row) sets them instead, and
     generated tokens continue from the prefix's last position. A row stops at a token in ``eos`` (not returned)
@@ -306,8 +340,8 @@ def greedy_batch(
     or after ``max_new`` tokens.
 
     With ``head_lengths``, the first ``head_lengths[b]`` rows of each prefix run first, inside ``head_context()``
-    (e.g. a reading adapter), and the rest of the prompt and the decoding run outside it: heads and tails are
-    padded separately (masked), so every row's head ends at the same step.
+    (see :func:`read_prompt`): heads and tails are padded separately (masked), so every row's head ends at the
+    same step.
     """
     import torch
     from transformers import DynamicCache
@@ -331,18 +365,18 @@ def greedy_batch(
     cache = DynamicCache(config=model.config)
     ckw = cache_kwargs(model, cache)
     # logits_to_keep=1: only the last row's logits are read; all rows' would be batch x length x vocab floats.
-    if head_w:
-        with head_context():
-            model(inputs_embeds=x[:, :head_w], attention_mask=mask[:, :head_w], position_ids=pos[:, :head_w],
-                  use_cache=True, logits_to_keep=1, **ckw)
-    out = model(inputs_embeds=x[:, head_w:], attention_mask=mask, position_ids=pos[:, head_w:], use_cache=True,
-                logits_to_keep=1, **ckw)
-    positions = pos
+    out = read_prompt(model, x, pos, cache, head=head_w, head_context=head_context, attention_mask=mask)
+    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
     done = [False] * batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
-    next_pos = positions[:, -1:] + 1
+    next_pos = pos[:, -1:] + 1
     for _ in range(max_new):
-        nxt = out.logits[:, -1, :vocab].argmax(-1)
+        logits = out.logits[:, -1, :vocab]
+        if generator is None:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits.float() / temperature, -1).cpu()
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
         for b, t in enumerate(nxt.tolist()):
             if done[b]:
                 continue

@@ -48,7 +48,16 @@ from zcompress_integrations.errors import (
     UnsupportedTextError,
 )
 
-__all__ = ["EntropyCodec", "LaneRunner", "choose_lanes", "fixed_threads", "place_windows"]
+__all__ = [
+    "EntropyCodec",
+    "LaneRunner",
+    "LaneWindow",
+    "choose_lanes",
+    "decode_windows",
+    "encode_windows",
+    "fixed_threads",
+    "place_windows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +110,7 @@ def as_bytes(item: bytes | str) -> bytes:
 
 
 @dataclass
-class _Window:
+class LaneWindow:
     """One row of work: ``prefix`` is fed first (its last token predicts ``tokens[0]``); token ids, or an
     embedding tensor ``[P, H]`` when the runner feeds embeddings (the latent codec's Z prefix)."""
 
@@ -161,15 +170,15 @@ class LaneRunner:
 
     def run(
         self,
-        windows: list[_Window],
+        windows: list[LaneWindow],
         lanes: int,
-        on_step: Callable[[_Window, Any, int], int],
+        on_step: Callable[[LaneWindow, Any, int], int],
     ) -> None:
         """Run all windows, grouped by run (``slot // lanes``). ``on_step(window, cum_row, i)`` codes token ``i``
         of the window given its table and returns the token id to feed next."""
         import torch
 
-        runs: dict[int, list[_Window]] = {}
+        runs: dict[int, list[LaneWindow]] = {}
         for w in windows:
             runs.setdefault(w.slot // lanes, []).append(w)
         device = self.head_weight.device
@@ -206,14 +215,14 @@ class LaneRunner:
                             feed[lane] = 0
 
     @staticmethod
-    def _position(w: _Window | None, t: int) -> int:
+    def _position(w: LaneWindow | None, t: int) -> int:
         """Position id of step ``t`` of window ``w`` (an idle lane: ``t``)."""
         if w is None or w.prefix_positions is None:
             return t
         p = w.prefix_positions
         return p[t] if t < len(p) else p[-1] + 1 + t - len(p)
 
-    def _inputs(self, feed: list[int], by_lane: dict[int, _Window], t: int, device: Any) -> Any:
+    def _inputs(self, feed: list[int], by_lane: dict[int, LaneWindow], t: int, device: Any) -> Any:
         """This step's model input: ids ``[B, 1]``, or embeddings ``[B, 1, H]`` (``-1`` = the window's prefix row)."""
         import torch
 
@@ -225,6 +234,59 @@ class LaneRunner:
             if f < 0:
                 x[lane, 0] = by_lane[lane].prefix[t].to(x.dtype)
         return x
+
+
+def encode_windows(runner: LaneRunner, windows: list[LaneWindow], lanes: int, owners: int) -> list[list[int]]:
+    """Arithmetic-code every window's known tokens under the runner's tables: one bit list per owner (an owner's
+    windows are coded in slot order, step by step with the other lanes). The only encoding loop: the exact codec
+    and the latent codec's residual both call it."""
+    encoders = [ArithmeticEncoder() for _ in range(owners)]
+
+    def on_step(w: LaneWindow, cum: Any, i: int) -> int:
+        sym = w.tokens[i]  # type: ignore[index]
+        encoders[w.owner].encode(int(cum[sym - 1]) if sym else 0, int(cum[sym]), int(cum[-1]))
+        return sym
+
+    runner.run(windows, lanes, on_step)
+    return [enc.finish() for enc in encoders]
+
+
+def decode_windows(
+    runner: LaneRunner,
+    windows: list[LaneWindow],
+    lanes: int,
+    bits: Sequence[Sequence[int]],
+    end_token: int | None = None,
+) -> dict[int, list[int]]:
+    """Inverse of :func:`encode_windows`: the tokens of every owner (its windows in slot order).
+
+    With ``end_token``, a window ends when that token is decoded (it is not kept) and its lane idles until the run
+    ends; otherwise each window decodes exactly ``length`` tokens. Bits that point outside the model's
+    distribution raise :class:`CorruptCodeError`."""
+    torch = _torch()
+    decoders = [ArithmeticDecoder(b) for b in bits]
+    ended: set[int] = set()
+
+    def on_step(w: LaneWindow, cum: Any, i: int) -> int:
+        if w.slot in ended:
+            return end_token  # type: ignore[return-value]
+        dec = decoders[w.owner]
+        total = int(cum[-1])
+        sym = int(torch.searchsorted(cum, torch.tensor([dec.target(total)]), right=True)[0])
+        if sym >= len(cum):
+            raise CorruptCodeError("the code's bits point outside the model's distribution: the code is damaged")
+        dec.consume(int(cum[sym - 1]) if sym else 0, int(cum[sym]), total)
+        if sym == end_token:
+            ended.add(w.slot)
+        else:
+            w.tokens.append(sym)  # type: ignore[union-attr]
+        return sym
+
+    runner.run(windows, lanes, on_step)
+    per_owner: dict[int, list[int]] = {}
+    for w in sorted(windows, key=lambda w: (w.owner, w.slot)):
+        per_owner.setdefault(w.owner, []).extend(w.tokens or [])
+    return per_owner
 
 
 def place_windows(window_counts: Sequence[int], lane0s: Sequence[int], lanes: int) -> list[list[int]]:
@@ -338,29 +400,20 @@ class EntropyCodec:
         n_windows = sum(len(self._windows_of(len(t), self.window)) for t in token_lists)
         lanes = choose_lanes(n_windows, max_lanes)
         threads = self.threads
-        windows: list[_Window] = []
+        windows: list[LaneWindow] = []
         lane0: list[int] = []
         slot = 0
         for owner, tokens in enumerate(token_lists):
             lane0.append(slot % lanes)
             for start in range(0, len(tokens), self.window):
                 chunk = tokens[start : start + self.window]
-                windows.append(_Window(owner, [self.start_token], chunk, len(chunk), slot))
+                windows.append(LaneWindow(owner, [self.start_token], chunk, len(chunk), slot))
                 slot += 1
-        encoders = [ArithmeticEncoder() for _ in items]
-
-        def on_step(w: _Window, cum: Any, i: int) -> int:
-            sym = w.tokens[i]  # type: ignore[index]
-            hi = int(cum[sym])
-            lo = int(cum[sym - 1]) if sym else 0
-            encoders[w.owner].encode(lo, hi, int(cum[-1]))
-            return sym
-
         with fixed_threads(threads), self.disable_adapters():
-            self.runner().run(windows, lanes, on_step)
+            bit_lists = encode_windows(self.runner(), windows, lanes, len(items))
         codes = []
         for owner, item in enumerate(items):
-            bits = encoders[owner].finish() if token_lists[owner] else []
+            bits = bit_lists[owner] if token_lists[owner] else []
             codes.append(
                 ZCode(
                     z_ids=tuple(bits_to_ids(bits, self.width)),
@@ -493,30 +546,13 @@ class EntropyCodec:
         sizes = [self._windows_of(code.text_tokens, window) for code in codes]
         placed = place_windows([len(s) for s in sizes], [c.params["lane0"] for c in codes], lanes)
         windows = [
-            _Window(owner, [start], None, size, slot)
+            LaneWindow(owner, [start], None, size, slot)
             for owner in range(len(codes))
             for size, slot in zip(sizes[owner], placed[owner], strict=True)
         ]
-        decoders = [ArithmeticDecoder(ids_to_bits(c.z_ids, int(math.log2(c.k)))) for c in codes]
-
-        def on_step(w: _Window, cum: Any, i: int) -> int:
-            dec = decoders[w.owner]
-            total = int(cum[-1])
-            target = dec.target(total)
-            sym = int(_torch().searchsorted(cum, _torch().tensor([target]), right=True)[0])
-            if sym >= len(cum):
-                raise CorruptCodeError("the code's bits point outside the model's distribution: the code is damaged")
-            hi = int(cum[sym])
-            lo = int(cum[sym - 1]) if sym else 0
-            dec.consume(lo, hi, total)
-            w.tokens.append(sym)  # type: ignore[union-attr]
-            return sym
-
+        bits = [ids_to_bits(c.z_ids, int(math.log2(c.k))) for c in codes]
         with fixed_threads(threads), self.disable_adapters():
-            runner.run(windows, lanes, on_step)
-        per_owner: dict[int, list[int]] = {}
-        for w in sorted(windows, key=lambda w: (w.owner, w.slot)):
-            per_owner.setdefault(w.owner, []).extend(w.tokens or [])
+            per_owner = decode_windows(runner, windows, lanes, bits)
         for owner, code in enumerate(codes):
             data = self.token_bytes.decode(per_owner.get(owner, []))
             if text_checksum(data) != code.checksum:

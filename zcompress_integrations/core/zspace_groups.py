@@ -1,6 +1,6 @@
 """Generation in Z space for the token-group code: the ``infer`` adapter writes the next token groups.
 
-A token-group Z-token stands for 1..``max_group`` consecutive text tokens (see ``core/latent.py``). Continuing a
+A token-group Z-token stands for 1..``max_group`` consecutive text tokens (see ``core/codes/token_groups.py``). Continuing a
 code in Z space therefore means predicting, from the Z-tokens read so far, the *group* that comes next: one
 forward step of the backbone per Z-token, ``g`` text tokens out of it (multi-token prediction), so writing a
 continuation at 2x takes half the forward steps of writing its text.
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
+from zcompress_integrations.core.codes.token_groups import even_groups, group_ids, group_starts
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.core.zspace import IGNORE
 from zcompress_integrations.errors import ConfigError
@@ -108,12 +109,12 @@ def add_chain(codec: Any, rank: int = CHAIN_RANK) -> None:
 
 def _text_head(codec: Any) -> Any:
     """The backbone's output embedding rows of text tokens (frozen)."""
-    return codec._lm.lm_head.weight[: codec.backbone.text_vocab_size].detach()
+    return codec.lm.lm_head.weight[: codec.backbone.text_vocab_size].detach()
 
 
 def _embed_tokens(codec: Any, tokens: Any) -> Any:
     """The backbone's (frozen) input embeddings of text tokens."""
-    return codec._lm.get_input_embeddings().weight.detach()[tokens]
+    return codec.lm.get_input_embeddings().weight.detach()[tokens]
 
 
 def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tuple[Any, Any, Any]:
@@ -123,8 +124,8 @@ def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tup
     import torch
 
     cfg = codec.config
-    starts = _starts(sizes)
-    inputs = codec._token_group_embeddings([list(tokens[s : s + g]) for s, g in zip(starts, sizes, strict=True)])
+    starts = group_starts(sizes)
+    inputs = codec.code.group_embeddings([list(tokens[s : s + g]) for s, g in zip(starts, sizes, strict=True)])
     targets = torch.full((len(sizes), cfg.max_group), IGNORE, dtype=torch.long)
     for i, (s, g) in enumerate(zip(starts, sizes, strict=True)):
         nxt = tokens[s + g : s + g + cfg.max_group]
@@ -133,15 +134,10 @@ def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tup
     return inputs.detach(), torch.as_tensor(starts, device=dev), targets.to(dev)
 
 
-def _starts(sizes: Sequence[int]) -> list[int]:
-    """Aligned position of each group: where its first token sits in the text."""
-    return [0, *accumulate(sizes)][: len(sizes)]
-
-
 def group_hidden(codec: Any, inputs: Any, positions: Any) -> Any:
     """Last hidden states ``[B, T, H]`` of Z embeddings at aligned positions (the ``infer`` adapter active)."""
-    dtype = codec._lm.get_input_embeddings().weight.dtype
-    return codec._lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions).last_hidden_state
+    dtype = codec.lm.get_input_embeddings().weight.dtype
+    return codec.lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions).last_hidden_state
 
 
 def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
@@ -199,12 +195,11 @@ def continue_groups(
     from transformers import DynamicCache
 
     from zcompress_integrations.core.backbone import cache_kwargs
-    from zcompress_integrations.core.latent import even_groups, group_ids, id_groups
     from zcompress_integrations.core.zspace import INFER_ADAPTER
 
     cfg = codec.config
     L, G = cfg.segment_len, cfg.max_group
-    groups = id_groups(code.z_ids, cfg.vocab_size, G)
+    groups = codec.code.groups(code.z_ids)
     if z_per_segment is None:
         size = round(sum(len(g) for g in groups) / len(groups)) if groups else round(cfg.default_ratio)
     else:
@@ -222,7 +217,7 @@ def continue_groups(
     lm = codec._lm
     weight = _text_head(codec)
     blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-    blocked[codec._eos] = True  # a continuation does not end inside a segment: the end token is never written
+    blocked[codec.end_token] = True  # a continuation does not end inside a segment: the end token is never written
     gen = torch.Generator(device=dev).manual_seed(seed) if temperature > 0 else None
     seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)  # for the repetition penalty
     seen[[t for g in context for t in g]] = True
@@ -230,8 +225,8 @@ def continue_groups(
     head, last_token = codec.infer_head, context[-1][-1]
     new_groups: list[list[int]] = []
     with codec.adapter(INFER_ADAPTER), torch.inference_mode():
-        x = codec._token_group_embeddings(context).unsqueeze(0)
-        position_ids = torch.tensor([_starts([len(g) for g in context])], device=dev)
+        x = codec.code.group_embeddings(context).unsqueeze(0)
+        position_ids = torch.tensor([group_starts([len(g) for g in context])], device=dev)
         start = sum(len(g) for g in context)
         dtype = lm.get_input_embeddings().weight.dtype
         cache = DynamicCache(config=lm.config)
@@ -250,14 +245,14 @@ def continue_groups(
                     group.append(tok)
                 last_token = group[-1]
                 new_groups.append(group)
-                x = codec._token_group_embeddings([group]).unsqueeze(0)
+                x = codec.code.group_embeddings([group]).unsqueeze(0)
                 position_ids = torch.tensor([[start]], device=dev)
                 start += g
     ids = group_ids([t for grp in new_groups for t in grp], [len(grp) for grp in new_groups], cfg.vocab_size)
     return ZCode(
         z_ids=tuple(ids),
         codec="latent",
-        k=cfg.k_eff,
+        k=codec.code.k,
         text_tokens=n_segments * L,
         text_chars=0,
         checksum=text_checksum(b""),

@@ -220,7 +220,7 @@ def cross_entropy_bits(
     counts = [0] * len(texts)
     pad = tokenizer.pad_token_id or 0
     # The latent codec's LoRA layers (if loaded) must not score the text: H is the base model's.
-    with zc._disable_adapters(), torch.inference_mode():
+    with zc.base_model(), torch.inference_mode():
         for s in range(0, len(windows), batch_size):
             chunk = windows[s : s + batch_size]
             width = max(len(ids) for _, ids in chunk)
@@ -292,7 +292,7 @@ def _reconstruction_set(ctx: EvalContext, name: str, texts: list[str], bar: Any)
             bar.update(1)
             continue
         lcodes, hyps = pair
-        k_eff = zc._latent_codec().config.k_eff
+        k_eff = zc.latent_codec.code.k
         latent[f"{ratio:g}"] = {
             "status": "ok",
             "target_ratio": ratio,

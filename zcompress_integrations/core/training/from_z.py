@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "AnswerExample", "load_answer_examples", "repeat_example", "answer_loss", "compressor_for", "REPEAT_PROMPT",
+    "AnswerExample", "load_answer_examples", "repeat_example", "answer_loss", "REPEAT_PROMPT",
 ]
 
 REPEAT_PROMPT = "Repeat Document 1 word for word."
@@ -59,15 +59,6 @@ def load_answer_examples(data_dir: str | Path | None = None, seed: int = 0) -> l
     return examples
 
 
-def compressor_for(backbone: Any, codec: Any) -> Any:
-    """A :class:`ZCompressor` over a backbone and latent codec already in memory (what the trainer holds)."""
-    from zcompress_integrations.core.compressor import ZCompressor
-
-    zc = ZCompressor(None, adapters=None)
-    zc._backbone, zc._latent = backbone, codec
-    return zc
-
-
 def repeat_example(text: str) -> AnswerExample:
     """A "repeat the document" example: the answer is the document itself."""
     return AnswerExample(REPEAT_PROMPT, (("", text),), text)
@@ -80,11 +71,11 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
     import torch
     from transformers import DynamicCache
 
-    from zcompress_integrations.core.backbone import cache_kwargs
-    from zcompress_integrations.core.generation import _embed_pieces, _read_length, _span, build_prompt
+    from zcompress_integrations.core.backbone import read_prompt
+    from zcompress_integrations.core.generation import build_prompt, embed_pieces, prompt_span, read_length
 
-    codec = zc._latent_codec()
-    model = codec._lm
+    codec = zc.latent_codec
+    model = codec.lm
     tokenizer = zc.backbone.tokenizer
     titles = [title or None for title, _ in example.context]
     pieces, _, _, _ = build_prompt(zc, example.question, codes, titles)
@@ -93,18 +84,13 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
     answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [end]
     dev = zc.backbone.device
     emb = model.get_input_embeddings()
-    x, pos = _embed_pieces(emb, pieces, dev)
-    head = _read_length(pieces)
-    span = _span(pieces)
+    x, pos = embed_pieces(emb, pieces, dev)
+    span = prompt_span(pieces)
     answer_ids = torch.tensor(answer, device=dev)
-    tail_x = torch.cat([x[head:], emb(answer_ids[:-1]).to(x.dtype)], 0)
-    tail_pos = torch.cat([pos[head:], torch.arange(span, span + len(answer) - 1, device=dev)], 0)
+    x = torch.cat([x, emb(answer_ids[:-1]).to(x.dtype)], 0)
+    pos = torch.cat([pos, torch.arange(span, span + len(answer) - 1, device=dev)], 0)
     cache = DynamicCache(config=model.config)
     with codec.peft_model.disable_adapter():
-        if head:
-            with codec.reading_inside_base():
-                model(inputs_embeds=x[None, :head], position_ids=pos[None, :head], use_cache=True,
-                      **cache_kwargs(model, cache))
-        logits = model(inputs_embeds=tail_x[None], position_ids=tail_pos[None], use_cache=True,
-                       **cache_kwargs(model, cache)).logits[0, -len(answer):].float()
-    return torch.nn.functional.cross_entropy(logits, answer_ids)
+        out = read_prompt(model, x[None], pos[None], cache, head=read_length(pieces),
+                          head_context=codec.reading_inside_base, logits_to_keep=len(answer))
+    return torch.nn.functional.cross_entropy(out.logits[0].float(), answer_ids)
