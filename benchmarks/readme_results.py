@@ -104,7 +104,7 @@ def readme_block(results_path: Path) -> str:
         f"`{results['command']}` ({_machine(results.get('machine', {}))}; {results['seconds']['total']:.0f} s; "
         f"[`{rel}`]({rel})). Reconstruction: {wiki_n} WikiText-2 test paragraphs cut to "
         f"{suites['reconstruction'].get('max_tokens', '?')} tokens, free-running greedy decoding. Summary ROUGE-L: "
-        f"{summ_n} CNN/DM articles summarised from the compressed context. Speed: one {longest}-token text.",
+        f"{summ_n} CNN/DM articles summarised from each context (greedy). Speed: one {longest}-token text.",
         "",
         "| " + " | ".join(header) + " |",
         "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
