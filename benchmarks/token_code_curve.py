@@ -1,7 +1,7 @@
 """Learning curve of the token-group code's decoder: free-running reconstruction of WikiText-2 test paragraphs
 (BLEU-4, exact match) at 2x and 4x, per exported checkpoint, against training text tokens and wall time.
 
-    zcompress train --task tokens --out runs/tokens --export runs/tokens/step300   # a checkpoint's adapters
+    zcompress train reader --out runs/tokens --export runs/tokens/step300   # a checkpoint's adapters
     python benchmarks/token_code_curve.py --adapters runs/tokens/step300 --limit 200
     python benchmarks/token_code_curve.py --plot-only --log runs/tokens/log.jsonl
 
