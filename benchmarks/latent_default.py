@@ -40,19 +40,16 @@ def reader_bits(codec: object, code: object) -> tuple[float, float]:
     tokens)."""
     import torch
 
-    from zcompress_integrations.core.latent import id_groups
-    from zcompress_integrations.core.training.token_code import _batch_inputs
-
-    runner = codec._residual_runner()
+    runner = codec.residual_runner()
     ce_bits, table_bits, start = 0.0, 0.0, 0
     with codec.adapter("decompress"), torch.inference_mode():
         for count in code.segments:
-            groups = id_groups(code.z_ids[start : start + count], codec.config.vocab_size, codec.config.max_group)
+            z_ids = code.z_ids[start : start + count]
             start += count
-            tokens = torch.tensor([[t for g in groups for t in g]])
-            x, pos, mask = _batch_inputs(codec, tokens, [[len(g) for g in groups]])
-            target = torch.tensor([*tokens[0].tolist(), codec._eos])  # the residual codes each segment's end too
-            hidden = codec._lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state[0]
+            tokens = torch.tensor([[t for g in codec.code.groups(z_ids) for t in g]])
+            x, pos, mask = codec.reader_inputs(tokens, [z_ids])
+            target = torch.tensor([*tokens[0].tolist(), codec.end_token])  # the residual codes each segment's end too
+            hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state[0]
             hidden = hidden[-len(target) :].float()
             logits = torch.nn.functional.linear(hidden, runner.head_weight)
             ce_bits += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum")) / math.log(2)
@@ -135,14 +132,15 @@ def main(argv: list[str] | None = None) -> None:
 
     texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=args.seed)]
     zc = ZCompressor.from_pretrained(adapters=args.adapters)
-    codec = zc._latent_codec()
+    codec = zc.latent_codec
     cfg = codec.config
     # H: base-model cross-entropy (bits/token) of the same segments the latent codec sees
-    segs = [codec._model_ids(seg) for t in texts for seg in codec._segments(t.encode("utf-8"))]
+    segs = [codec.model_ids(seg) for t in texts for seg in codec.segments(t.encode("utf-8"))]
     nll = codec.segment_nll(segs)
     tokens = sum(len(s) for s in segs)
     h_bits = sum(n * len(s) for n, s in zip(nll, segs, strict=True)) / tokens / math.log(2)
-    bound = cfg.bits_per_z / h_bits
+    bits_per_z = math.log2(codec.code.k)
+    bound = bits_per_z / h_bits
     lengths = [len(s) for s in segs]
     if args.counts_only:
         return write_counts(args, argv, codec, segs, nll, h_bits)
@@ -159,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         verified = zc.decompress_batch(exact_codes[: args.verify])
         t4 = time.time()
         residual_bits = sum(8 * len(c.residual) for c in exact_codes)
-        ideal_pairs = [reader_bits(codec, c) for c in codes] if cfg.token_code else []
+        ideal_pairs = [reader_bits(codec, c) for c in codes]
         ideal = [ce for ce, _ in ideal_pairs]
         table = [tb for _, tb in ideal_pairs]
         t5 = time.time()
@@ -199,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "adapters": str(args.adapters),
         "training": cfg.training,
-        "k_eff": cfg.k_eff,
-        "z_embedding": cfg.z_embedding,
-        "max_group": cfg.max_group if cfg.token_code else None,
-        "bits_per_z": cfg.bits_per_z,
+        "k_eff": codec.code.k,
+        "code": cfg.code,
+        "max_group": cfg.max_group,
+        "bits_per_z": bits_per_z,
         "H_bits_per_token": h_bits,
         "paragraphs": len(texts),
         "text_tokens": tokens,
@@ -215,14 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {meta['machine']}; adapters: {meta['adapters']} (training: {json.dumps(cfg.training)})",
         "",
         f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}), {tokens} text tokens; H = {h_bits:.3f} "
-        f"bits/token; K_eff = 2^{cfg.bits_per_z:.0f}, so the exact-reconstruction bound is log2(K_eff)/H = "
+        f"bits/token; K_eff = 2^{bits_per_z:.0f}, so the exact-reconstruction bound is log2(K_eff)/H = "
         f"{bound:.1f}x."
-        + (
-            f" Token-group code: a Z-token stands for at most {cfg.max_group} text tokens, so no ratio above "
-            f"{cfg.max_group}x is reachable whatever the bound."
-            if cfg.token_code
-            else ""
-        ),
+        + f" Token-group code: a Z-token stands for at most {cfg.max_group} text tokens, so no ratio above "
+        f"{cfg.max_group}x is reachable whatever the bound.",
         "",
         "| target | achieved ratio | BLEU-4 | exact match | Spearman(Z count, NLL) | Spearman(Z per token, NLL) "
         "| bound | residual bits/token "

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import (
+    BackboneLoadError,
     ChecksumMismatchError,
+    ConfigError,
     CorruptCodeError,
     LatentUnavailableError,
     ModelMismatchError,
@@ -22,6 +24,8 @@ __all__ = [
     "ZCompressor",
     "ZCode",
     "ZCompressError",
+    "ConfigError",
+    "BackboneLoadError",
     "CorruptCodeError",
     "ModelMismatchError",
     "ChecksumMismatchError",

@@ -67,10 +67,9 @@ _NLL_BATCH = 16  # segments per base-model forward when measuring NLL: bounds me
 
 def check_ratio(ratio: float, cap: float) -> float:
     """``ratio`` as a float in ``[1, cap]``, or a :class:`ConfigError` that says what is allowed."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"ratio must be a number; got {ratio!r}") from exc
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+        raise ConfigError(f"ratio must be a number; got {ratio!r}")
+    value = float(ratio)
     if not math.isfinite(value) or value < 1:
         raise ConfigError(f"ratio must be a finite number >= 1 (text tokens per Z-token); got {ratio!r}")
     if value > cap:
@@ -309,6 +308,33 @@ class LatentCodec:
         prefix = self.decoder_prefix(self.z_embeddings(z_ids).unsqueeze(0))[0]
         return prefix, [*self.code.offsets(z_ids)[0], 0]
 
+    def reader_inputs(
+        self, text_ids: torch.Tensor, z_rows: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced reader inputs for a batch: ``(x[B, T, H], position_ids[B, T], attention_mask[B, T])``.
+
+        Row ``b`` is ``[Z of z_rows[b], sep, text_ids[b]]``; rows have different Z counts, so each prefix is
+        left-padded to the longest (masked) and the separator and text line up. The hidden state at the separator
+        predicts text token 0, the one at text token ``i`` predicts token ``i + 1`` (then the end token).
+        """
+        import torch
+
+        batch, n = text_ids.shape
+        m_max = max(len(z) for z in z_rows)
+        weight = self.lm.get_input_embeddings().weight
+        dev = text_ids.device
+        x = torch.zeros(batch, m_max + 1 + n, weight.shape[1], dtype=weight.dtype, device=dev)
+        pos = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=dev)
+        mask = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=dev)
+        for b, z_ids in enumerate(z_rows):
+            m = len(z_ids)
+            x[b, m_max - m : m_max + 1] = self.decoder_prefix(self.z_embeddings(z_ids).unsqueeze(0))[0]
+            pos[b, m_max - m : m_max] = torch.as_tensor(self.code.offsets(z_ids)[0], device=dev)
+            mask[b, m_max - m :] = 1
+        x[:, m_max + 1 :] = self.embed(text_ids)
+        pos[:, m_max + 1 :] = torch.arange(1, n + 1, device=dev)  # the separator sits at 0
+        return x, pos, mask
+
     def prompt_embeds(self, code: ZCode) -> torch.Tensor:
         """``[n, H]`` embeddings to splice into a prompt (all segments' Z-tokens)."""
         self.check_compatible(code)
@@ -363,7 +389,7 @@ class LatentCodec:
         return int(min(max(m, self.code.fewest_z(length), 1), cfg.max_slots, max(length, 1)))
 
     # ---- compress ----------------------------------------------------------------------------------------
-    def _segments(self, data: bytes) -> list[list[int]]:
+    def segments(self, data: bytes) -> list[list[int]]:
         """Token ids of the text cut into segments of at most ``segment_len`` tokens (exact for any bytes: may hold
         virtual byte ids). Sentence aware: a segment ends after the last sentence end (``.``, ``!``, ``?`` or a
         newline) in its second half when there is one, so Z-tokens rarely straddle two sentences."""
@@ -383,7 +409,7 @@ class LatentCodec:
             start = end
         return segments
 
-    def _model_ids(self, seg: list[int]) -> list[int]:
+    def model_ids(self, seg: list[int]) -> list[int]:
         """What the model reads for a segment: virtual byte ids become the start token."""
         vocab = self.backbone.text_vocab_size
         return [t if t < vocab else self.start_token for t in seg]
@@ -407,8 +433,8 @@ class LatentCodec:
 
         ratio = check_ratio(self.config.default_ratio if ratio is None else ratio, self.code.max_ratio)
         datas = [as_bytes(x) for x in items]
-        seg_lists = [self._segments(d) for d in datas]
-        flat = [self._model_ids(seg) for segs in seg_lists for seg in segs]
+        seg_lists = [self.segments(d) for d in datas]
+        flat = [self.model_ids(seg) for segs in seg_lists for seg in segs]
         token_nlls = self._nll_batches(flat, batch_size, progress)
         ids_per_seg = [
             self.code.encode(seg, nll, self.slot_count(len(seg), sum(nll) / len(nll), ratio))
@@ -514,7 +540,7 @@ class LatentCodec:
         return [self.backbone.tokenizer.decode(p, skip_special_tokens=True) for p in pieces]
 
     # ---- exact mode: the residual ------------------------------------------------------------------------
-    def _residual_runner(self) -> Any:
+    def residual_runner(self) -> Any:
         """Step-wise KV-cached reader over fixed lanes (the exact codec's runner, fed Z embeddings first)."""
         if self._runner is None:
             from transformers import DynamicCache
@@ -581,7 +607,7 @@ class LatentCodec:
             slot += len(segs)
         with fixed_threads(threads), self.reading():
             windows = self._residual_windows(codes, slots, seg_lists)
-            bit_lists = encode_windows(self._residual_runner(), windows, lanes, len(codes))
+            bit_lists = encode_windows(self.residual_runner(), windows, lanes, len(codes))
         out = []
         for owner, code in enumerate(codes):
             bits = bit_lists[owner] if code.text_tokens else []
@@ -608,7 +634,7 @@ class LatentCodec:
             with fixed_threads(threads), self.reading():
                 windows = self._residual_windows(group, slots, None)
                 bits = [_unpack_bits(c.residual) for c in group]
-                per_owner = decode_windows(self._residual_runner(), windows, lanes, bits, end_token=self.end_token)
+                per_owner = decode_windows(self.residual_runner(), windows, lanes, bits, end_token=self.end_token)
             for owner, code in enumerate(group):
                 tokens = per_owner.get(owner, [])
                 data = b"" if len(tokens) != code.text_tokens else self.token_bytes.decode(tokens)
