@@ -29,12 +29,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zcompress_integrations.core.codes.token_groups import even_groups, group_ids, group_starts
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.core.zspace import IGNORE
 from zcompress_integrations.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zcompress_integrations.core.latent import LatentCodec
 
 __all__ = ["build_group_head", "add_chain", "group_window", "group_hidden", "group_loss", "continue_groups"]
 
@@ -100,24 +103,24 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
     return _GroupHead()
 
 
-def add_chain(codec: Any, rank: int = CHAIN_RANK) -> None:
+def add_chain(codec: LatentCodec, rank: int = CHAIN_RANK) -> None:
     """Give ``codec``'s token-group head a chain (no-op when it has one): offsets then read the token before
     them. It starts as a no-op, so an already trained head keeps its predictions until the chain is trained."""
     if not codec.infer_head.chain_rank:
         codec.infer_head.add_chain(rank)
 
 
-def _text_head(codec: Any) -> Any:
+def _text_head(codec: LatentCodec) -> Any:
     """The backbone's output embedding rows of text tokens (frozen)."""
     return codec.lm.lm_head.weight[: codec.backbone.text_vocab_size].detach()
 
 
-def _embed_tokens(codec: Any, tokens: Any) -> Any:
+def _embed_tokens(codec: LatentCodec, tokens: Any) -> Any:
     """The backbone's (frozen) input embeddings of text tokens."""
     return codec.lm.get_input_embeddings().weight.detach()[tokens]
 
 
-def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tuple[Any, Any, Any]:
+def group_window(codec: LatentCodec, tokens: Sequence[int], sizes: Sequence[int]) -> tuple[Any, Any, Any]:
     """Inputs ``[n, H]``, aligned positions ``[n]`` and targets ``[n, G]`` of one window cut into groups.
 
     Target ``[i, k]`` is the token ``k`` places after group ``i`` ends (``IGNORE`` past the window's end)."""
@@ -134,13 +137,13 @@ def group_window(codec: Any, tokens: Sequence[int], sizes: Sequence[int]) -> tup
     return inputs.detach(), torch.as_tensor(starts, device=dev), targets.to(dev)
 
 
-def group_hidden(codec: Any, inputs: Any, positions: Any) -> Any:
+def group_hidden(codec: LatentCodec, inputs: Any, positions: Any) -> Any:
     """Last hidden states ``[B, T, H]`` of Z embeddings at aligned positions (the ``infer`` adapter active)."""
     dtype = codec.lm.get_input_embeddings().weight.dtype
     return codec.lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions).last_hidden_state
 
 
-def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+def group_loss(codec: LatentCodec, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
     """(mean CE over every predicted token, logits ``[B, T, G, V]``, targets ``[B, T, G]``) for a batch of windows,
     right-padded (causal attention never lets a real position see the padding after it)."""
     import torch
@@ -175,7 +178,7 @@ def group_loss(codec: Any, windows: Sequence[Sequence[int]], sizes: Sequence[Seq
 
 
 def continue_groups(
-    codec: Any,
+    codec: LatentCodec,
     code: ZCode,
     n_segments: int = 1,
     *,
