@@ -163,6 +163,7 @@ def _convert_default(path: Path, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
         try:
             tmp.rename(target)
         except OSError:
@@ -172,10 +173,49 @@ def _convert_default(path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+MANIFEST_NAME = "zcompress_manifest.json"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the size and digest of every file of a converted model (checked before each load)."""
+    files = {p.name: [p.stat().st_size, _file_digest(p)] for p in sorted(directory.iterdir()) if p.is_file()}
+    (directory / MANIFEST_NAME).write_text(json.dumps(files, indent=1, sort_keys=True) + "\n")
+
+
+def manifest_ok(directory: Path) -> bool:
+    """Whether a converted model's files are exactly those its manifest records (a truncated write, a flipped
+    byte or a missing file all fail)."""
+    try:
+        files = json.loads((directory / MANIFEST_NAME).read_text())
+        return bool(files) and all(
+            (directory / name).stat().st_size == size and _file_digest(directory / name) == digest
+            for name, (size, digest) in files.items()
+        )
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def default_model_dir() -> Path:
-    """Directory of the converted default model, converting it first if needed."""
+    """Directory of the converted default model, converting it first if needed, and again if the cached
+    conversion is damaged (it is never loaded then)."""
     path = default_gguf_path()
     target = cache_dir() / "models" / f"smollm2-135m-instruct-{_gguf_cache_key(path)}"
+    if target.exists() and not manifest_ok(target):
+        logger.warning("the cached conversion in %s is damaged or incomplete; converting the model again", target)
+        stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
+        try:
+            target.rename(stale)  # out of the way first: another process may be reading the old files
+        except OSError:
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
     if not (target / "config.json").exists():
         _convert_default(path, target)
     return target
