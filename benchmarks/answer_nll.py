@@ -32,7 +32,7 @@ def measure(adapters: str, limit: int, seed: int) -> dict:
     from zcompress_integrations.eval.datasets import load_hotpotqa
 
     zc = ZCompressor.from_pretrained(adapters=adapters, device="cpu")
-    codec = zc._latent_codec()
+    codec = zc.latent_codec
     questions = load_hotpotqa(limit=limit, seed=seed, min_paragraphs=10)
     sums: dict[str, float] = {"text": 0.0, "z_2x": 0.0, "z_4x": 0.0, "none": 0.0}
     fed: dict[str, int] = dict.fromkeys(sums, 0)

@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     texts = [p.text for p in datasets.load_hotpot_wiki_paragraphs()][: args.limit]
     zc = ZCompressor.from_pretrained()
-    _, load_s = _timed(lambda: zc._exact_codec())
-    codec = zc._exact_codec()
+    _, load_s = _timed(lambda: zc.exact_codec)
+    codec = zc.exact_codec
     log2k = math.log2(zc.k)
     print(f"loaded {zc.model_name} in {load_s:.1f}s; {len(texts)} texts", flush=True)
 

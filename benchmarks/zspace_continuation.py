@@ -58,7 +58,7 @@ def _nll(codec: Any, context: list[int], cont: list[int]) -> float:
 
     ids = torch.tensor([context + cont], device=codec.backbone.device)
     with codec.peft_model.disable_adapter(), torch.inference_mode():
-        logits = codec._lm(input_ids=ids).logits[0, len(context) - 1 : -1, : codec.backbone.text_vocab_size]
+        logits = codec.lm(input_ids=ids).logits[0, len(context) - 1 : -1, : codec.backbone.text_vocab_size]
         return float(torch.nn.functional.cross_entropy(logits.float(), ids[0, len(context) :], reduction="sum"))
 
 
@@ -68,16 +68,56 @@ def _greedy(codec: Any, context: list[int], n_tokens: int) -> list[int]:
 
     ids = torch.tensor([context], device=codec.backbone.device)
     with codec.peft_model.disable_adapter(), torch.inference_mode():
-        out = codec._lm.generate(
+        out = codec.lm.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=n_tokens,
             do_sample=False,
-            eos_token_id=codec._eos,
-            pad_token_id=codec._eos,
+            eos_token_id=codec.end_token,
+            pad_token_id=codec.end_token,
         )
     toks = out[0, len(context) :].tolist()
-    return toks[: toks.index(codec._eos)] if codec._eos in toks else toks
+    return toks[: toks.index(codec.end_token)] if codec.end_token in toks else toks
+
+
+def _paragraph_pool(data: str | None, tok: Any, length: int, vocab: int) -> list[list[int]]:
+    """First ``length`` token ids of every paragraph that long (WikiText-2 test, or a jsonl's 'text' fields)."""
+    from zcompress_integrations.eval.datasets import load_wikitext_paragraphs
+
+    if data:
+        with open(data) as f:
+            texts = [json.loads(line)["text"] for line in f if line.strip()]
+    else:
+        texts = [p.text_detok for p in load_wikitext_paragraphs()]
+    pool = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length and max(ids[:length]) < vocab:
+            pool.append(ids[:length])
+    return pool
+
+
+def _score(codec: Any, start: list[int], prefixes: list, conts: list, truths: list, vocab: int) -> dict[str, Any]:
+    """Base-model perplexity given the true first segment, unigram F1 against the truth, distinct bigrams."""
+    import numpy as np
+
+    nll_sum, count, empty, f1s, d2s = 0.0, 0, 0, [], []
+    for prefix, ids, truth in zip(prefixes, conts, truths, strict=True):
+        ids = [t for t in ids if t < vocab]
+        if not ids:
+            empty += 1
+            continue
+        nll_sum += _nll(codec, start + prefix, ids)
+        count += len(ids)
+        f1s.append(_unigram_f1(ids, truth))
+        d2s.append(_distinct2(ids))
+    return {
+        "perplexity": math.exp(nll_sum / count) if count else float("nan"),
+        "tokens_mean": count / max(1, len(prefixes) - empty),
+        "empty": empty,
+        "unigram_f1_vs_true": float(np.mean(f1s)) if f1s else float("nan"),
+        "distinct2": float(np.mean(d2s)) if d2s else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,26 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from zcompress_integrations import ZCompressor
-    from zcompress_integrations.eval.datasets import load_wikitext_paragraphs
 
     t_start = time.time()
     zc = ZCompressor.from_pretrained(args.model, adapters=args.adapters, device=args.device)
-    codec = zc._latent_codec()
+    codec = zc.latent_codec
     cfg = codec.config
     L, n = cfg.segment_len, args.segments
     tok = codec.backbone.tokenizer
     vocab = codec.backbone.text_vocab_size
     # paragraphs long enough for a first segment and n true continuation segments, a seeded sample of them
-    pool = []
-    if args.data:
-        with open(args.data) as f:
-            texts = [json.loads(line)["text"] for line in f if line.strip()]
-    else:
-        texts = [p.text_detok for p in load_wikitext_paragraphs()]
-    for text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= (1 + n) * L and max(ids[: (1 + n) * L]) < vocab:
-            pool.append(ids[: (1 + n) * L])
+    pool = _paragraph_pool(args.data, tok, (1 + n) * L, vocab)
     rng = np.random.default_rng(args.seed)
     picked = [pool[i] for i in sorted(rng.choice(len(pool), size=min(args.limit, len(pool)), replace=False))]
     prefixes = [ids[:L] for ids in picked]
@@ -140,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     t1 = time.time()
     from zcompress_integrations.core.zspace import resolve_repetition_penalty
 
-    penalty = resolve_repetition_penalty(codec, args.repetition_penalty)
+    penalty = resolve_repetition_penalty(args.repetition_penalty)
     decoding = {"temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": penalty}
     conts = [zc.continue_z(c, n, seed=i, **decoding) for i, c in enumerate(codes)]
     continue_seconds = time.time() - t1
@@ -148,14 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     recons = zc.decompress_batch(codes)
     z_seconds = time.time() - t0
     kinds = KINDS[:-1] if args.skip_greedy else KINDS
-    if cfg.token_code:  # the ids name their token groups: the continuation the infer adapter wrote, before reading
-        from zcompress_integrations.core.latent import id_groups
-
-        kinds = ("z_continuation", "z_continuation_as_named", *kinds[1:])
-        named = [[t for g in id_groups(c.z_ids, cfg.vocab_size, cfg.max_group) for t in g] for c in conts]
+    # the ids name their token groups: the continuation the infer adapter wrote, before reading
+    kinds = ("z_continuation", "z_continuation_as_named", *kinds[1:])
+    named = [[t for g in codec.code.groups(c.z_ids) for t in g] for c in conts]
     # 2. the base model's own greedy continuation of the true first segment
     t0 = time.time()
-    start = [codec._start]
+    start = [codec.start_token]
     greedy_ids = [[] if args.skip_greedy else _greedy(codec, start + p, n * L) for p in prefixes]
     greedy_seconds = time.time() - t0
     # 3. score every continuation given the true first segment
@@ -163,28 +191,11 @@ def main(argv: list[str] | None = None) -> None:
         "z_continuation": [tok(t, add_special_tokens=False)["input_ids"] for t in z_texts],
         "true_continuation": truths,
         "greedy_continuation": greedy_ids,
+        "z_continuation_as_named": named,
     }
-    if cfg.token_code:
-        cont_ids["z_continuation_as_named"] = named
     rows: dict[str, dict[str, Any]] = {}
     for kind in kinds:
-        nll_sum, count, empty, f1s, d2s = 0.0, 0, 0, [], []
-        for prefix, ids, truth in zip(prefixes, cont_ids[kind], truths, strict=True):
-            ids = [t for t in ids if t < vocab]
-            if not ids:
-                empty += 1
-                continue
-            nll_sum += _nll(codec, start + prefix, ids)
-            count += len(ids)
-            f1s.append(_unigram_f1(ids, truth))
-            d2s.append(_distinct2(ids))
-        rows[kind] = {
-            "perplexity": math.exp(nll_sum / count) if count else float("nan"),
-            "tokens_mean": count / max(1, len(prefixes) - empty),
-            "empty": empty,
-            "unigram_f1_vs_true": float(np.mean(f1s)) if f1s else float("nan"),
-            "distinct2": float(np.mean(d2s)) if d2s else float("nan"),
-        }
+        rows[kind] = _score(codec, start, prefixes, cont_ids[kind], truths, vocab)
         print(json.dumps({"kind": kind, **rows[kind]}))
     samples = [
         {
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             "z_continuation": z_texts[i],
             "true_continuation": tok.decode(truths[i]),
             "greedy_continuation": tok.decode(greedy_ids[i]),
-            **({"z_continuation_as_named": tok.decode(named[i])} if cfg.token_code else {}),
+            "z_continuation_as_named": tok.decode(named[i]),
             "z_ids": list(conts[i].z_ids),
         }
         for i in range(min(args.samples, len(prefixes)))
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *(["Token-group code: a generated Z id names its token group, so the table shows the continuation both as "
            "the decompress adapter renders it (`z continuation`) and as the ids name it (`z continuation as named`: "
-           "what the infer adapter wrote, before any reading).", ""] if cfg.token_code else []),
+           "what the infer adapter wrote, before any reading).", ""]),
         "| continuation | perplexity | tokens (mean) | empty | unigram F1 vs true | distinct bigrams |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]

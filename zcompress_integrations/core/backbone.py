@@ -221,6 +221,42 @@ def default_model_dir() -> Path:
     return target
 
 
+def _torch_dtype(dtype: str | Any | None, dev: Any) -> Any:
+    """A torch dtype from its name or ``None`` (fp32 on CPU: bf16 is many times slower there; bf16 on CUDA)."""
+    import torch
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ConfigError(f"dtype {dtype!r} is not a torch dtype name (try 'float32' or 'bfloat16')")
+        return getattr(torch, dtype)
+    if dtype is None:
+        return torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dtype
+
+
+def _quantization_kwargs(quantization: str, dtype: Any, dev: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments for bitsandbytes 4/8-bit loading (CUDA only)."""
+    if quantization not in ("4bit", "8bit"):
+        raise ConfigError(f"quantization must be None, '4bit' or '8bit'; got {quantization!r}")
+    if dev.type != "cuda":
+        raise ConfigError(
+            f"quantization={quantization!r} needs bitsandbytes on a CUDA GPU, but the device is {dev.type}; "
+            "drop quantization= on this machine (fp32 on CPU is the fast path)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BackboneLoadError(
+            f"quantization={quantization!r} needs bitsandbytes: pip install 'zcompress-integrations[gpu]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    config = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+        if quantization == "4bit"
+        else BitsAndBytesConfig(load_in_8bit=True)
+    )
+    return {"quantization_config": config, "device_map": {"": dev.index or 0}}
+
+
 def load_backbone(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -242,43 +278,20 @@ def load_backbone(
     """
     _set_offline()
     try:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:  # pragma: no cover - dependencies are required
         raise BackboneLoadError(f"zcompress needs torch and transformers: {exc}") from exc
 
-    if quantization not in (None, "4bit", "8bit"):
-        raise ConfigError(f"quantization must be None, '4bit' or '8bit'; got {quantization!r}")
     dev = resolve_device(device)
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ConfigError(f"dtype {dtype!r} is not a torch dtype name (try 'float32' or 'bfloat16')")
-        dtype = getattr(torch, dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-
+    dtype = _torch_dtype(dtype, dev)
     mkw: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     mkw.update(model_kwargs or {})
     tkw: dict[str, Any] = {"local_files_only": mkw["local_files_only"]}
     tkw.update(tokenizer_kwargs or {})
     if quantization is not None:
-        if dev.type != "cuda":
-            raise ConfigError(
-                f"quantization={quantization!r} needs bitsandbytes on a CUDA GPU, but the device is {dev.type}; "
-                "drop quantization= on this machine (fp32 on CPU is the fast path)"
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise BackboneLoadError(
-                f"quantization={quantization!r} needs bitsandbytes: pip install 'zcompress-integrations[gpu]'"
-            )
-        from transformers import BitsAndBytesConfig
-
-        mkw["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-            if quantization == "4bit"
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        mkw.setdefault("device_map", {"": dev.index or 0})
+        quantized = _quantization_kwargs(quantization, dtype, dev)
+        mkw["quantization_config"] = quantized["quantization_config"]
+        mkw.setdefault("device_map", quantized["device_map"])
 
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
         source: str | Path = default_model_dir()

@@ -320,6 +320,21 @@ def embed_pieces(emb: Any, pieces: list[Any], device: Any) -> tuple[Any, Any]:
     return x, torch.tensor(positions, dtype=torch.long, device=device)
 
 
+def _visible(text: str, emitted: str, stops: Sequence[str]) -> tuple[str, str, bool]:
+    """(new piece to show, text shown so far, whether a stop string ended it) after the text grew to ``text``.
+    A stop string is cut, never shown; a possible partial stop string and incomplete UTF-8 (U+FFFD) are held back."""
+    shown, stopped = _cut_at_stop(text, stops)
+    if stopped:
+        return shown[len(emitted) :], shown, True
+    hold = max((len(s) - 1 for s in stops), default=0)
+    safe = len(text) - hold
+    if text.endswith("\ufffd"):
+        safe = min(safe, len(text) - 1)
+    if safe > len(emitted):
+        return text[len(emitted) : safe], text[:safe], False
+    return "", emitted, False
+
+
 def _generate_pieces(
     zc: ZCompressor,
     pieces: list[Any],
@@ -372,20 +387,11 @@ def _generate_pieces(
                     break
                 produced.append(nxt)
                 counter.completion_tokens = len(produced)
-                text = tokenizer.decode(produced, skip_special_tokens=True)
-                shown, stopped = _cut_at_stop(text, stops)
+                piece, emitted, stopped = _visible(tokenizer.decode(produced, skip_special_tokens=True), emitted, stops)
+                if piece:
+                    yield piece
                 if stopped:
-                    if len(shown) > len(emitted):
-                        yield shown[len(emitted) :]
                     return
-                # hold back a possible partial stop string and incomplete UTF-8 (shown as U+FFFD)
-                hold = max((len(s) - 1 for s in stops), default=0)
-                safe = len(text) - hold
-                if text.endswith("\ufffd"):
-                    safe = min(safe, len(text) - 1)
-                if safe > len(emitted):
-                    yield text[len(emitted) : safe]
-                    emitted = text[:safe]
             text = tokenizer.decode(produced, skip_special_tokens=True)
             if len(text) > len(emitted):
                 yield text[len(emitted) :]

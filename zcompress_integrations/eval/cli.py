@@ -503,28 +503,9 @@ def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
     suites = results["suites"]
     paths: list[Path] = []
     if "reconstruction" in suites:
-        res = suites["reconstruction"]
-        for name in ("wikitext", "cnndm"):
-            d = res.get(name)
-            if not d:
-                continue
-            curves: dict[str, list[tuple[float, float]]] = {
-                "exact": [(d["exact"]["ratio"], 100.0 * d["exact"]["exactness"])]
-            }
-            latent = [(r["mean_ratio"], r["bleu"]) for r in d["latent"].values() if _ok(r)]
-            if latent:
-                curves["latent"] = latent
-            bound = d["exact"]["bound"]
-            paths.append(
-                report.plot_ratio_vs_quality(
-                    curves,
-                    out / f"reconstruction_{name}_ratio_vs_bleu.png",
-                    bound=bound if bound is not None and math.isfinite(bound) else None,
-                    title=f"Reconstruction ({name}): BLEU-4 vs ratio",
-                )
-            )
+        paths += _reconstruction_plots(suites["reconstruction"], out)
     if "qa" in suites:
-        curves = {}
+        curves: dict[str, list[tuple[float, float]]] = {}
         for method, row in suites["qa"]["methods"].items():
             if _ok(row):
                 family = method.split(" x")[0]
@@ -532,15 +513,34 @@ def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
         paths.append(report.plot_qa_f1_vs_tokens(curves, out / "qa_f1_vs_prompt_tokens.png"))
     if "speed" in suites:
         curves = {}
-        for r in suites["speed"]["rows"]:
-            if _ok(r):
-                curves.setdefault(f"{r['method']} compress", []).append(
-                    (r["text_tokens"], r["compress_tokens_per_s"])
-                )
-                curves.setdefault(f"{r['method']} decompress", []).append(
-                    (r["text_tokens"], r["decompress_tokens_per_s"])
-                )
+        for r in (r for r in suites["speed"]["rows"] if _ok(r)):
+            curves.setdefault(f"{r['method']} compress", []).append((r["text_tokens"], r["compress_tokens_per_s"]))
+            curves.setdefault(f"{r['method']} decompress", []).append(
+                (r["text_tokens"], r["decompress_tokens_per_s"])
+            )
         paths.append(report.plot_throughput(curves, out / "speed_throughput.png"))
+    return paths
+
+
+def _reconstruction_plots(res: Mapping[str, Any], out: Path) -> list[Path]:
+    paths = []
+    for name in ("wikitext", "cnndm"):
+        d = res.get(name)
+        if not d:
+            continue
+        curves: dict[str, list[tuple[float, float]]] = {"exact": [(d["exact"]["ratio"], 100.0 * d["exact"]["exactness"])]}
+        latent = [(r["mean_ratio"], r["bleu"]) for r in d["latent"].values() if _ok(r)]
+        if latent:
+            curves["latent"] = latent
+        bound = d["exact"]["bound"]
+        paths.append(
+            report.plot_ratio_vs_quality(
+                curves,
+                out / f"reconstruction_{name}_ratio_vs_bleu.png",
+                bound=bound if bound is not None and math.isfinite(bound) else None,
+                title=f"Reconstruction ({name}): BLEU-4 vs ratio",
+            )
+        )
     return paths
 
 

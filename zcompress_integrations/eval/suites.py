@@ -353,6 +353,52 @@ def _answer(text: str) -> str:
     return text.strip().split("\n")[0].strip()
 
 
+QARequest = tuple[str, str, list[Any], "list[str] | None"]
+
+
+def _qa_requests(
+    ctx: EvalContext,
+    question: str,
+    context: list[tuple[str, str]],
+    latent_codes: dict[float, list[Any] | None],
+    pos: int,
+    methods: dict[str, dict[str, Any]],
+    plain: list[QARequest],
+    latent: list[QARequest],
+    bar: Any,
+) -> None:
+    """Queue one question's requests: full text, none, and per ratio the Z codes (``latent_codes[ratio][pos:]``,
+    the question's paragraphs) and truncation / LLMLingua at the Z context's token budget."""
+    cfg, zc = ctx.config, ctx.zc
+    titles = [t for t, _ in context]
+    texts = [p for _, p in context]
+    joined = "\n\n".join(f"{t}: {p}" for t, p in context)
+    full_tokens = zc.count_tokens(joined)
+    plain.append(("full", question, texts, titles))
+    plain.append(("none", question, [], None))
+    for ratio in cfg.ratios:
+        codes = latent_codes[ratio]
+        tag = f"x{ratio:g}"
+        if codes is not None:
+            mine = codes[pos : pos + len(texts)]
+            budget = sum(c.z_tokens for c in mine)
+            latent.append((f"latent {tag}", question, mine, titles))
+        else:
+            budget = max(1, round(full_tokens / ratio))
+            methods[f"latent {tag}"] = ctx.unavailable()
+        plain.append((f"truncation {tag}", question, [ctx.cut(joined, budget)], None))
+        bar.update(1)
+        if cfg.llmlingua:
+            bar.set_description(f"qa: llmlingua {tag}")
+            try:
+                squeezed = ctx.llmlingua().compress(texts, rate=min(1.0, budget / max(full_tokens, 1)))
+            except ImportError as err:
+                methods[f"llmlingua {tag}"] = {"status": UNAVAILABLE, "reason": str(err)}
+            else:
+                plain.append((f"llmlingua {tag}", question, [squeezed.compressed_prompt], None))
+            bar.update(1)
+
+
 def run_qa(ctx: EvalContext) -> dict[str, Any]:
     """HotpotQA answer EM/F1 and prompt tokens per context method.
 
@@ -370,8 +416,8 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
     golds = [ex.answer for ex in examples]
     methods: dict[str, dict[str, Any]] = {}
     # (method, question, context items, titles) in question order; latent requests kept apart.
-    plain: list[tuple[str, str, list[Any], list[str] | None]] = []
-    latent: list[tuple[str, str, list[Any], list[str] | None]] = []
+    plain: list[QARequest] = []
+    latent: list[QARequest] = []
 
     n_steps = len(cfg.ratios) * (1 + int(cfg.llmlingua)) * len(examples) + 2
     with ctx.bar(n_steps, "qa") as bar:
@@ -384,36 +430,10 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
         budgets_source = "latent" if all(v is not None for v in latent_codes.values()) else "nominal"
         pos = 0
         for ex, context in zip(examples, contexts, strict=True):
-            titles = [t for t, _ in context]
-            texts = [p for _, p in context]
-            joined = "\n\n".join(f"{t}: {p}" for t, p in context)
-            full_tokens = zc.count_tokens(joined)
-            plain.append(("full", ex.question, texts, titles))
-            plain.append(("none", ex.question, [], None))
-            for ratio in cfg.ratios:
-                codes = latent_codes[ratio]
-                tag = f"x{ratio:g}"
-                if codes is not None:
-                    mine = codes[pos : pos + len(texts)]
-                    budget = sum(c.z_tokens for c in mine)
-                    latent.append((f"latent {tag}", ex.question, mine, titles))
-                else:
-                    budget = max(1, round(full_tokens / ratio))
-                    methods[f"latent {tag}"] = ctx.unavailable()
-                plain.append((f"truncation {tag}", ex.question, [ctx.cut(joined, budget)], None))
-                bar.update(1)
-                if cfg.llmlingua:
-                    bar.set_description(f"qa: llmlingua {tag}")
-                    try:
-                        squeezed = ctx.llmlingua().compress(texts, rate=min(1.0, budget / max(full_tokens, 1)))
-                    except ImportError as err:
-                        methods[f"llmlingua {tag}"] = {"status": UNAVAILABLE, "reason": str(err)}
-                    else:
-                        plain.append((f"llmlingua {tag}", ex.question, [squeezed.compressed_prompt], None))
-                    bar.update(1)
-            pos += len(texts)
+            _qa_requests(ctx, ex.question, context, latent_codes, pos, methods, plain, latent, bar)
+            pos += len(context)
 
-        def answer(requests: list[tuple[str, str, list[Any], list[str] | None]]) -> None:
+        def answer(requests: list[QARequest]) -> None:
             results = zc.generate_batch(
                 [q for _, q, _, _ in requests],
                 contexts=[c for _, _, c, _ in requests],
