@@ -214,7 +214,7 @@ def continue_groups(
     if not context:
         raise ConfigError("continue_z needs a code with at least one Z-token to continue (context_segments >= 1)")
     dev = codec.backbone.device
-    lm = codec._lm
+    lm = codec.lm
     weight = _text_head(codec)
     blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     blocked[codec.end_token] = True  # a continuation does not end inside a segment: the end token is never written
