@@ -50,8 +50,18 @@ def segments(tiny_model_dir: Path) -> np.ndarray:
 
 
 def _reader_cfg(out: Path, **kw: Any) -> ReaderConfig:
-    base = dict(out=str(out), segment_len=L, lora_r=2, batch_size=4, lr=1e-2, warmup_steps=1, held=8,
-                log_every=1, eval_every=1000, checkpoint_every=2)
+    base = dict(
+        out=str(out),
+        segment_len=L,
+        lora_r=2,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        held=8,
+        log_every=1,
+        eval_every=1000,
+        checkpoint_every=2,
+    )
     return ReaderConfig(**{**base, **kw})
 
 
@@ -110,9 +120,16 @@ def test_get_lr_warms_up_then_decays_to_the_floor() -> None:
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
 def _state(step: int, size: int = 4) -> dict[str, Any]:
-    return {"format": ckpt.FORMAT, "task": "reader", "step": step, "config": {"lr": 1.0},
-            "trainable": {"w": torch.full((size,), float(step))}, "optimizer": {}, "rng": ckpt.rng_state(),
-            "data": {"rng": np.random.default_rng(0).bit_generator.state}}
+    return {
+        "format": ckpt.FORMAT,
+        "task": "reader",
+        "step": step,
+        "config": {"lr": 1.0},
+        "trainable": {"w": torch.full((size,), float(step))},
+        "optimizer": {},
+        "rng": ckpt.rng_state(),
+        "data": {"rng": np.random.default_rng(0).bit_generator.state},
+    }
 
 
 def test_checkpoint_round_trips_rng_states_under_weights_only(tmp_path: Path) -> None:
@@ -130,7 +147,9 @@ def test_checkpoint_round_trips_rng_states_under_weights_only(tmp_path: Path) ->
         ckpt.load_checkpoint(tmp_path / "c.pt", task="infer")
 
 
-def test_a_failed_or_killed_checkpoint_write_leaves_the_previous_one(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_failed_or_killed_checkpoint_write_leaves_the_previous_one(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     path = tmp_path / ckpt.CHECKPOINT_NAME
     ckpt.save_checkpoint(path, _state(1))
 
@@ -206,7 +225,8 @@ def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(tmp_path: Pat
 # ---- the reader ----------------------------------------------------------------------------------------------
 def test_reader_lowers_the_loss_on_a_fixed_batch(backbone: Any, segments: np.ndarray, tmp_path: Path) -> None:
     cfg = _reader_cfg(tmp_path, steps=8, eval_every=8, held=4)
-    _, records = train_reader(cfg, backbone=backbone, segments=segments[:8])  # 4 held + the same 4 rows trained
+    # 4 rows held apart, 4 trained on
+    _, records = train_reader(cfg, backbone=backbone, segments=segments[:8])
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 8]
     assert evals[-1]["held_ce_2x"] < evals[0]["held_ce_2x"] - 0.2
@@ -236,7 +256,9 @@ def test_reader_resume_after_a_crash_reproduces_the_next_steps_exactly(
         train_reader(_reader_cfg(tmp_path / "b", steps=4), backbone=fresh(), segments=segments)
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path / "b" / ckpt.CHECKPOINT_NAME)["step"] == 2
-    _, resumed = train_reader(_reader_cfg(tmp_path / "b", steps=4), resume=True, backbone=fresh(), segments=segments)
+    _, resumed = train_reader(
+        _reader_cfg(tmp_path / "b", steps=4), resume=True, backbone=fresh(), segments=segments
+    )
     a, b = _train_losses(straight), _train_losses(resumed)
     assert sorted(b) == [3, 4] and b[3] == a[3] and b[4] == a[4]  # exactly: same weights, Adam state and data
     with pytest.raises(ConfigError, match="exclude"):
@@ -287,20 +309,40 @@ def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
         for name, p in codec.peft_model.named_parameters():
             if "lora_B" in name:
                 p.copy_(lora_b[name])
-    assert identity != pytest.approx(float(loss.detach()), abs=1e-4)  # the adapter's reading changes the answer's loss
-    assert plain == pytest.approx(plain_identity, abs=1e-5)  # with plain-text context no adapter runs at all
+    # the adapter's reading changes the answer's loss; with plain-text context no adapter runs at all
+    assert identity != pytest.approx(float(loss.detach()), abs=1e-4)
+    assert plain == pytest.approx(plain_identity, abs=1e-5)
 
     data = tmp_path / "qa"
     (data / "hotpotqa").mkdir(parents=True)
     (data / "natural_questions").mkdir()
-    hp = {"question": "Who jumps?", "answer": "the fox", "supporting_facts": [["Fox", [0], ["x"]]],
-          "context": [["Fox", ["The quick brown fox jumps."]], ["Dog", ["The lazy dog sleeps."]]]}
-    nq = {"question": "What sleeps?", "answers": ["the dog"], "ctxs": [{"title": "Dog", "text": "The lazy dog sleeps."}]}
+    hp = {
+        "question": "Who jumps?",
+        "answer": "the fox",
+        "supporting_facts": [["Fox", [0], ["x"]]],
+        "context": [["Fox", ["The quick brown fox jumps."]], ["Dog", ["The lazy dog sleeps."]]],
+    }
+    nq = {
+        "question": "What sleeps?",
+        "answers": ["the dog"],
+        "ctxs": [{"title": "Dog", "text": "The lazy dog sleeps."}],
+    }
     (data / "hotpotqa" / "hotpotqa_train_100.jsonl").write_text(json.dumps(hp) + "\n")
     (data / "natural_questions" / "nq_open_oracle_500.jsonl").write_text((json.dumps(nq) + "\n") * 3)
-    cfg = _reader_cfg(tmp_path / "run", steps=8, batch_size=2, held=4, eval_every=8, qa_weight=1.0,
-                      qa_data=str(data), qa_batch=2, qa_held=2)
-    _, records = train_reader(cfg, backbone=load_backbone(str(tiny_model_dir), device="cpu"), segments=segments)
+    cfg = _reader_cfg(
+        tmp_path / "run",
+        steps=8,
+        batch_size=2,
+        held=4,
+        eval_every=8,
+        qa_weight=1.0,
+        qa_data=str(data),
+        qa_batch=2,
+        qa_held=2,
+    )
+    _, records = train_reader(
+        cfg, backbone=load_backbone(str(tiny_model_dir), device="cpu"), segments=segments
+    )
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals[-1]["held_answer_ce_2x"] < evals[0]["held_answer_ce_2x"]
     card = json.loads((tmp_path / "run" / "adapters" / "zcompress_config.json").read_text())
@@ -321,7 +363,9 @@ def test_infer_resume_after_a_crash_reproduces_the_next_steps_exactly(
     width = 2 * first.config.segment_len
     ids = first.backbone.tokenizer(TEXT * 30)["input_ids"]
     windows = np.asarray([ids[i : i + width] for i in range(0, len(ids) - width, 7)][:24], dtype=np.int64)
-    cfg = InferConfig(steps=4, batch_size=2, lr=3e-3, lr_head=1e-2, warmup_steps=1, log_every=1, checkpoint_every=2)
+    cfg = InferConfig(
+        steps=4, batch_size=2, lr=3e-3, lr_head=1e-2, warmup_steps=1, log_every=1, checkpoint_every=2
+    )
     straight = train_infer(first, windows, cfg, run_dir=tmp_path / "a")
     calls = {"n": 0}
     real = infer._group_forward
@@ -349,14 +393,16 @@ def test_cli_prepares_data_trains_a_reader_and_writes_loadable_adapters(
     corpus = tmp_path / "train.jsonl"
     corpus.write_text("".join(json.dumps({"text": TEXT * 10}) + "\n" for _ in range(8)))
     npy = tmp_path / "segments.npy"
-    assert zcompress(["train", "prepare", "--data", str(corpus), "--out", str(npy), "--model", str(tiny_model_dir),
-                      "--segment-len", str(L)]) == 0
+    prepare = ["train", "prepare", "--data", str(corpus), "--out", str(npy), "--segment-len", str(L)]
+    assert zcompress([*prepare, "--model", str(tiny_model_dir)]) == 0
     rows = np.load(npy)
     assert rows.shape[1] == L and rows.dtype == np.uint16 and len(rows) > 40
-    (tmp_path / "reader.yaml").write_text(f"segment_len: {L}\nlora_r: 2\nbatch_size: 4\nlr: 0.01\nwarmup_steps: 1\n")
+    (tmp_path / "reader.yaml").write_text(
+        f"segment_len: {L}\nlora_r: 2\nbatch_size: 4\nlr: 0.01\nwarmup_steps: 1\n"
+    )
     run = tmp_path / "run"
-    common = ["--config", str(tmp_path / "reader.yaml"), "--data", str(npy), "--model", str(tiny_model_dir),
-              "--device", "cpu", "--held", "8", "--eval-every", "6", "--checkpoint-every", "3"]
+    common = ["--config", str(tmp_path / "reader.yaml"), "--data", str(npy), "--model", str(tiny_model_dir)]
+    common += ["--device", "cpu", "--held", "8", "--eval-every", "6", "--checkpoint-every", "3"]
     assert zcompress(["train", "reader", "--out", str(run), "--steps", "6", *common]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if r["kind"] == "eval"]
@@ -371,14 +417,16 @@ def test_cli_prepares_data_trains_a_reader_and_writes_loadable_adapters(
     end = evals[-1]["held_ce_2x"]
     for source, tol in ((run / "checkpoint.pt", 1e-4), (run / "adapters", 0.05)):
         out = tmp_path / f"from_{source.name}"
-        assert zcompress(["train", "reader", "--out", str(out), "--steps", "0", "--lora-r", "4",
-                          "--init-from", str(source), *common]) == 0
+        grow = ["--steps", "0", "--lora-r", "4", "--init-from", str(source)]
+        assert zcompress(["train", "reader", "--out", str(out), *grow, *common]) == 0
         first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
         assert first["held_ce_2x"] == pytest.approx(end, abs=tol)
     assert evals[0]["held_ce_2x"] - end > 0.2  # so matching the trained run is not chance
 
 
-def test_cli_errors_are_exit_code_2_with_the_reason(tiny_model_dir: Path, tmp_path: Path, capsys: Any) -> None:
+def test_cli_errors_are_exit_code_2_with_the_reason(
+    tiny_model_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
     assert zcompress(["train", "reader", "--out", str(tmp_path), "--model", str(tiny_model_dir)]) == 2
     assert "data is required" in capsys.readouterr().err
     assert zcompress(["train", "reader", "--lr", "-1"]) == 2

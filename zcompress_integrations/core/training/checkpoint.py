@@ -41,8 +41,13 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -54,7 +59,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -99,7 +106,9 @@ def load_checkpoint(path: str | os.PathLike[str], task: str | None = None) -> di
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise ConfigError(f"{path} is not a zcompress training checkpoint (or it is damaged): {exc}") from exc
     if not isinstance(state, dict) or any(k not in state for k in _KEYS):
-        raise ConfigError(f"{path} is not a zcompress training checkpoint (format {FORMAT}: keys {list(_KEYS)})")
+        raise ConfigError(
+            f"{path} is not a zcompress training checkpoint (format {FORMAT}: keys {list(_KEYS)})"
+        )
     if state["format"] != FORMAT:
         raise ConfigError(f"{path} has checkpoint format {state['format']!r}; this zcompress reads {FORMAT}")
     if task is not None and state["task"] != task:

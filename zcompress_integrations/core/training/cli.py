@@ -49,7 +49,9 @@ def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, default: A
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{name}{shown}")
     elif get_origin(hint) is list:
         (item,) = get_args(hint)
-        parser.add_argument(flag, nargs="+", type=item, default=None, metavar=name.upper(), help=f"{name}{shown}")
+        parser.add_argument(
+            flag, nargs="+", type=item, default=None, metavar=name.upper(), help=f"{name}{shown}"
+        )
     else:
         kind = next((t for t in (int, float, str) if hint is t or t in options), str)
         parser.add_argument(flag, type=kind, default=None, help=f"{name}{shown}")
@@ -63,14 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     for task, (cls, help_text) in TASKS.items():
         p = sub.add_parser(task, help=help_text, description=(cls.__doc__ or help_text).strip())
         p.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                    for f in dataclasses.fields(cls)}
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+        }
         for name, hint in get_type_hints(cls).items():
             _add_field(p, name, hint, defaults[name])
         if task != "prepare":
-            p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt when there is one")
             p.add_argument(
-                "--init-from", default=None, metavar="SOURCE",
+                "--resume", action="store_true", help="go on from OUT/checkpoint.pt when there is one"
+            )
+            p.add_argument(
+                "--init-from",
+                default=None,
+                metavar="SOURCE",
                 help="start from other weights, fresh optimizer: an adapters directory, 'default' (the shipped "
                 "adapters) or a run's checkpoint.pt",
             )
@@ -111,7 +119,9 @@ def run(args: argparse.Namespace) -> Path:
         from zcompress_integrations.core.training.data import write_segments
 
         tokenizer = load_backbone(cfg.model, device="cpu").tokenizer
-        return write_segments(tokenizer, cfg.data, cfg.out, cfg.segment_len, max_tokens=cfg.max_tokens, seed=cfg.seed)
+        return write_segments(
+            tokenizer, cfg.data, cfg.out, cfg.segment_len, max_tokens=cfg.max_tokens, seed=cfg.seed
+        )
     if args.task == "reader":
         from zcompress_integrations.core.training.reader import train_reader
 

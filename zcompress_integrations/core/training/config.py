@@ -31,8 +31,9 @@ def _check(cfg: Any) -> None:
                 raise ConfigError(f"{name}.{f} must be one of {list(options)}; got {value!r}")
         elif get_origin(hint) is list:
             (item,) = get_args(hint)
-            if not isinstance(value, list) or not all(isinstance(v, item) or (item is float and isinstance(v, int))
-                                                      for v in value):
+            if not isinstance(value, list) or not all(
+                isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
+            ):
                 raise ConfigError(f"{name}.{f} must be a list of {item.__name__}; got {value!r}")
         elif hint is bool:
             if not isinstance(value, bool):
@@ -58,9 +59,13 @@ def _at_least(cfg: Any, minimum: float, *names: str) -> None:
 def _check_probs(cfg: Any, max_group: int | None) -> None:
     name, probs = type(cfg).__name__, cfg.group_probs
     if not probs or any(p < 0 for p in probs) or sum(probs) <= 0:
-        raise ConfigError(f"{name}.group_probs must be non-negative weights with a positive sum; got {probs!r}")
+        raise ConfigError(
+            f"{name}.group_probs must be non-negative weights with a positive sum; got {probs!r}"
+        )
     if max_group is not None and len(probs) > max_group:
-        raise ConfigError(f"{name}.group_probs has {len(probs)} sizes; groups hold at most {max_group} tokens")
+        raise ConfigError(
+            f"{name}.group_probs has {len(probs)} sizes; groups hold at most {max_group} tokens"
+        )
 
 
 def _check_schedule(cfg: Any) -> None:
@@ -79,7 +84,9 @@ class ReaderConfig:
     segments after ``[Z_1 .. Z_m, sep]``, over random groupings (sizes drawn from ``group_probs``), so one adapter
     reads any grouping the compressor chooses at any ratio up to ``max_group``."""
 
-    data: list[str] = field(default_factory=list)  # jsonl files ("text" field) or one .npy of segments [N, >= L]
+    data: list[str] = field(
+        default_factory=list
+    )  # jsonl files ("text" field) or one .npy of segments [N, >= L]
     out: str = "runs/reader"  # run folder: checkpoint.pt, log.jsonl, adapters/
     model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
     device: Device = "cpu"  # fp32 everywhere: the model is small
@@ -101,10 +108,16 @@ class ReaderConfig:
     log_every: int = 5
     eval_every: int = 50
     checkpoint_every: int = 25
-    max_minutes: float = 0.0  # 0 = no limit; else stop (checkpoint, eval, export) after this much training time
+    max_minutes: float = (
+        0.0  # 0 = no limit; else stop (checkpoint, eval, export) after this much training time
+    )
     max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
-    qa_weight: float = 0.0  # add this times the answer-from-Z loss (from_z.py) to each step; 0 = reconstruction only
-    qa_data: str | None = None  # folder with hotpotqa/hotpotqa_train_100.jsonl, natural_questions/nq_open_oracle_500.jsonl
+    qa_weight: float = (
+        0.0  # add this times the answer-from-Z loss (from_z.py) to each step; 0 = reconstruction only
+    )
+    qa_data: str | None = (
+        None  # folder with hotpotqa/hotpotqa_train_100.jsonl, natural_questions/nq_open_oracle_500.jsonl
+    )
     qa_batch: int = 4  # answer examples per step
     qa_repeat: float = 0.25  # share of them that are "repeat the document" prompts
     qa_held: int = 24  # answer examples held apart for the held-out answer CE
@@ -129,7 +142,9 @@ class InferConfig:
 
     adapters: str = ""  # trained latent adapters to add infer/ to ("default": the shipped ones)
     data: list[str] = field(default_factory=list)  # jsonl files ("text" field) or one .npy of windows
-    out: str = "runs/infer"  # run folder: checkpoint.pt, log.jsonl, adapters/ (the input adapters plus infer/)
+    out: str = (
+        "runs/infer"  # run folder: checkpoint.pt, log.jsonl, adapters/ (the input adapters plus infer/)
+    )
     model: str | None = None
     device: Device = "cpu"
     seed: int = 0

@@ -28,7 +28,9 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
     return files
 
 
-def prepare_segments(tokenizer: Any, files: Sequence[str], segment_len: int, max_tokens: int | None = None) -> Any:
+def prepare_segments(
+    tokenizer: Any, files: Sequence[str], segment_len: int, max_tokens: int | None = None
+) -> Any:
     """Token rows ``[N, segment_len]`` (int64) from jsonl files with a ``text`` field, or a saved ``.npy``.
 
     Each record is tokenised and cut into full rows (the remainder is dropped); a ``.npy`` is returned as saved.
@@ -61,18 +63,29 @@ def prepare_segments(tokenizer: Any, files: Sequence[str], segment_len: int, max
 def load_rows(tokenizer: Any, data: Sequence[str], width: int, max_tokens: int = 0) -> Any:
     """Rows ``[N, width]`` for training: a ``.npy`` (rows at least ``width`` wide, cropped to it) or jsonl files."""
     if not data:
-        raise ConfigError("data is required: jsonl files with a 'text' field, or a .npy made by `zcompress train prepare`")
+        raise ConfigError(
+            "data is required: jsonl files with a 'text' field, or a .npy made by `zcompress train prepare`"
+        )
     files = expand_files(data)
     if len(files) == 1 and files[0].endswith(".npy") and not Path(files[0]).is_file():
         raise ConfigError(f"training data file {files[0]} does not exist")
     rows = prepare_segments(tokenizer, files, width, max_tokens=max_tokens or None)
     if rows.ndim != 2 or rows.shape[1] < width:
-        raise ConfigError(f"{files[0]} holds rows of shape {tuple(rows.shape)}; training needs rows of >= {width} tokens")
+        raise ConfigError(
+            f"{files[0]} holds rows of shape {tuple(rows.shape)}; training needs rows of >= {width} tokens"
+        )
     return rows[:, :width]
 
 
-def write_segments(tokenizer: Any, data: Sequence[str], out: str | Path, segment_len: int, *,
-                   max_tokens: int = 0, seed: int = 0) -> Path:
+def write_segments(
+    tokenizer: Any,
+    data: Sequence[str],
+    out: str | Path,
+    segment_len: int,
+    *,
+    max_tokens: int = 0,
+    seed: int = 0,
+) -> Path:
     """Tokenise ``data`` into shuffled rows of ``segment_len`` tokens and save them as ``out`` (``.npy``; uint16
     when the vocabulary fits, else int32)."""
     import numpy as np

@@ -22,7 +22,12 @@ from typing import Any
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
-    "AnswerExample", "ANSWER_FILES", "load_answer_examples", "repeat_example", "answer_loss", "REPEAT_PROMPT",
+    "AnswerExample",
+    "ANSWER_FILES",
+    "load_answer_examples",
+    "repeat_example",
+    "answer_loss",
+    "REPEAT_PROMPT",
 ]
 
 REPEAT_PROMPT = "Repeat Document 1 word for word."
@@ -98,6 +103,13 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
     pos = torch.cat([pos, torch.arange(span, span + len(answer) - 1, device=dev)], 0)
     cache = DynamicCache(config=model.config)
     with codec.peft_model.disable_adapter():
-        out = read_prompt(model, x[None], pos[None], cache, head=read_length(pieces),
-                          head_context=codec.reading_inside_base, logits_to_keep=len(answer))
+        out = read_prompt(
+            model,
+            x[None],
+            pos[None],
+            cache,
+            head=read_length(pieces),
+            head_context=codec.reading_inside_base,
+            logits_to_keep=len(answer),
+        )
     return torch.nn.functional.cross_entropy(out.logits[0].float(), answer_ids)

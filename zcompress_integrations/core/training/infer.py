@@ -11,7 +11,6 @@ Only the ``infer`` LoRA and the head train; at the end the LoRA is rounded to bf
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,7 +28,13 @@ from zcompress_integrations.core.training.checkpoint import (
 from zcompress_integrations.core.training.config import InferConfig
 from zcompress_integrations.core.training.reader import log_row, random_groups
 from zcompress_integrations.core.training.schedule import get_lr
-from zcompress_integrations.core.zspace import IGNORE, INFER_ADAPTER, add_infer_adapter, has_infer, require_infer
+from zcompress_integrations.core.zspace import (
+    IGNORE,
+    INFER_ADAPTER,
+    add_infer_adapter,
+    has_infer,
+    require_infer,
+)
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
@@ -60,7 +65,9 @@ def check_windows(codec: LatentCodec, windows: Any) -> Any:
 
 
 def _infer_lora(codec: LatentCodec) -> dict[str, Any]:
-    return {n: p for n, p in codec.peft_model.named_parameters() if "lora_" in n and f".{INFER_ADAPTER}." in n}
+    return {
+        n: p for n, p in codec.peft_model.named_parameters() if "lora_" in n and f".{INFER_ADAPTER}." in n
+    }
 
 
 def _group_forward(codec: LatentCodec, windows: Any, sizes: list[list[int]]) -> tuple[Any, Any, Any]:
@@ -117,7 +124,9 @@ def apply_infer_weights(codec: LatentCodec, weights: dict[str, Any]) -> None:
     live = _infer_lora(codec)
     lora = {k: v for k, v in weights.items() if "lora_" in k}
     if set(lora) != set(live):
-        raise ConfigError("the infer weights to load do not match this model's infer adapter (other backbone or rank)")
+        raise ConfigError(
+            "the infer weights to load do not match this model's infer adapter (other backbone or rank)"
+        )
     with torch.no_grad():
         for name, value in lora.items():
             live[name].copy_(value.to(live[name]))
@@ -185,7 +194,9 @@ def train_infer(
         p.requires_grad_(True)
     opt = torch.optim.AdamW(
         [{"params": lora_params, "base": cfg.lr}, {"params": head_params, "base": cfg.lr_head}],
-        lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(0.9, 0.98),
     )
     rng = np.random.default_rng(cfg.seed)
     progress = {"step": 0, "seconds": 0.0, "windows_seen": 0}
@@ -203,8 +214,15 @@ def train_infer(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        scale = get_lr(step, lr=1.0, steps=cfg.steps, warmup_steps=cfg.warmup_steps, decay=cfg.decay,
-                       decay_start=cfg.decay_start, min_lr_frac=cfg.min_lr_frac)
+        scale = get_lr(
+            step,
+            lr=1.0,
+            steps=cfg.steps,
+            warmup_steps=cfg.warmup_steps,
+            decay=cfg.decay,
+            decay_start=cfg.decay_start,
+            min_lr_frac=cfg.min_lr_frac,
+        )
         for group in opt.param_groups:
             group["lr"] = group["base"] * scale
         # 4a. a batch of windows, each cut at random into groups
@@ -226,14 +244,31 @@ def train_infer(
         last = step == cfg.steps or out_of_time
         # 4d. log, checkpoint, evaluate
         if step % cfg.log_every == 0 or step == 1 or last:
-            log_row(run, {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"],
-                 "seconds": round(progress["seconds"], 2)}, records)
+            log_row(
+                run,
+                {
+                    "kind": "train",
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": round(progress["seconds"], 2),
+                },
+                records,
+            )
         if ckpt_path is not None and (step % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(ckpt_path, {
-                "format": 1, "task": "infer", "step": step, "config": dataclasses.asdict(cfg),
-                "trainable": infer_weights(codec), "optimizer": opt.state_dict(), "rng": rng_state(),
-                "data": {"rng": rng.bit_generator.state, **progress},
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "format": 1,
+                    "task": "infer",
+                    "step": step,
+                    "config": dataclasses.asdict(cfg),
+                    "trainable": infer_weights(codec),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng_state(),
+                    "data": {"rng": rng.bit_generator.state, **progress},
+                },
+            )
         if held is not None and (step % cfg.eval_every == 0 or last):
             scores = {f"held_{k}": round(v, 4) for k, v in group_infer_loss(codec, held).items()}
             log_row(run, {"kind": "eval", "step": step, **scores}, records)
@@ -279,8 +314,13 @@ def infer_source(source: str | Path) -> dict[str, Any]:
     if path.is_dir():
         lora_file, head_file = path / INFER_ADAPTER / "adapter_model.safetensors", path / INFER_HEAD_NAME
         if not lora_file.is_file() or not head_file.is_file():
-            raise ConfigError(f"init_from: {path} has no infer adapter ({INFER_ADAPTER}/ and {INFER_HEAD_NAME})")
-        out = {k.replace(".weight", f".{INFER_ADAPTER}.weight"): v.float() for k, v in load_file(str(lora_file)).items()}
+            raise ConfigError(
+                f"init_from: {path} has no infer adapter ({INFER_ADAPTER}/ and {INFER_HEAD_NAME})"
+            )
+        out = {
+            k.replace(".weight", f".{INFER_ADAPTER}.weight"): v.float()
+            for k, v in load_file(str(lora_file)).items()
+        }
         out.update({f"head.{k}": v.float() for k, v in load_file(str(head_file)).items()})
         return out
     if path.is_file():
@@ -303,14 +343,18 @@ def run_infer(
     if not cfg.adapters:
         raise ConfigError("InferConfig.adapters is required: the trained latent adapters to add infer/ to")
     if resume and init_from:
-        raise ConfigError("resume and init_from exclude each other: resume goes on from this run's own checkpoint")
+        raise ConfigError(
+            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
+        )
     if backbone is None:
         backbone = load_backbone(cfg.model, device=cfg.device, dtype="float32")
     codec = load_latent_codec(backbone, cfg.adapters)
     width = codec.config.segment_len * cfg.window_segments
     rows = load_rows(backbone.tokenizer, cfg.data, width, cfg.max_data_tokens)
     if len(rows) <= cfg.held:
-        raise ConfigError(f"infer data: {len(rows)} windows of {width} tokens; need more than held={cfg.held}")
+        raise ConfigError(
+            f"infer data: {len(rows)} windows of {width} tokens; need more than held={cfg.held}"
+        )
     if init_from:
         if not has_infer(codec):
             add_infer_adapter(codec, seed=cfg.seed)

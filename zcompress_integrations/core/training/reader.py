@@ -77,8 +77,10 @@ def batch_inputs(codec: LatentCodec, seg: Any, groups: list[list[int]]) -> tuple
     import torch
 
     batch, n = seg.shape
-    rows = [[seg[b, s : s + g].tolist() for s, g in zip(group_starts(groups[b]), groups[b], strict=True)]
-            for b in range(batch)]
+    rows = [
+        [seg[b, s : s + g].tolist() for s, g in zip(group_starts(groups[b]), groups[b], strict=True)]
+        for b in range(batch)
+    ]
     m_max = max(len(r) for r in rows)
     weight = codec.lm.get_input_embeddings().weight
     x = torch.zeros(batch, m_max + 1 + n, weight.shape[1], dtype=weight.dtype, device=seg.device)
@@ -192,10 +194,14 @@ def init_source(source: str | Path) -> dict[str, Any]:
         return out
     if path.is_file():
         return load_checkpoint(path, task="reader")["trainable"]
-    raise ConfigError(f"init_from: {source} is neither 'default', an adapters directory nor a checkpoint file")
+    raise ConfigError(
+        f"init_from: {source} is neither 'default', an adapters directory nor a checkpoint file"
+    )
 
 
-def write_adapters(codec: LatentCodec, directory: Path, cfg: ReaderConfig, held: Any, progress: dict[str, Any]) -> Path:
+def write_adapters(
+    codec: LatentCodec, directory: Path, cfg: ReaderConfig, held: Any, progress: dict[str, Any]
+) -> Path:
     """The adapters directory: reader LoRA, separator, config (with ``calib_nll`` from the held-apart segments, so
     Z counts follow surprisal relative to training text, and how the adapters were trained)."""
     if len(held):
@@ -216,13 +222,21 @@ def write_adapters(codec: LatentCodec, directory: Path, cfg: ReaderConfig, held:
     }
     if cfg.qa_weight > 0:
         codec.config.training["answer_from_z"] = {
-            "weight": cfg.qa_weight, "examples_per_step": cfg.qa_batch, "repeat_share": cfg.qa_repeat,
-            "examples_seen": progress["qa_seen"], "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
+            "weight": cfg.qa_weight,
+            "examples_per_step": cfg.qa_batch,
+            "repeat_share": cfg.qa_repeat,
+            "examples_seen": progress["qa_seen"],
+            "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
         }
     codec.refresh_fingerprint()
     out = codec.save_pretrained(directory)
-    logger.info("saved %s (step %d, %d text tokens, %.0f s)", out, progress["step"], progress["tokens"],
-                progress["seconds"])
+    logger.info(
+        "saved %s (step %d, %d text tokens, %.0f s)",
+        out,
+        progress["step"],
+        progress["tokens"],
+        progress["seconds"],
+    )
     return out
 
 
@@ -235,7 +249,9 @@ class AnswerLoss:
 
         examples = load_answer_examples(cfg.qa_data, seed=cfg.seed)  # type: ignore[arg-type]
         if len(examples) <= cfg.qa_held:
-            raise ConfigError(f"ReaderConfig.qa_held={cfg.qa_held} leaves none of the {len(examples)} answer examples")
+            raise ConfigError(
+                f"ReaderConfig.qa_held={cfg.qa_held} leaves none of the {len(examples)} answer examples"
+            )
         self.codec, self.zc = codec, ZCompressor.from_codec(codec)
         self.held, self.train = examples[: cfg.qa_held], examples[cfg.qa_held :]
         self.codes: dict[Any, Any] = {}
@@ -248,7 +264,9 @@ class AnswerLoss:
         key = (example, ratio)
         if key not in self.codes:
             with torch.no_grad():
-                self.codes[key] = self.codec.compress_batch([text for _, text in example.context], ratio=ratio)
+                self.codes[key] = self.codec.compress_batch(
+                    [text for _, text in example.context], ratio=ratio
+                )
         return answer_loss(self.zc, self.codes[key], example)
 
     def held_ce(self) -> float:
@@ -258,12 +276,21 @@ class AnswerLoss:
             return sum(float(self(e, 2.0)) for e in self.held) / len(self.held)
 
 
-def evaluate(codec: LatentCodec, held: Any, eval_groups: dict[str, list[list[int]]], answers: AnswerLoss | None,
-             progress: dict[str, Any]) -> dict[str, Any]:
+def evaluate(
+    codec: LatentCodec,
+    held: Any,
+    eval_groups: dict[str, list[list[int]]],
+    answers: AnswerLoss | None,
+    progress: dict[str, Any],
+) -> dict[str, Any]:
     """The eval row: held-out CE with the true code and a shuffled one per grouping, and the held-out answer CE."""
     codec.peft_model.eval()
-    row: dict[str, Any] = {"kind": "eval", "step": progress["step"], "tokens": progress["tokens"],
-                           "seconds": round(progress["seconds"], 1)}
+    row: dict[str, Any] = {
+        "kind": "eval",
+        "step": progress["step"],
+        "tokens": progress["tokens"],
+        "seconds": round(progress["seconds"], 1),
+    }
     if len(held):
         for name, groups in eval_groups.items():
             row[f"held_ce_{name}"] = round(held_ce(codec, held, groups), 4)
@@ -310,7 +337,9 @@ def train_reader(
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_NAME
     if resume and init_from:
-        raise ConfigError("resume and init_from exclude each other: resume goes on from this run's own checkpoint")
+        raise ConfigError(
+            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
+        )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if backbone is None:
@@ -319,8 +348,9 @@ def train_reader(
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     L = cfg.segment_len
-    latent = LatentConfig(segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r,
-                          lora_alpha=2 * cfg.lora_r)
+    latent = LatentConfig(
+        segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r
+    )
     codec = LatentCodec.create(backbone, latent, seed=cfg.seed)
 
     # 2. data: rows [N, L] of token ids; the first cfg.held rows are held apart for the eval
@@ -328,7 +358,9 @@ def train_reader(
         segments = load_rows(backbone.tokenizer, cfg.data, L, cfg.max_data_tokens)
     rows = np.asarray(segments)
     if rows.ndim != 2 or rows.shape[1] < L or len(rows) <= cfg.held:
-        raise ConfigError(f"reader data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}")
+        raise ConfigError(
+            f"reader data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}"
+        )
     rows = rows[:, :L].astype(np.int64)
     held = torch.as_tensor(rows[: cfg.held], device=dev)  # [held, L]
     train_rows = rows[cfg.held :]
@@ -361,10 +393,13 @@ def train_reader(
 
     # 5. the answer-from-Z loss (optional) and the fixed held-out groupings: all pairs and all max_group-groups
     answers = AnswerLoss(codec, cfg) if cfg.qa_weight > 0 else None
-    eval_groups = {f"{g}x": [even_groups(L, g)] * len(held) for g in sorted({min(2, cfg.max_group), cfg.max_group})}
+    eval_groups = {
+        f"{g}x": [even_groups(L, g)] * len(held) for g in sorted({min(2, cfg.max_group), cfg.max_group})
+    }
     records: list[dict[str, Any]] = []
 
-    if progress["step"] == 0 or answers is not None:  # a run resumed with the answer loss logs where it starts
+    # a run resumed with the answer loss logs where it starts
+    if progress["step"] == 0 or answers is not None:
         log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
 
     # 6. the loop
@@ -372,12 +407,20 @@ def train_reader(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        lr = get_lr(step, lr=cfg.lr, steps=cfg.steps, warmup_steps=cfg.warmup_steps, decay=cfg.decay,
-                    decay_start=cfg.decay_start, min_lr_frac=cfg.min_lr_frac)
+        lr = get_lr(
+            step,
+            lr=cfg.lr,
+            steps=cfg.steps,
+            warmup_steps=cfg.warmup_steps,
+            decay=cfg.decay,
+            decay_start=cfg.decay_start,
+            min_lr_frac=cfg.min_lr_frac,
+        )
         for group in opt.param_groups:
             group["lr"] = lr
         # 6a. a batch: random rows, each cut into random groups
-        seg = torch.as_tensor(train_rows[rng.integers(0, len(train_rows), cfg.batch_size)], device=dev)  # [B, L]
+        rows_now = train_rows[rng.integers(0, len(train_rows), cfg.batch_size)]
+        seg = torch.as_tensor(rows_now, device=dev)  # [B, L]
         groups = [random_groups(L, probs, rng) for _ in range(cfg.batch_size)]
         # 6b. forward and backward; answer rows one forward each (their lengths differ), gradients add up
         loss = reconstruction_loss(codec, seg, groups)
@@ -404,14 +447,31 @@ def train_reader(
         last = step == cfg.steps or out_of_time
         # 6d. log, checkpoint, evaluate
         if step % cfg.log_every == 0 or step == 1 or last:
-            log_row(out, {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": lr,
-                                     "seconds": round(progress["seconds"], 2)}, records)
+            log_row(
+                out,
+                {
+                    "kind": "train",
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "lr": lr,
+                    "seconds": round(progress["seconds"], 2),
+                },
+                records,
+            )
         if step % cfg.checkpoint_every == 0 or last:
-            save_checkpoint(ckpt_path, {
-                "format": 1, "task": "reader", "step": step, "config": dataclasses.asdict(cfg),
-                "trainable": reader_weights(codec), "optimizer": opt.state_dict(), "rng": rng_state(),
-                "data": {"rng": rng.bit_generator.state, **progress},
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "format": 1,
+                    "task": "reader",
+                    "step": step,
+                    "config": dataclasses.asdict(cfg),
+                    "trainable": reader_weights(codec),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng_state(),
+                    "data": {"rng": rng.bit_generator.state, **progress},
+                },
+            )
         if step % cfg.eval_every == 0 or last:
             log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
         if out_of_time:
