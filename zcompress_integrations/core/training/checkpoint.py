@@ -26,7 +26,16 @@ from typing import Any
 
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["FORMAT", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "FORMAT",
+    "CHECKPOINT_NAME",
+    "save_checkpoint",
+    "load_checkpoint",
+    "make_state",
+    "restore",
+    "rng_state",
+    "set_rng_state",
+]
 
 FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -114,3 +123,37 @@ def load_checkpoint(path: str | os.PathLike[str], task: str | None = None) -> di
     if task is not None and state["task"] != task:
         raise ConfigError(f"{path} is a {state['task']!r} checkpoint, not a {task!r} one")
     return state
+
+
+def make_state(
+    task: str,
+    step: int,
+    config: Any,
+    trainable: dict[str, Any],
+    optimizer: Any,
+    data_rng: Any,
+    progress: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint of ``task`` after ``step`` steps (``config``: the task's dataclass; ``data_rng``: the numpy
+    Generator the data stream draws from; ``progress``: counters such as tokens and seconds)."""
+    import dataclasses
+
+    return {
+        "format": FORMAT,
+        "task": task,
+        "step": step,
+        "config": dataclasses.asdict(config),
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "data": {"rng": data_rng.bit_generator.state, **progress},
+    }
+
+
+def restore(state: dict[str, Any], optimizer: Any, data_rng: Any, progress: dict[str, Any]) -> dict[str, Any]:
+    """Put the optimizer, every RNG and the data stream back where ``state`` left them (the weights are the task's
+    to load); returns the saved ``progress`` counters."""
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    data_rng.bit_generator.state = state["data"]["rng"]
+    return {k: state["data"][k] for k in progress}

@@ -10,7 +10,6 @@ Only the ``infer`` LoRA and the head train; at the end the LoRA is rounded to bf
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -21,13 +20,13 @@ from zcompress_integrations.core.latent import LatentCodec
 from zcompress_integrations.core.training.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
-    rng_state,
+    make_state,
+    restore,
     save_checkpoint,
-    set_rng_state,
 )
 from zcompress_integrations.core.training.config import InferConfig
 from zcompress_integrations.core.training.reader import log_row, random_groups
-from zcompress_integrations.core.training.schedule import get_lr
+from zcompress_integrations.core.training.schedule import get_lr, schedule_of
 from zcompress_integrations.core.zspace import (
     IGNORE,
     INFER_ADAPTER,
@@ -201,10 +200,7 @@ def train_infer(
     rng = np.random.default_rng(cfg.seed)
     progress = {"step": 0, "seconds": 0.0, "windows_seen": 0}
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        rng.bit_generator.state = state["data"]["rng"]
-        progress = {k: state["data"][k] for k in progress}
+        progress = restore(state, opt, rng, progress)
         logger.info("resumed %s at step %d", ckpt_path, progress["step"])
     records: list[dict[str, Any]] = []
 
@@ -214,15 +210,7 @@ def train_infer(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        scale = get_lr(
-            step,
-            lr=1.0,
-            steps=cfg.steps,
-            warmup_steps=cfg.warmup_steps,
-            decay=cfg.decay,
-            decay_start=cfg.decay_start,
-            min_lr_frac=cfg.min_lr_frac,
-        )
+        scale = get_lr(step, lr=1.0, **schedule_of(cfg))  # each group: its own peak lr times this
         for group in opt.param_groups:
             group["lr"] = group["base"] * scale
         # 4a. a batch of windows, each cut at random into groups
@@ -244,30 +232,16 @@ def train_infer(
         last = step == cfg.steps or out_of_time
         # 4d. log, checkpoint, evaluate
         if step % cfg.log_every == 0 or step == 1 or last:
-            log_row(
-                run,
-                {
-                    "kind": "train",
-                    "step": step,
-                    "loss": float(loss.detach()),
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": round(progress["seconds"], 2),
-                },
-                records,
-            )
+            row = {
+                "kind": "train",
+                "step": step,
+                "loss": float(loss.detach()),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            log_row(run, {**row, "seconds": round(progress["seconds"], 2)}, records)
         if ckpt_path is not None and (step % cfg.checkpoint_every == 0 or last):
             save_checkpoint(
-                ckpt_path,
-                {
-                    "format": 1,
-                    "task": "infer",
-                    "step": step,
-                    "config": dataclasses.asdict(cfg),
-                    "trainable": infer_weights(codec),
-                    "optimizer": opt.state_dict(),
-                    "rng": rng_state(),
-                    "data": {"rng": rng.bit_generator.state, **progress},
-                },
+                ckpt_path, make_state("infer", step, cfg, infer_weights(codec), opt, rng, progress)
             )
         if held is not None and (step % cfg.eval_every == 0 or last):
             scores = {f"held_{k}": round(v, 4) for k, v in group_infer_loss(codec, held).items()}

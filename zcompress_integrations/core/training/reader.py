@@ -14,7 +14,6 @@ prior alone), at 2x and at ``max_group``x.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -33,12 +32,12 @@ from zcompress_integrations.core.latent import (
 from zcompress_integrations.core.training.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
-    rng_state,
+    make_state,
+    restore,
     save_checkpoint,
-    set_rng_state,
 )
 from zcompress_integrations.core.training.config import ReaderConfig
-from zcompress_integrations.core.training.schedule import get_lr
+from zcompress_integrations.core.training.schedule import get_lr, schedule_of
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
@@ -269,6 +268,22 @@ class AnswerLoss:
                 )
         return answer_loss(self.zc, self.codes[key], example)
 
+    def backward(self, cfg: ReaderConfig, rng: Any, rows: Any, tokenizer: Any) -> int:
+        """Backpropagate ``cfg.qa_weight`` times the mean answer loss of ``cfg.qa_batch`` examples drawn with
+        ``rng`` (a share ``cfg.qa_repeat`` of them "repeat the document" prompts over training ``rows``), one
+        forward each: their lengths differ, the gradients add up. Returns how many examples it used."""
+        from zcompress_integrations.core.training.from_z import repeat_example
+
+        for _ in range(cfg.qa_batch):
+            if rng.random() < cfg.qa_repeat:
+                example = repeat_example(tokenizer.decode(rows[rng.integers(0, len(rows))].tolist()))
+            else:
+                example = self.train[int(rng.integers(0, len(self.train)))]
+            ratio = float(rng.choice([2.0, float(cfg.max_group)]))
+            (cfg.qa_weight / cfg.qa_batch * self(example, ratio)).backward()
+            self.codec.peft_model.base_model.set_adapter(READER)  # the answer loss toggles adapter layers
+        return cfg.qa_batch
+
     def held_ce(self) -> float:
         import torch
 
@@ -331,7 +346,6 @@ def train_reader(
 
     from zcompress_integrations.core.backbone import load_backbone
     from zcompress_integrations.core.training.data import load_rows
-    from zcompress_integrations.core.training.from_z import repeat_example
 
     # 1. run folder, backbone, a fresh codec (same seed: same adapter init and separator)
     out = Path(cfg.out)
@@ -380,13 +394,8 @@ def train_reader(
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, task="reader")
         apply_weights(codec, state["trainable"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        rng.bit_generator.state = state["data"]["rng"]
-        progress = {k: state["data"][k] for k in progress}
+        progress = restore(state, opt, rng, progress)
         logger.info("resumed %s at step %d", ckpt_path, progress["step"])
-    elif resume:
-        logger.info("no checkpoint at %s: starting fresh", ckpt_path)
     elif init_from:
         apply_weights(codec, init_source(init_from))
         logger.info("initialised from %s", init_from)
@@ -407,34 +416,18 @@ def train_reader(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        lr = get_lr(
-            step,
-            lr=cfg.lr,
-            steps=cfg.steps,
-            warmup_steps=cfg.warmup_steps,
-            decay=cfg.decay,
-            decay_start=cfg.decay_start,
-            min_lr_frac=cfg.min_lr_frac,
-        )
+        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
         for group in opt.param_groups:
             group["lr"] = lr
         # 6a. a batch: random rows, each cut into random groups
         rows_now = train_rows[rng.integers(0, len(train_rows), cfg.batch_size)]
         seg = torch.as_tensor(rows_now, device=dev)  # [B, L]
         groups = [random_groups(L, probs, rng) for _ in range(cfg.batch_size)]
-        # 6b. forward and backward; answer rows one forward each (their lengths differ), gradients add up
+        # 6b. forward and backward (plus the answer rows' backward, with the answer-from-Z loss)
         loss = reconstruction_loss(codec, seg, groups)
         loss.backward()
-        for _ in range(cfg.qa_batch if answers is not None else 0):
-            if rng.random() < cfg.qa_repeat:
-                row = train_rows[rng.integers(0, len(train_rows))]
-                example = repeat_example(backbone.tokenizer.decode(row.tolist()))
-            else:
-                example = answers.train[int(rng.integers(0, len(answers.train)))]  # type: ignore[union-attr]
-            ratio = float(rng.choice([2.0, float(cfg.max_group)]))
-            (cfg.qa_weight / cfg.qa_batch * answers(example, ratio)).backward()  # type: ignore[misc]
-            codec.peft_model.base_model.set_adapter(READER)  # the answer loss toggles adapter layers
-            progress["qa_seen"] += 1
+        if answers is not None:
+            progress["qa_seen"] += answers.backward(cfg, rng, train_rows, backbone.tokenizer)
         # 6c. clip, step
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -447,31 +440,11 @@ def train_reader(
         last = step == cfg.steps or out_of_time
         # 6d. log, checkpoint, evaluate
         if step % cfg.log_every == 0 or step == 1 or last:
-            log_row(
-                out,
-                {
-                    "kind": "train",
-                    "step": step,
-                    "loss": float(loss.detach()),
-                    "lr": lr,
-                    "seconds": round(progress["seconds"], 2),
-                },
-                records,
-            )
+            row = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": lr}
+            log_row(out, {**row, "seconds": round(progress["seconds"], 2)}, records)
         if step % cfg.checkpoint_every == 0 or last:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "format": 1,
-                    "task": "reader",
-                    "step": step,
-                    "config": dataclasses.asdict(cfg),
-                    "trainable": reader_weights(codec),
-                    "optimizer": opt.state_dict(),
-                    "rng": rng_state(),
-                    "data": {"rng": rng.bit_generator.state, **progress},
-                },
-            )
+            state = make_state("reader", step, cfg, reader_weights(codec), opt, rng, progress)
+            save_checkpoint(ckpt_path, state)
         if step % cfg.eval_every == 0 or last:
             log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
         if out_of_time:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["get_lr"]
+__all__ = ["get_lr", "schedule_of"]
 
 
 def get_lr(
@@ -31,3 +32,9 @@ def get_lr(
     if decay == "cosine":
         return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
     raise ValueError(f"decay must be 'constant', 'linear' or 'cosine'; got {decay!r}")
+
+
+def schedule_of(cfg: Any) -> dict[str, Any]:
+    """:func:`get_lr`'s keyword arguments (all but ``lr``) from a task config."""
+    names = ("steps", "warmup_steps", "decay", "decay_start", "min_lr_frac")
+    return {name: getattr(cfg, name) for name in names}
