@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -38,23 +40,37 @@ TASKS: dict[str, tuple[type, str]] = {
 EXIT_USAGE = 2
 
 
-def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any) -> None:
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's help: its comment in the dataclass source, after it or on the lines right above it."""
+    helps: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        m = re.match(r"(\w+): [^#]*(?:#\s*(.+))?$", text)
+        if m and (m[2] or above):
+            helps[m[1]] = m[2] or " ".join(above)
+        above = []
+    return helps
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any, text: str) -> None:
     """One flag per config field; the default stays None so that a --config file's value is not overridden."""
     flag = "--" + name.replace("_", "-")
-    shown = f" (default {default!r})"
+    shown = f"{text} (default {default!r})".replace("%", "%%")
     options = [a for a in get_args(hint) if a is not type(None)]
     if get_origin(hint) is Literal:
-        parser.add_argument(flag, choices=list(options), default=None, help=f"{name}{shown}")
+        parser.add_argument(flag, choices=list(options), default=None, help=shown)
     elif hint is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{name}{shown}")
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=shown)
     elif get_origin(hint) is list:
         (item,) = get_args(hint)
-        parser.add_argument(
-            flag, nargs="+", type=item, default=None, metavar=name.upper(), help=f"{name}{shown}"
-        )
+        parser.add_argument(flag, nargs="+", type=item, default=None, metavar=name.upper(), help=shown)
     else:
         kind = next((t for t in (int, float, str) if hint is t or t in options), str)
-        parser.add_argument(flag, type=kind, default=None, help=f"{name}{shown}")
+        parser.add_argument(flag, type=kind, default=None, help=shown)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
             f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             for f in dataclasses.fields(cls)
         }
+        helps = _field_help(cls)
         for name, hint in get_type_hints(cls).items():
-            _add_field(p, name, hint, defaults[name])
+            _add_field(p, name, hint, defaults[name], helps.get(name, name.replace("_", " ")))
         if task != "prepare":
             p.add_argument(
                 "--resume", action="store_true", help="go on from OUT/checkpoint.pt when there is one"

@@ -84,40 +84,36 @@ class ReaderConfig:
     segments after ``[Z_1 .. Z_m, sep]``, over random groupings (sizes drawn from ``group_probs``), so one adapter
     reads any grouping the compressor chooses at any ratio up to ``max_group``."""
 
-    data: list[str] = field(
-        default_factory=list
-    )  # jsonl files ("text" field) or one .npy of segments [N, >= L]
+    # jsonl files with a "text" field, or one .npy of segments [N, >= segment_len] (zcompress train prepare)
+    data: list[str] = field(default_factory=list)
     out: str = "runs/reader"  # run folder: checkpoint.pt, log.jsonl, adapters/
     model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
-    device: Device = "cpu"  # fp32 everywhere: the model is small
-    seed: int = 0
-    segment_len: int = 64
-    max_group: int = 4
+    device: Device = "cpu"  # where to train (fp32 everywhere: the model is small)
+    seed: int = 0  # adapter init, separator, data order and groupings
+    segment_len: int = 64  # text tokens per segment
+    max_group: int = 4  # most text tokens one Z-token stands for
     lora_r: int = 16  # LoRA rank of the reader (alpha = 2 x rank)
     group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))  # P(group size = 1, 2, ...)
     train_sep: bool = False  # also train the separator embedding (the shipped recipe keeps it fixed)
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    decay: Decay = "constant"  # after warm-up (from decay_start when set): constant, linear or cosine
-    decay_start: int | None = None
+    steps: int = 600  # optimizer steps in all (a resumed run stops here too)
+    batch_size: int = 8  # segments per step
+    lr: float = 2e-3  # peak learning rate (AdamW, no weight decay)
+    warmup_steps: int = 20  # linear warm-up steps
+    decay: Decay = "constant"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
     min_lr_frac: float = 0.05  # the decay ends at lr * min_lr_frac at ``steps``
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # gradient norm clip
     held: int = 32  # the first ``held`` segments are held apart for the held-out CE
-    log_every: int = 5
-    eval_every: int = 50
-    checkpoint_every: int = 25
-    max_minutes: float = (
-        0.0  # 0 = no limit; else stop (checkpoint, eval, export) after this much training time
-    )
+    log_every: int = 5  # a train row in log.jsonl every this many steps
+    eval_every: int = 50  # an eval row (held-out CE, true and shuffled code) every this many steps
+    checkpoint_every: int = 25  # checkpoint.pt every this many steps
+    # 0 = no limit; else stop (checkpoint, eval, export) after this many minutes of training
+    max_minutes: float = 0.0
     max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
-    qa_weight: float = (
-        0.0  # add this times the answer-from-Z loss (from_z.py) to each step; 0 = reconstruction only
-    )
-    qa_data: str | None = (
-        None  # folder with hotpotqa/hotpotqa_train_100.jsonl, natural_questions/nq_open_oracle_500.jsonl
-    )
+    # add this times the answer-from-Z loss (core/training/from_z.py) to each step; 0 = reconstruction only
+    qa_weight: float = 0.0
+    # folder with hotpotqa/hotpotqa_train_100.jsonl and natural_questions/nq_open_oracle_500.jsonl
+    qa_data: str | None = None
     qa_batch: int = 4  # answer examples per step
     qa_repeat: float = 0.25  # share of them that are "repeat the document" prompts
     qa_held: int = 24  # answer examples held apart for the held-out answer CE
@@ -141,32 +137,31 @@ class InferConfig:
     group's next ``max_group`` tokens are the targets."""
 
     adapters: str = ""  # trained latent adapters to add infer/ to ("default": the shipped ones)
-    data: list[str] = field(default_factory=list)  # jsonl files ("text" field) or one .npy of windows
-    out: str = (
-        "runs/infer"  # run folder: checkpoint.pt, log.jsonl, adapters/ (the input adapters plus infer/)
-    )
-    model: str | None = None
-    device: Device = "cpu"
-    seed: int = 0
-    window_segments: int = 4  # segments per window (>= 2)
-    group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))
+    data: list[str] = field(default_factory=list)  # jsonl files with a "text" field, or one .npy of windows
+    # run folder: checkpoint.pt, log.jsonl, adapters/ (the input adapters plus infer/)
+    out: str = "runs/infer"
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to train
+    seed: int = 0  # adapter and head init, data order and groupings
+    window_segments: int = 4  # consecutive segments per training window (>= 2)
+    group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))  # P(group size = 1, 2, ...)
     chain_rank: int = 0  # give the head a chain of this rank when it has none (0: keep the head as it is)
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 5e-4  # the infer LoRA
-    lr_head: float = 2e-3  # the Z head
-    warmup_steps: int = 10
-    decay: Decay = "cosine"
-    decay_start: int | None = None
-    min_lr_frac: float = 0.1
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
+    steps: int = 200  # optimizer steps in all (a resumed run stops here too)
+    batch_size: int = 8  # windows per step
+    lr: float = 5e-4  # peak learning rate of the infer LoRA
+    lr_head: float = 2e-3  # peak learning rate of the Z head
+    warmup_steps: int = 10  # linear warm-up steps
+    decay: Decay = "cosine"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
+    min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac at ``steps``
+    grad_clip: float = 1.0  # gradient norm clip (LoRA and head each)
+    weight_decay: float = 0.0  # AdamW weight decay
     held: int = 8  # the first ``held`` windows are held apart for the held-out CE (groups of 2)
-    log_every: int = 10
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    max_minutes: float = 0.0
-    max_data_tokens: int = 0
+    log_every: int = 10  # a train row in log.jsonl every this many steps
+    eval_every: int = 50  # an eval row (held-out CE and per-offset accuracy) every this many steps
+    checkpoint_every: int = 50  # checkpoint.pt every this many steps
+    max_minutes: float = 0.0  # 0 = no limit; else stop after this many minutes of training
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -182,10 +177,10 @@ class InferConfig:
 class PrepareConfig:
     """Tokenise jsonl files (a ``text`` field per line) into the ``.npy`` of segments the reader trains on."""
 
-    data: list[str] = field(default_factory=list)
-    out: str = "segments.npy"
-    model: str | None = None  # the tokenizer's backbone
-    segment_len: int = 64
+    data: list[str] = field(default_factory=list)  # jsonl files (globs allowed) with a "text" field
+    out: str = "segments.npy"  # the .npy to write (uint16 when the vocabulary fits)
+    model: str | None = None  # the backbone whose tokenizer to use; None = the embedded SmolLM2-135M
+    segment_len: int = 64  # tokens per row
     max_tokens: int = 10_000_000  # stop reading after this many tokens (0 = all)
     seed: int = 0  # the rows are shuffled with this seed
 
