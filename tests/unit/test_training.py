@@ -261,6 +261,10 @@ def test_reader_resume_after_a_crash_reproduces_the_next_steps_exactly(
     )
     a, b = _train_losses(straight), _train_losses(resumed)
     assert sorted(b) == [3, 4] and b[3] == a[3] and b[4] == a[4]  # exactly: same weights, Adam state and data
+    with pytest.raises(ConfigError, match=r"other \['lora_r'\]"):
+        train_reader(
+            _reader_cfg(tmp_path / "b", steps=5, lora_r=4), resume=True, backbone=fresh(), segments=segments
+        )
     with pytest.raises(ConfigError, match="exclude"):
         train_reader(_reader_cfg(tmp_path / "b"), resume=True, init_from="default", backbone=fresh())
 

@@ -57,6 +57,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 8
+SHAPE_FIELDS = (
+    "model",
+    "segment_len",
+    "max_group",
+    "lora_r",
+    "train_sep",
+)  # a resumed run cannot change these
 
 
 def random_groups(length: int, probs: list[float], rng: Any) -> list[int]:
@@ -393,6 +400,11 @@ def train_reader(
     # 4. state: this run's checkpoint (resume), or other weights (init_from), or fresh
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, task="reader")
+        changed = [k for k in SHAPE_FIELDS if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(
+                f"resume: {ckpt_path} was trained with other {changed}; use init_from to change them"
+            )
         apply_weights(codec, state["trainable"])
         progress = restore(state, opt, rng, progress)
         logger.info("resumed %s at step %d", ckpt_path, progress["step"])
