@@ -75,19 +75,19 @@ def default_compressor() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_latent_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Latent adapters for the tiny model, trained for 2 steps by the real trainer (plumbing, not quality)."""
+    """Token-group adapters (the shipped code kind) for the tiny model, trained for 2 steps by the real reader
+    trainer (plumbing, not quality)."""
     import numpy as np
 
     from zcompress_integrations.core.backbone import load_backbone
-    from zcompress_integrations.core.training import TrainConfig, train
+    from zcompress_integrations.core.training import ReaderConfig, train_reader
 
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     ids = backbone.tokenizer(_CORPUS * 10)["input_ids"]
     segments = np.asarray([ids[i : i + 32] for i in range(0, len(ids) - 32, 4)][:64])
     out = tmp_path_factory.mktemp("tiny_latent")
-    latent = {"segment_len": 32, "max_slots": 32, "lora_r": 2, "fsq_levels": 8, "fsq_dims": 4}
-    cfg = TrainConfig(out_dir=str(out), max_steps=2, batch_size=4, eval_every=0, ckpt_every=0, latent=latent)
-    train(cfg, backbone=backbone, segments=segments)
+    cfg = ReaderConfig(out=str(out), segment_len=32, lora_r=2, steps=2, batch_size=4, held=8, eval_every=1000)
+    train_reader(cfg, backbone=backbone, segments=segments)
     return out / "adapters"
 
 

@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 
 from zcompress_integrations import ZCode, ZCompressor  # noqa: E402
 from zcompress_integrations.core.backbone import load_backbone  # noqa: E402
-from zcompress_integrations.core.latent import LatentCodec, LatentConfig, id_groups, load_latent_codec  # noqa: E402
-from zcompress_integrations.core.training import group_infer_loss, train_infer  # noqa: E402
+from zcompress_integrations.core.codes.token_groups import id_groups  # noqa: E402
+from zcompress_integrations.core.latent import LatentCodec, LatentConfig, load_latent_codec  # noqa: E402
+from zcompress_integrations.core.training import InferConfig, group_infer_loss, train_infer  # noqa: E402
 from zcompress_integrations.core.zspace import (  # noqa: E402
     DEFAULT_REPETITION_PENALTY,
     INFER_HEAD_NAME,
@@ -38,7 +39,7 @@ def _windows(codec: LatentCodec, n: int = 40) -> np.ndarray:
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.set_num_threads(1)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
-    config = LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4, max_group=4)
+    config = LatentConfig(segment_len=L, max_slots=L, lora_r=4, max_group=4)
     codec = LatentCodec.create(backbone, config)
     ids = backbone.tokenizer(TEXT * 4)["input_ids"]
     codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + L] for i in range(0, len(ids) - L, 16)])))
@@ -47,7 +48,8 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     add_infer_adapter(codec, seed=0)
     start = {n: p.detach().clone() for n, p in codec.peft_model.named_parameters() if ".infer." in n}
     before = group_infer_loss(codec, windows[:8])
-    records = train_infer(codec, windows, steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    cfg = InferConfig(steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    records = train_infer(codec, windows, cfg)
     after = group_infer_loss(codec, windows[:8])
     out = tmp_path_factory.mktemp("zspace_groups") / "adapters"
     codec.save_pretrained(out)
@@ -58,7 +60,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 def _random_reader(tiny_model_dir: Path) -> LatentCodec:
     """A tiny token-code codec whose decompress LoRA is not zero, so a copy of it is visible."""
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
-    codec = LatentCodec.create(backbone, LatentConfig(z_embedding="tokens", segment_len=L, max_slots=L, lora_r=4))
+    codec = LatentCodec.create(backbone, LatentConfig(segment_len=L, max_slots=L, lora_r=4))
     with torch.no_grad():
         for name, p in codec.peft_model.named_parameters():
             if "lora_B" in name and ".decompress." in name:
@@ -120,7 +122,7 @@ def test_continue_z_writes_whole_segments_of_token_groups(trained: dict) -> None
     assert cont.segments == (-(-L // size),) * 2 and cont.params["generated"] == 1
     new = id_groups(cont.z_ids, codec.config.vocab_size, codec.config.max_group)
     assert sum(len(g) for g in new) == 2 * L and all(len(g) <= size for g in new)
-    assert codec._eos not in [t for g in new for t in g]
+    assert codec.end_token not in [t for g in new for t in g]
     four = codec.continue_z(code, 1, z_per_segment=L // 4)
     assert four.segments == (L // 4,) and all(len(g) == 4 for g in id_groups(four.z_ids, codec.config.vocab_size, 4))
     assert codec.continue_z(code, 1, z_per_segment=L // 4) == four  # greedy: deterministic
@@ -180,7 +182,7 @@ def test_save_load_keeps_continue_z_identical(trained: dict) -> None:
 
 def test_group_probs_must_fit_the_code(trained: dict) -> None:
     with pytest.raises(ConfigError, match="group_probs"):
-        train_infer(trained["codec"], trained["windows"], steps=1, group_probs=(0.2,) * 5)
+        train_infer(trained["codec"], trained["windows"], InferConfig(steps=1, group_probs=[0.2] * 5))
 
 
 def test_heldout_benchmark_runs_on_the_tiny_model(
@@ -211,7 +213,7 @@ def chained(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     plain_loss = group_infer_loss(codec, windows[:8])
     add_chain(codec, 8)
     added = {"loss": group_infer_loss(codec, windows[:8]), "cont": codec.continue_z(code, 1)}
-    train_infer(codec, windows, steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    train_infer(codec, windows, InferConfig(steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0))
     out = tmp_path_factory.mktemp("zspace_chain") / "adapters"
     codec.save_pretrained(out)
     return {"codec": codec, "code": code, "plain": plain, "plain_loss": plain_loss, "added": added, "dir": out,
@@ -230,7 +232,7 @@ def test_chained_offsets_read_the_token_before_them(chained: dict) -> None:
     codec = chained["codec"]
     head, H = codec.infer_head, codec.backbone.model.config.hidden_size
     weight = codec.backbone.model.lm_head.weight[: codec.backbone.text_vocab_size]
-    emb = codec._lm.get_input_embeddings().weight
+    emb = codec.lm.get_input_embeddings().weight
     h = torch.randn(2, H)
     prev = emb[torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8]])]  # the rows differ in the token before offset 2 only
     with torch.no_grad():

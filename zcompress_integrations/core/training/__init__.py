@@ -1,6 +1,25 @@
-"""Training of the latent codec's adapters (self-expressive autoencoding) and of the ``infer`` adapter."""
+"""Training of the latent codec's adapters: the token-group reader (``reader.py``) and the ``infer`` adapter
+(``infer.py``), one config dataclass per task (``config.py``), one lr schedule (``schedule.py``), one checkpoint
+schema (``checkpoint.py``), data preparation (``data.py``) and ``zcompress train <task>`` (``cli.py``)."""
 
-from zcompress_integrations.core.training.infer import group_infer_loss, infer_loss, train_infer
-from zcompress_integrations.core.training.trainer import TrainConfig, get_lr, prepare_segments, train
+from zcompress_integrations.core.training.checkpoint import load_checkpoint, save_checkpoint
+from zcompress_integrations.core.training.config import InferConfig, PrepareConfig, ReaderConfig
+from zcompress_integrations.core.training.data import prepare_segments, write_segments
+from zcompress_integrations.core.training.infer import group_infer_loss, run_infer, train_infer
+from zcompress_integrations.core.training.reader import train_reader
+from zcompress_integrations.core.training.schedule import get_lr
 
-__all__ = ["TrainConfig", "train", "get_lr", "prepare_segments", "train_infer", "infer_loss", "group_infer_loss"]
+__all__ = [
+    "ReaderConfig",
+    "InferConfig",
+    "PrepareConfig",
+    "train_reader",
+    "train_infer",
+    "run_infer",
+    "group_infer_loss",
+    "get_lr",
+    "save_checkpoint",
+    "load_checkpoint",
+    "prepare_segments",
+    "write_segments",
+]

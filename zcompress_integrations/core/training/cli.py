@@ -1,146 +1,166 @@
-"""``zcompress train``: train latent-codec adapters. Every :class:`TrainConfig` field is a flag; ``--config``
-reads a YAML or JSON file of the same keys (flags given on the command line win).
+"""``zcompress train <task>``: train the latent codec's adapters.
 
-``--task infer --adapters DIR`` trains the ``infer`` adapter (generation in Z space) on top of trained adapters
-instead: windows of ``--window-segments`` consecutive segments are cut from ``--data``; ``--max-steps``,
-``--batch-size``, ``--lr`` (LoRA), ``--lr-modules`` (Z head), ``--warmup-steps``, ``--grad-clip``, ``--seed``,
-``--model``, ``--device`` apply; ``DIR`` plus ``infer/`` is written to ``OUT_DIR/adapters``. For the token-group
-code the head predicts each group's next tokens (``core/zspace_groups.py``); ``--chain-rank N`` makes it predict
-them one after another.
+    zcompress train prepare --data 'train/*.jsonl' --out segments.npy          # tokenise once
+    zcompress train reader --data segments.npy --out runs/reader [--device cuda] [--resume]
+    zcompress train infer --adapters runs/reader/adapters --data 'train/*.jsonl' --out runs/infer
 
-``--task tokens`` trains the token-group code's ``decompress`` adapter instead (the shipped default's recipe);
-it has its own flags: ``zcompress train --task tokens --help``."""
+Every field of the task's config dataclass (``core/training/config.py``) is a flag; ``--config FILE`` reads a
+YAML or JSON file of the same keys (flags on the command line win). ``--resume`` goes on from ``OUT/checkpoint.pt``
+(exactly where it stopped: weights, optimizer, RNG and data position; a finished run just re-exports);
+``--init-from`` starts from other weights with a fresh optimizer. ``--device cuda`` trains on a GPU.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
+import inspect
 import json
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from zcompress_integrations.core.training.trainer import TrainConfig
+from zcompress_integrations.core.training.config import (
+    InferConfig,
+    PrepareConfig,
+    ReaderConfig,
+    config_from_dict,
+)
+from zcompress_integrations.errors import ZCompressError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "config_from_args"]
+
+TASKS: dict[str, tuple[type, str]] = {
+    "reader": (ReaderConfig, "train the token-group code's reader (the decompress adapter)"),
+    "infer": (InferConfig, "train the infer adapter (generation in Z space) on top of trained adapters"),
+    "prepare": (PrepareConfig, "tokenise jsonl files into the .npy of segments the reader trains on"),
+}
+EXIT_USAGE = 2
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Each field's help: its comment in the dataclass source, after it or on the lines right above it."""
+    helps: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        m = re.match(r"(\w+): [^#]*(?:#\s*(.+))?$", text)
+        if m and (m[2] or above):
+            helps[m[1]] = m[2] or " ".join(above)
+        above = []
+    return helps
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any, text: str) -> None:
+    """One flag per config field; the default stays None so that a --config file's value is not overridden."""
+    flag = "--" + name.replace("_", "-")
+    shown = f"{text} (default {default!r})".replace("%", "%%")
+    options = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is Literal:
+        parser.add_argument(flag, choices=list(options), default=None, help=shown)
+    elif hint is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=shown)
+    elif get_origin(hint) is list:
+        (item,) = get_args(hint)
+        parser.add_argument(flag, nargs="+", type=item, default=None, metavar=name.upper(), help=shown)
+    else:
+        kind = next((t for t in (int, float, str) if hint is t or t in options), str)
+        parser.add_argument(flag, type=kind, default=None, help=shown)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zcompress train", description=__doc__)
-    parser.add_argument("--config", help="YAML or JSON file with TrainConfig keys")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "data":
-            parser.add_argument(flag, nargs="+", default=None, help="jsonl files/globs with a 'text' field, or a .npy")
-        elif f.name == "latent":
-            parser.add_argument(flag, default=None, help='LatentConfig overrides as JSON, e.g. \'{"lora_r": 8}\'')
-        elif f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None)
-    parser.add_argument(
-        "--task", choices=("codec", "infer", "tokens"), default="codec", help="what to train (default codec)"
+    parser = argparse.ArgumentParser(
+        prog="zcompress train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--adapters", help="--task infer: the trained latent adapters to add infer/ to")
-    parser.add_argument("--window-segments", type=int, default=4, help="--task infer: segments per window (>= 2)")
-    parser.add_argument(
-        "--chain-rank", type=int, default=0,
-        help="--task infer, token-group code: give the head a chain of this rank (each offset reads the token "
-        "before it) when it has none; 0 (default) keeps the head as it is",
-    )
+    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task, (cls, help_text) in TASKS.items():
+        p = sub.add_parser(task, help=help_text, description=(cls.__doc__ or help_text).strip())
+        p.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+        }
+        helps = _field_help(cls)
+        for name, hint in get_type_hints(cls).items():
+            _add_field(p, name, hint, defaults[name], helps.get(name, name.replace("_", " ")))
+        if task != "prepare":
+            p.add_argument(
+                "--resume", action="store_true", help="go on from OUT/checkpoint.pt when there is one"
+            )
+            p.add_argument(
+                "--init-from",
+                default=None,
+                metavar="SOURCE",
+                help="start from other weights, fresh optimizer: an adapters directory, 'default' (the shipped "
+                "adapters) or a run's checkpoint.pt",
+            )
     return parser
 
 
 def _load_file(path: str) -> dict[str, Any]:
+    from zcompress_integrations.errors import ConfigError
+
     text = Path(path).read_text()
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys; got {type(values).__name__}")
+    return values
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = _load_file(args.config) if args.config else {}
-    for f in dataclasses.fields(TrainConfig):
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The task's config: ``--config`` file values, then the flags given on the command line."""
+    cls = TASKS[args.task][0]
+    values = _load_file(args.config) if args.config else {}
+    for f in dataclasses.fields(cls):
         value = getattr(args, f.name)
         if value is not None:
-            values[f.name] = json.loads(value) if f.name == "latent" else value
-    if "data" in values:
-        files: list[str] = []
-        for pattern in values["data"]:
-            files += sorted(glob.glob(pattern)) or [pattern]
-        values["data"] = files
-    return TrainConfig(**values)
+            values[f.name] = value
+    return config_from_dict(cls, values)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the task ``args`` describe; returns what it wrote."""
+    cfg = config_from_args(args)
+    if args.task == "prepare":
+        from zcompress_integrations.core.backbone import load_backbone
+        from zcompress_integrations.core.training.data import write_segments
+
+        tokenizer = load_backbone(cfg.model, device="cpu").tokenizer
+        return write_segments(
+            tokenizer, cfg.data, cfg.out, cfg.segment_len, max_tokens=cfg.max_tokens, seed=cfg.seed
+        )
+    if args.task == "reader":
+        from zcompress_integrations.core.training.reader import train_reader
+
+        train_reader(cfg, resume=args.resume, init_from=args.init_from)
+    else:
+        from zcompress_integrations.core.training.infer import run_infer
+
+        run_infer(cfg, resume=args.resume, init_from=args.init_from)
+    return Path(cfg.out) / "adapters"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(argv):
-        if arg == "--task=tokens" or (arg == "--task" and argv[i + 1 : i + 2] == ["tokens"]):
-            from zcompress_integrations.core.training.token_code import main as train_tokens
-
-            train_tokens(argv[:i] + argv[i + (1 if "=" in arg else 2) :])
-            return 0
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    if not cfg.data:
-        print("zcompress train: --data is required (training jsonl files or a .npy of segments)", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.task == "infer":
-        return _train_infer(cfg, args)
-    from zcompress_integrations.core.training.trainer import train
-
-    codec, records = train(cfg)
-    last = next((r for r in reversed(records) if "loss" in r), {})
-    print(f"adapters written to {Path(cfg.out_dir) / 'adapters'} (last loss {last.get('loss')})")
-    return 0
-
-
-def _train_infer(cfg: TrainConfig, args: argparse.Namespace) -> int:
-    if not args.adapters:
-        print("zcompress train: --task infer needs --adapters DIR (trained latent adapters)", file=sys.stderr)
-        return 2
-    if args.window_segments < 2:
-        print(f"zcompress train: --window-segments must be >= 2; got {args.window_segments}", file=sys.stderr)
-        return 2
-    import numpy as np
-
-    from zcompress_integrations.core.backbone import load_backbone
-    from zcompress_integrations.core.latent import load_latent_codec
-    from zcompress_integrations.core.training.infer import train_infer
-    from zcompress_integrations.core.training.trainer import prepare_segments
-
-    backbone = load_backbone(cfg.model, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization)
-    codec = load_latent_codec(backbone, args.adapters)
-    width = codec.config.segment_len * args.window_segments
-    windows = prepare_segments(backbone.tokenizer, cfg.data, width, max_tokens=cfg.max_data_tokens or None)
-    np.random.default_rng(cfg.seed).shuffle(windows)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records = train_infer(
-        codec,
-        windows,
-        steps=cfg.max_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        lr_head=cfg.lr_modules,
-        warmup_steps=cfg.warmup_steps,
-        grad_clip=cfg.grad_clip,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        log_every=cfg.log_every,
-        log_file=out / "infer_log.jsonl",
-        progress=cfg.progress,
-        chain_rank=args.chain_rank,
-    )
-    codec.save_pretrained(out / "adapters")
-    last = records[-1]["loss"] if records else None
-    print(f"adapters with infer/ written to {out / 'adapters'} (last digit loss {last})")
+    """``zcompress train``; returns the exit code (0 done, 2 a setting or input that is not allowed)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        written = run(args)
+    except (ZCompressError, OSError) as exc:
+        print(f"zcompress train {args.task}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"zcompress train {args.task}: wrote {written}")
     return 0
 
 

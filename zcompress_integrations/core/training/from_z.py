@@ -19,8 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zcompress_integrations.errors import ConfigError
+
 __all__ = [
-    "AnswerExample", "load_answer_examples", "repeat_example", "answer_loss", "REPEAT_PROMPT",
+    "AnswerExample",
+    "ANSWER_FILES",
+    "load_answer_examples",
+    "repeat_example",
+    "answer_loss",
+    "REPEAT_PROMPT",
 ]
 
 REPEAT_PROMPT = "Repeat Document 1 word for word."
@@ -35,15 +42,20 @@ class AnswerExample:
     answer: str
 
 
-def load_answer_examples(data_dir: str | Path | None = None, seed: int = 0) -> list[AnswerExample]:
-    """HotpotQA train (100) and Natural Questions oracle (500) examples, shuffled with ``seed``. Training files
-    only: the HotpotQA dev file, CNN/DM, Qulac and WikiText test files are evaluation data."""
-    from zcompress_integrations.eval.datasets import resolve_data_dir
+ANSWER_FILES = ("hotpotqa/hotpotqa_train_100.jsonl", "natural_questions/nq_open_oracle_500.jsonl")
 
-    root = resolve_data_dir(data_dir)
+
+def load_answer_examples(data_dir: str | Path, seed: int = 0) -> list[AnswerExample]:
+    """HotpotQA train (100) and Natural Questions oracle (500) examples from ``data_dir`` (the two files of
+    :data:`ANSWER_FILES`), shuffled with ``seed``. Training files only: the HotpotQA dev file, CNN/DM, Qulac and
+    WikiText test files are evaluation data."""
+    root = Path(data_dir)
+    missing = [name for name in ANSWER_FILES if not (root / name).is_file()]
+    if missing:
+        raise ConfigError(f"answer examples: {root} lacks {missing} (the training split of the data folder)")
     rng = random.Random(seed)
     examples = []
-    for line in (root / "hotpotqa" / "hotpotqa_train_100.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (root / ANSWER_FILES[0]).read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         paragraphs = {title: "".join(sentences).strip() for title, sentences in r["context"]}
         support = list(dict.fromkeys(f[0] for f in r["supporting_facts"] if f[0] in paragraphs))
@@ -51,7 +63,7 @@ def load_answer_examples(data_dir: str | Path | None = None, seed: int = 0) -> l
         titles = support + rng.sample(others, min(2, len(others)))
         rng.shuffle(titles)
         examples.append(AnswerExample(r["question"], tuple((t, paragraphs[t]) for t in titles), r["answer"]))
-    for line in (root / "natural_questions" / "nq_open_oracle_500.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (root / ANSWER_FILES[1]).read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         ctx = r["ctxs"][0]
         examples.append(AnswerExample(r["question"], ((ctx["title"], ctx["text"]),), r["answers"][0]))
@@ -91,6 +103,13 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
     pos = torch.cat([pos, torch.arange(span, span + len(answer) - 1, device=dev)], 0)
     cache = DynamicCache(config=model.config)
     with codec.peft_model.disable_adapter():
-        out = read_prompt(model, x[None], pos[None], cache, head=read_length(pieces),
-                          head_context=codec.reading_inside_base, logits_to_keep=len(answer))
+        out = read_prompt(
+            model,
+            x[None],
+            pos[None],
+            cache,
+            head=read_length(pieces),
+            head_context=codec.reading_inside_base,
+            logits_to_keep=len(answer),
+        )
     return torch.nn.functional.cross_entropy(out.logits[0].float(), answer_ids)

@@ -1,0 +1,199 @@
+"""One config dataclass per training task. Every field is a ``zcompress train <task>`` flag and a key of the
+``--config`` YAML/JSON file; ``__post_init__`` checks every field and names it (and the value) in a
+:class:`~zcompress_integrations.errors.ConfigError`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from zcompress_integrations.errors import ConfigError
+
+__all__ = ["ReaderConfig", "InferConfig", "PrepareConfig", "Device", "Decay", "config_from_dict"]
+
+Device = Literal["cpu", "cuda", "auto"]
+Decay = Literal["constant", "linear", "cosine"]
+GROUP_PROBS = [0.2, 0.45, 0.15, 0.2]  # P(group size = 1, 2, 3, 4): the shipped reader's mix
+
+
+def _check(cfg: Any) -> None:
+    """Type and range checks shared by every config: ints, floats, Literal choices, lists of floats."""
+    name = type(cfg).__name__
+    for f, hint in get_type_hints(type(cfg)).items():
+        value = getattr(cfg, f)
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None and type(None) in get_args(hint):
+            continue
+        if get_origin(hint) is Literal:
+            if value not in options:
+                raise ConfigError(f"{name}.{f} must be one of {list(options)}; got {value!r}")
+        elif get_origin(hint) is list:
+            (item,) = get_args(hint)
+            if not isinstance(value, list) or not all(
+                isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
+            ):
+                raise ConfigError(f"{name}.{f} must be a list of {item.__name__}; got {value!r}")
+        elif hint is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}.{f} must be true or false; got {value!r}")
+        elif hint is int or int in options:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}.{f} must be an integer; got {value!r}")
+        elif hint is float or float in options:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}.{f} must be a finite number; got {value!r}")
+        elif hint is str or str in options:
+            if not isinstance(value, str):
+                raise ConfigError(f"{name}.{f} must be a string; got {value!r}")
+
+
+def _at_least(cfg: Any, minimum: float, *names: str) -> None:
+    for n in names:
+        value = getattr(cfg, n)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{type(cfg).__name__}.{n} must be >= {minimum}; got {value!r}")
+
+
+def _check_probs(cfg: Any, max_group: int | None) -> None:
+    name, probs = type(cfg).__name__, cfg.group_probs
+    if not probs or any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise ConfigError(
+            f"{name}.group_probs must be non-negative weights with a positive sum; got {probs!r}"
+        )
+    if max_group is not None and len(probs) > max_group:
+        raise ConfigError(
+            f"{name}.group_probs has {len(probs)} sizes; groups hold at most {max_group} tokens"
+        )
+
+
+def _check_schedule(cfg: Any) -> None:
+    _at_least(cfg, 0, "steps", "warmup_steps", "grad_clip", "decay_start")
+    _at_least(cfg, 1, "batch_size", "log_every", "checkpoint_every", "eval_every")
+    if cfg.lr <= 0:
+        raise ConfigError(f"{type(cfg).__name__}.lr must be > 0; got {cfg.lr!r}")
+    if not 0 <= cfg.min_lr_frac <= 1:
+        raise ConfigError(f"{type(cfg).__name__}.min_lr_frac must be in [0, 1]; got {cfg.min_lr_frac!r}")
+    _at_least(cfg, 0, "max_minutes")
+
+
+@dataclass
+class ReaderConfig:
+    """Train the token-group code's reader (the ``decompress`` LoRA): teacher-forced reconstruction of training
+    segments after ``[Z_1 .. Z_m, sep]``, over random groupings (sizes drawn from ``group_probs``), so one adapter
+    reads any grouping the compressor chooses at any ratio up to ``max_group``."""
+
+    # jsonl files with a "text" field, or one .npy of segments [N, >= segment_len] (zcompress train prepare)
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/reader"  # run folder: checkpoint.pt, log.jsonl, adapters/
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to train (fp32 everywhere: the model is small)
+    seed: int = 0  # adapter init, separator, data order and groupings
+    segment_len: int = 64  # text tokens per segment
+    max_group: int = 4  # most text tokens one Z-token stands for
+    lora_r: int = 16  # LoRA rank of the reader (alpha = 2 x rank)
+    group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))  # P(group size = 1, 2, ...)
+    train_sep: bool = False  # also train the separator embedding (the shipped recipe keeps it fixed)
+    steps: int = 600  # optimizer steps in all (a resumed run stops here too)
+    batch_size: int = 8  # segments per step
+    lr: float = 2e-3  # peak learning rate (AdamW, no weight decay)
+    warmup_steps: int = 20  # linear warm-up steps
+    decay: Decay = "constant"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
+    min_lr_frac: float = 0.05  # the decay ends at lr * min_lr_frac at ``steps``
+    grad_clip: float = 1.0  # gradient norm clip
+    held: int = 32  # the first ``held`` segments are held apart for the held-out CE
+    log_every: int = 5  # a train row in log.jsonl every this many steps
+    eval_every: int = 50  # an eval row (held-out CE, true and shuffled code) every this many steps
+    checkpoint_every: int = 25  # checkpoint.pt every this many steps
+    # 0 = no limit; else stop (checkpoint, eval, export) after this many minutes of training
+    max_minutes: float = 0.0
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
+    # add this times the answer-from-Z loss (core/training/from_z.py) to each step; 0 = reconstruction only
+    qa_weight: float = 0.0
+    # folder with hotpotqa/hotpotqa_train_100.jsonl and natural_questions/nq_open_oracle_500.jsonl
+    qa_data: str | None = None
+    qa_batch: int = 4  # answer examples per step
+    qa_repeat: float = 0.25  # share of them that are "repeat the document" prompts
+    qa_held: int = 24  # answer examples held apart for the held-out answer CE
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 1, "segment_len", "max_group", "lora_r", "qa_batch")
+        _at_least(self, 0, "held", "max_data_tokens", "qa_held", "qa_weight")
+        _check_schedule(self)
+        _check_probs(self, self.max_group)
+        if not 0 <= self.qa_repeat <= 1:
+            raise ConfigError(f"ReaderConfig.qa_repeat must be in [0, 1]; got {self.qa_repeat!r}")
+        if self.qa_weight > 0 and not self.qa_data:
+            raise ConfigError("ReaderConfig.qa_data must name the answer-examples folder when qa_weight > 0")
+
+
+@dataclass
+class InferConfig:
+    """Train the ``infer`` adapter and its head (generation in Z space, ``core/zspace_groups.py``) on top of trained
+    reader adapters: windows of ``window_segments`` consecutive segments, cut at random into groups, and every
+    group's next ``max_group`` tokens are the targets."""
+
+    adapters: str = ""  # trained latent adapters to add infer/ to ("default": the shipped ones)
+    data: list[str] = field(default_factory=list)  # jsonl files with a "text" field, or one .npy of windows
+    # run folder: checkpoint.pt, log.jsonl, adapters/ (the input adapters plus infer/)
+    out: str = "runs/infer"
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to train
+    seed: int = 0  # adapter and head init, data order and groupings
+    window_segments: int = 4  # consecutive segments per training window (>= 2)
+    group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))  # P(group size = 1, 2, ...)
+    chain_rank: int = 0  # give the head a chain of this rank when it has none (0: keep the head as it is)
+    steps: int = 200  # optimizer steps in all (a resumed run stops here too)
+    batch_size: int = 8  # windows per step
+    lr: float = 5e-4  # peak learning rate of the infer LoRA
+    lr_head: float = 2e-3  # peak learning rate of the Z head
+    warmup_steps: int = 10  # linear warm-up steps
+    decay: Decay = "cosine"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
+    min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac at ``steps``
+    grad_clip: float = 1.0  # gradient norm clip (LoRA and head each)
+    weight_decay: float = 0.0  # AdamW weight decay
+    held: int = 8  # the first ``held`` windows are held apart for the held-out CE (groups of 2)
+    log_every: int = 10  # a train row in log.jsonl every this many steps
+    eval_every: int = 50  # an eval row (held-out CE and per-offset accuracy) every this many steps
+    checkpoint_every: int = 50  # checkpoint.pt every this many steps
+    max_minutes: float = 0.0  # 0 = no limit; else stop after this many minutes of training
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 2, "window_segments")
+        _at_least(self, 0, "chain_rank", "held", "max_data_tokens", "weight_decay")
+        _check_schedule(self)
+        if self.lr_head <= 0:
+            raise ConfigError(f"InferConfig.lr_head must be > 0; got {self.lr_head!r}")
+        _check_probs(self, None)  # the code's max_group is known once the adapters are loaded
+
+
+@dataclass
+class PrepareConfig:
+    """Tokenise jsonl files (a ``text`` field per line) into the ``.npy`` of segments the reader trains on."""
+
+    data: list[str] = field(default_factory=list)  # jsonl files (globs allowed) with a "text" field
+    out: str = "segments.npy"  # the .npy to write (uint16 when the vocabulary fits)
+    model: str | None = None  # the backbone whose tokenizer to use; None = the embedded SmolLM2-135M
+    segment_len: int = 64  # tokens per row
+    max_tokens: int = 10_000_000  # stop reading after this many tokens (0 = all)
+    seed: int = 0  # the rows are shuffled with this seed
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 1, "segment_len")
+        _at_least(self, 0, "max_tokens")
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``, with unknown keys named in a :class:`ConfigError` instead of a ``TypeError``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -1,0 +1,469 @@
+"""Train the token-group code's reader: the ``decompress`` LoRA (``zcompress train reader``).
+
+The code is not learned, so it cannot collapse: each Z-token stands for a group of 1..``max_group`` consecutive text
+tokens and its embedding is fixed (``core/codes/token_groups.py``). What the adapter learns is to find and read
+it. Z-tokens sit at aligned position ids (where their group's first token sits), so reading is a local lookup.
+
+Loss: teacher-forced reconstruction cross-entropy (text + end token) after the prefix ``[Z_1 .. Z_m, sep]``, over
+random partitions of training segments into groups (sizes drawn from ``group_probs``), so one adapter reads any
+grouping the compressor chooses at any ratio up to ``max_group``. Optionally plus ``qa_weight`` times the
+answer-from-Z loss (``from_z.py``). ``log.jsonl`` gets a train row every ``log_every`` steps and an eval row
+every ``eval_every`` steps: held-out CE with the true code and with a shuffled one (what the reader gets from its
+prior alone), at 2x and at ``max_group``x.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from zcompress_integrations.core.codes.token_groups import even_groups, group_starts
+from zcompress_integrations.core.latent import (
+    CONFIG_NAME,
+    MODULES_NAME,
+    READER,
+    LatentCodec,
+    LatentConfig,
+    default_adapter_dir,
+)
+from zcompress_integrations.core.training.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    make_state,
+    restore,
+    save_checkpoint,
+)
+from zcompress_integrations.core.training.config import ReaderConfig
+from zcompress_integrations.core.training.schedule import get_lr, schedule_of
+from zcompress_integrations.errors import ConfigError
+
+__all__ = [
+    "train_reader",
+    "random_groups",
+    "batch_inputs",
+    "reconstruction_loss",
+    "held_ce",
+    "init_source",
+    "apply_weights",
+    "reader_weights",
+    "write_adapters",
+    "evaluate",
+    "log_row",
+]
+
+logger = logging.getLogger(__name__)
+
+EVAL_BATCH = 8
+SHAPE_FIELDS = (
+    "model",
+    "segment_len",
+    "max_group",
+    "lora_r",
+    "train_sep",
+)  # a resumed run cannot change these
+
+
+def random_groups(length: int, probs: list[float], rng: Any) -> list[int]:
+    """Sizes of a random partition of ``length`` tokens into groups (size k+1 with probability probs[k])."""
+    sizes: list[int] = []
+    left = length
+    while left > 0:
+        g = min(int(rng.choice(len(probs), p=probs)) + 1, left)
+        sizes.append(g)
+        left -= g
+    return sizes
+
+
+def batch_inputs(codec: LatentCodec, seg: Any, groups: list[list[int]]) -> tuple[Any, Any, Any]:
+    """Inputs ``[B, m_max + 1 + n, H]``, position ids and attention mask of a batch ``seg [B, n]`` with per-row
+    group sizes. Each row's prefix ``[Z.., sep]`` is left-padded to the longest, so separators and text line up."""
+    import torch
+
+    batch, n = seg.shape
+    rows = [
+        [seg[b, s : s + g].tolist() for s, g in zip(group_starts(groups[b]), groups[b], strict=True)]
+        for b in range(batch)
+    ]
+    m_max = max(len(r) for r in rows)
+    weight = codec.lm.get_input_embeddings().weight
+    x = torch.zeros(batch, m_max + 1 + n, weight.shape[1], dtype=weight.dtype, device=seg.device)
+    pos = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=seg.device)
+    mask = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=seg.device)
+    for b, token_groups in enumerate(rows):
+        m = len(token_groups)
+        prefix = codec.decoder_prefix(codec.code.group_embeddings(token_groups).unsqueeze(0))[0]  # [m + 1, H]
+        x[b, m_max - m : m_max + 1] = prefix
+        pos[b, m_max - m : m_max] = torch.as_tensor(group_starts(groups[b]))
+        mask[b, m_max - m :] = 1
+    x[:, m_max + 1 :] = codec.embed(seg)
+    pos[:, m_max] = 0  # the separator: where the first token is predicted
+    pos[:, m_max + 1 :] = torch.arange(1, n + 1)
+    return x, pos, mask
+
+
+def reconstruction_loss(codec: LatentCodec, seg: Any, groups: list[list[int]], shuffle: bool = False) -> Any:
+    """Mean CE (nats/token) of the text ``seg [B, n]`` and its end token given its token-group code. With
+    ``shuffle`` every row reads the next row's code instead: what the reader gets from its prior alone."""
+    import torch
+
+    if shuffle:
+        order = list(range(1, seg.shape[0])) + [0]
+        x, pos, mask = batch_inputs(codec, seg[order], [groups[i] for i in order])
+        x[:, -seg.shape[1] :] = codec.embed(seg)
+    else:
+        x, pos, mask = batch_inputs(codec, seg, groups)
+    n = seg.shape[1]
+    hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state
+    logits = codec.lm.lm_head(hidden[:, -n - 1 :]).float()  # [B, n + 1, V]
+    end = torch.full((seg.shape[0], 1), codec.end_token, dtype=seg.dtype, device=seg.device)
+    target = torch.cat([seg, end], 1)  # [B, n + 1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def held_ce(codec: LatentCodec, held: Any, groups: list[list[int]], shuffle: bool = False) -> float:
+    """Mean :func:`reconstruction_loss` over held-out rows, ``EVAL_BATCH`` rows a forward, no gradients."""
+    import torch
+
+    with torch.no_grad(), codec.reading():
+        losses = [
+            float(reconstruction_loss(codec, held[i : i + EVAL_BATCH], groups[i : i + EVAL_BATCH], shuffle))
+            for i in range(0, len(held), EVAL_BATCH)
+        ]
+    return sum(losses) / len(losses)
+
+
+# ---- weights in and out ------------------------------------------------------------------------------------
+def _lora_params(codec: LatentCodec, adapter: str) -> dict[str, Any]:
+    return {n: p for n, p in codec.peft_model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def reader_weights(codec: LatentCodec) -> dict[str, Any]:
+    """What a reader checkpoint holds: the reader LoRA (live names), ``sep`` and the code's tensors (``code.*``)."""
+    out = {n: p.detach().cpu().clone() for n, p in _lora_params(codec, READER).items()}
+    out["sep"] = codec.sep.detach().cpu().clone()
+    out.update({f"code.{k}": v.detach().cpu().clone() for k, v in codec.code.state_dict().items()})
+    return out
+
+
+def apply_weights(codec: LatentCodec, weights: dict[str, Any], adapter: str = READER) -> None:
+    """Load :func:`reader_weights` (or :func:`init_source`'s) into ``codec``. LoRA weights of rank r <= the live
+    rank fill A's first r rows and B's first r columns, the rest of B is zeroed: the adapter computes what the
+    smaller one did (same alpha / r scale) and the extra rank trains from there."""
+    import torch
+
+    live = _lora_params(codec, adapter)
+    lora = {k: v for k, v in weights.items() if "lora_" in k}
+    unknown = sorted(set(lora) - set(live))
+    if unknown:
+        raise ConfigError(f"the weights to load hold LoRA tensors this model has not, e.g. {unknown[:2]}")
+    missing = sorted(set(live) - set(lora))
+    if missing:
+        raise ConfigError(f"the weights to load lack LoRA tensors of this model, e.g. {missing[:2]}")
+    with torch.no_grad():
+        for name, value in lora.items():
+            p = live[name]
+            r = value.shape[0] if "lora_A" in name else value.shape[1]
+            if r > (p.shape[0] if "lora_A" in name else p.shape[1]):
+                raise ConfigError(f"{name} has rank {r}; the live adapter's is lower (set lora_r >= {r})")
+            if "lora_A" in name:
+                p[:r] = value.to(p)
+            else:
+                p.zero_()
+                p[:, :r] = value.to(p)
+        if "sep" in weights:
+            codec.sep.copy_(weights["sep"].to(codec.sep))
+    code_state = {k[len("code.") :]: v for k, v in weights.items() if k.startswith("code.")}
+    if code_state:
+        codec.code.load_state_dict(code_state)
+    codec.refresh_fingerprint()
+
+
+def init_source(source: str | Path) -> dict[str, Any]:
+    """Reader weights to start from (``--init-from``): an adapters directory (``"default"``: the shipped one) or
+    a reader run's ``checkpoint.pt``, as :func:`reader_weights` names them. The optimizer starts fresh."""
+    from safetensors.torch import load_file
+
+    path = default_adapter_dir() if str(source) == "default" else Path(source)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise ConfigError(f"init_from: {path} is not a latent adapters directory (no {CONFIG_NAME})")
+        LatentConfig.load(path)  # refuses the removed code kinds
+        saved = load_file(str(path / READER / "adapter_model.safetensors"))
+        # peft drops the adapter name when saving: put it back to match the live parameter names
+        out = {k.replace(".weight", f".{READER}.weight"): v.float() for k, v in saved.items()}
+        modules = load_file(str(path / MODULES_NAME))
+        out["sep"] = modules.pop("sep").float()
+        out.update({f"code.{k}": v for k, v in modules.items()})
+        return out
+    if path.is_file():
+        return load_checkpoint(path, task="reader")["trainable"]
+    raise ConfigError(
+        f"init_from: {source} is neither 'default', an adapters directory nor a checkpoint file"
+    )
+
+
+def write_adapters(
+    codec: LatentCodec, directory: Path, cfg: ReaderConfig, held: Any, progress: dict[str, Any]
+) -> Path:
+    """The adapters directory: reader LoRA, separator, config (with ``calib_nll`` from the held-apart segments, so
+    Z counts follow surprisal relative to training text, and how the adapters were trained)."""
+    if len(held):
+        codec.config.calib_nll = float(sum(codec.segment_nll(held.tolist())) / len(held))
+    codec.config.training = {
+        "recipe": "token-group code, decompress LoRA (zcompress train reader)",
+        "steps": progress["step"],
+        "batch": cfg.batch_size,
+        "segment_len": cfg.segment_len,
+        "lr": cfg.lr,
+        "decay": cfg.decay,
+        "decay_start": cfg.decay_start,
+        "group_probs": cfg.group_probs,
+        "train_sep": cfg.train_sep,
+        "tokens_seen": progress["tokens"],
+        "wall_s": round(progress["seconds"]),
+        "data": [str(d) for d in cfg.data],
+    }
+    if cfg.qa_weight > 0:
+        codec.config.training["answer_from_z"] = {
+            "weight": cfg.qa_weight,
+            "examples_per_step": cfg.qa_batch,
+            "repeat_share": cfg.qa_repeat,
+            "examples_seen": progress["qa_seen"],
+            "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
+        }
+    codec.refresh_fingerprint()
+    out = codec.save_pretrained(directory)
+    logger.info(
+        "saved %s (step %d, %d text tokens, %.0f s)",
+        out,
+        progress["step"],
+        progress["tokens"],
+        progress["seconds"],
+    )
+    return out
+
+
+class AnswerLoss:
+    """The answer-from-Z loss over fixed examples; each context's code is made once per ratio and cached."""
+
+    def __init__(self, codec: LatentCodec, cfg: ReaderConfig) -> None:
+        from zcompress_integrations.core.compressor import ZCompressor
+        from zcompress_integrations.core.training.from_z import load_answer_examples
+
+        examples = load_answer_examples(cfg.qa_data, seed=cfg.seed)  # type: ignore[arg-type]
+        if len(examples) <= cfg.qa_held:
+            raise ConfigError(
+                f"ReaderConfig.qa_held={cfg.qa_held} leaves none of the {len(examples)} answer examples"
+            )
+        self.codec, self.zc = codec, ZCompressor.from_codec(codec)
+        self.held, self.train = examples[: cfg.qa_held], examples[cfg.qa_held :]
+        self.codes: dict[Any, Any] = {}
+
+    def __call__(self, example: Any, ratio: float) -> Any:
+        import torch
+
+        from zcompress_integrations.core.training.from_z import answer_loss
+
+        key = (example, ratio)
+        if key not in self.codes:
+            with torch.no_grad():
+                self.codes[key] = self.codec.compress_batch(
+                    [text for _, text in example.context], ratio=ratio
+                )
+        return answer_loss(self.zc, self.codes[key], example)
+
+    def backward(self, cfg: ReaderConfig, rng: Any, rows: Any, tokenizer: Any) -> int:
+        """Backpropagate ``cfg.qa_weight`` times the mean answer loss of ``cfg.qa_batch`` examples drawn with
+        ``rng`` (a share ``cfg.qa_repeat`` of them "repeat the document" prompts over training ``rows``), one
+        forward each: their lengths differ, the gradients add up. Returns how many examples it used."""
+        from zcompress_integrations.core.training.from_z import repeat_example
+
+        for _ in range(cfg.qa_batch):
+            if rng.random() < cfg.qa_repeat:
+                example = repeat_example(tokenizer.decode(rows[rng.integers(0, len(rows))].tolist()))
+            else:
+                example = self.train[int(rng.integers(0, len(self.train)))]
+            ratio = float(rng.choice([2.0, float(cfg.max_group)]))
+            (cfg.qa_weight / cfg.qa_batch * self(example, ratio)).backward()
+            self.codec.peft_model.base_model.set_adapter(READER)  # the answer loss toggles adapter layers
+        return cfg.qa_batch
+
+    def held_ce(self) -> float:
+        import torch
+
+        with torch.no_grad():
+            return sum(float(self(e, 2.0)) for e in self.held) / len(self.held)
+
+
+def evaluate(
+    codec: LatentCodec,
+    held: Any,
+    eval_groups: dict[str, list[list[int]]],
+    answers: AnswerLoss | None,
+    progress: dict[str, Any],
+) -> dict[str, Any]:
+    """The eval row: held-out CE with the true code and a shuffled one per grouping, and the held-out answer CE."""
+    codec.peft_model.eval()
+    row: dict[str, Any] = {
+        "kind": "eval",
+        "step": progress["step"],
+        "tokens": progress["tokens"],
+        "seconds": round(progress["seconds"], 1),
+    }
+    if len(held):
+        for name, groups in eval_groups.items():
+            row[f"held_ce_{name}"] = round(held_ce(codec, held, groups), 4)
+            row[f"held_ce_{name}_shuffled"] = round(held_ce(codec, held, groups, shuffle=True), 4)
+    if answers is not None:
+        row["held_answer_ce_2x"] = round(answers.held_ce(), 4)
+    codec.peft_model.train()
+    codec.peft_model.base_model.set_adapter(READER)
+    return row
+
+
+def log_row(run: Path | None, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Keep ``row``, log it, and append it to ``run/log.jsonl`` (the run's diagnostics) when there is a run folder."""
+    records.append(row)
+    logger.info("%s", json.dumps(row))
+    if run is not None:
+        with open(run / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def train_reader(
+    cfg: ReaderConfig,
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    backbone: Any = None,
+    segments: Any = None,
+) -> tuple[LatentCodec, list[dict[str, Any]]]:
+    """Train (or, with ``resume``, go on training from ``cfg.out/checkpoint.pt``) a token-group reader; writes
+    ``cfg.out/{checkpoint.pt, log.jsonl, adapters/}``. Returns the codec and the logged rows.
+
+    ``init_from``: start from other reader weights (see :func:`init_source`) instead of a fresh adapter.
+    ``backbone`` / ``segments`` (rows ``[N, >= segment_len]``) may be given directly instead of ``cfg.model`` /
+    ``cfg.data``. A resumed run takes the schedule and the peak lr from ``cfg`` (a warm restart may change them).
+    """
+    import numpy as np
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.data import load_rows
+
+    # 1. run folder, backbone, a fresh codec (same seed: same adapter init and separator)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume and init_from:
+        raise ConfigError(
+            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if backbone is None:
+        backbone = load_backbone(cfg.model, device=cfg.device, dtype="float32")
+    dev = backbone.device
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    L = cfg.segment_len
+    latent = LatentConfig(
+        segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r
+    )
+    codec = LatentCodec.create(backbone, latent, seed=cfg.seed)
+
+    # 2. data: rows [N, L] of token ids; the first cfg.held rows are held apart for the eval
+    if segments is None:
+        segments = load_rows(backbone.tokenizer, cfg.data, L, cfg.max_data_tokens)
+    rows = np.asarray(segments)
+    if rows.ndim != 2 or rows.shape[1] < L or len(rows) <= cfg.held:
+        raise ConfigError(
+            f"reader data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}"
+        )
+    rows = rows[:, :L].astype(np.int64)
+    held = torch.as_tensor(rows[: cfg.held], device=dev)  # [held, L]
+    train_rows = rows[cfg.held :]
+    probs = [p / sum(cfg.group_probs) for p in cfg.group_probs]
+
+    # 3. what trains (the reader LoRA; the separator with train_sep) and the optimizer
+    codec.peft_model.base_model.set_adapter(READER)
+    for name, p in codec.peft_model.named_parameters():
+        p.requires_grad_("lora_" in name and f".{READER}." in name)
+    codec.sep.requires_grad_(cfg.train_sep)
+    params = list(_lora_params(codec, READER).values()) + ([codec.sep] if cfg.train_sep else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)  # the data stream: rows and groupings
+    progress = {"step": 0, "tokens": 0, "seconds": 0.0, "qa_seen": 0}
+
+    # 4. state: this run's checkpoint (resume), or other weights (init_from), or fresh
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, task="reader")
+        changed = [k for k in SHAPE_FIELDS if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(
+                f"resume: {ckpt_path} was trained with other {changed}; use init_from to change them"
+            )
+        apply_weights(codec, state["trainable"])
+        progress = restore(state, opt, rng, progress)
+        logger.info("resumed %s at step %d", ckpt_path, progress["step"])
+    elif init_from:
+        apply_weights(codec, init_source(init_from))
+        logger.info("initialised from %s", init_from)
+
+    # 5. the answer-from-Z loss (optional) and the fixed held-out groupings: all pairs and all max_group-groups
+    answers = AnswerLoss(codec, cfg) if cfg.qa_weight > 0 else None
+    eval_groups = {
+        f"{g}x": [even_groups(L, g)] * len(held) for g in sorted({min(2, cfg.max_group), cfg.max_group})
+    }
+    records: list[dict[str, Any]] = []
+
+    # a run resumed with the answer loss logs where it starts
+    if progress["step"] == 0 or answers is not None:
+        log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
+
+    # 6. the loop
+    codec.peft_model.train()
+    while progress["step"] < cfg.steps:
+        t0 = time.time()
+        step = progress["step"]
+        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # 6a. a batch: random rows, each cut into random groups
+        rows_now = train_rows[rng.integers(0, len(train_rows), cfg.batch_size)]
+        seg = torch.as_tensor(rows_now, device=dev)  # [B, L]
+        groups = [random_groups(L, probs, rng) for _ in range(cfg.batch_size)]
+        # 6b. forward and backward (plus the answer rows' backward, with the answer-from-Z loss)
+        loss = reconstruction_loss(codec, seg, groups)
+        loss.backward()
+        if answers is not None:
+            progress["qa_seen"] += answers.backward(cfg, rng, train_rows, backbone.tokenizer)
+        # 6c. clip, step
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        progress["step"] += 1
+        progress["tokens"] += cfg.batch_size * L
+        progress["seconds"] += time.time() - t0
+        step = progress["step"]
+        out_of_time = cfg.max_minutes > 0 and progress["seconds"] >= 60 * cfg.max_minutes
+        last = step == cfg.steps or out_of_time
+        # 6d. log, checkpoint, evaluate
+        if step % cfg.log_every == 0 or step == 1 or last:
+            row = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": lr}
+            log_row(out, {**row, "seconds": round(progress["seconds"], 2)}, records)
+        if step % cfg.checkpoint_every == 0 or last:
+            state = make_state("reader", step, cfg, reader_weights(codec), opt, rng, progress)
+            save_checkpoint(ckpt_path, state)
+        if step % cfg.eval_every == 0 or last:
+            log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
+        if out_of_time:
+            logger.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
+            break
+
+    # 7. the adapters directory
+    codec.peft_model.eval()
+    write_adapters(codec, out / "adapters", cfg, held, progress)
+    return codec, records

@@ -1,0 +1,40 @@
+"""The learning-rate schedule of every training task."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["get_lr", "schedule_of"]
+
+
+def get_lr(
+    step: int,
+    *,
+    lr: float,
+    steps: int,
+    warmup_steps: int = 0,
+    decay: str = "constant",
+    decay_start: int | None = None,
+    min_lr_frac: float = 0.1,
+) -> float:
+    """The learning rate of (0-based) ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then ``decay``
+    (``"constant"``, ``"linear"`` or ``"cosine"``) from ``decay_start`` (default: the end of the warm-up) down to
+    ``lr * min_lr_frac`` at ``steps``, and flat after that."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if decay == "constant":
+        return lr
+    start = warmup_steps if decay_start is None else max(decay_start, warmup_steps)
+    progress = min(1.0, max(0.0, (step - start) / max(1, steps - start)))
+    if decay == "linear":
+        return lr * (1 - (1 - min_lr_frac) * progress)
+    if decay == "cosine":
+        return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise ValueError(f"decay must be 'constant', 'linear' or 'cosine'; got {decay!r}")
+
+
+def schedule_of(cfg: Any) -> dict[str, Any]:
+    """:func:`get_lr`'s keyword arguments (all but ``lr``) from a task config."""
+    names = ("steps", "warmup_steps", "decay", "decay_start", "min_lr_frac")
+    return {name: getattr(cfg, name) for name in names}
