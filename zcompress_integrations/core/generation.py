@@ -98,6 +98,13 @@ def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> l
             raise UnsupportedTextError(f"context items must be ZCode, str or bytes; got {type(item).__name__}")
         items.append(item)
     exact = [i for i, it in enumerate(items) if isinstance(it, ZCode) and it.codec == "exact"]
+    max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
+    exact_tokens = sum(items[i].text_tokens for i in exact)  # type: ignore[union-attr]
+    if max_ctx and exact_tokens > max_ctx:  # checked before decoding them: that is the expensive part
+        raise ConfigError(
+            f"the exact codes in the context hold {exact_tokens} text tokens, more than the model's context of "
+            f"{max_ctx}; pass fewer or shorter documents"
+        )
     if exact:
         texts = zc.decompress_batch([items[i] for i in exact])
         for i, text in zip(exact, texts, strict=True):
