@@ -1,7 +1,8 @@
 """Learning curve of the token-group code's decoder: free-running reconstruction of WikiText-2 test paragraphs
-(BLEU-4, exact match) at 2x and 4x, per exported checkpoint, against training text tokens and wall time.
+(BLEU-4, exact match) at 2x and 4x, per checkpoint's adapters, against training text tokens and wall time.
 
-    zcompress train reader --out runs/tokens --export runs/tokens/step300   # a checkpoint's adapters
+    zcompress train reader --data segments.npy --out runs/tokens --steps 300   # writes runs/tokens/adapters
+    cp -r runs/tokens/adapters runs/tokens/step300   # then go on: --steps N --resume
     python benchmarks/token_code_curve.py --adapters runs/tokens/step300 --limit 200
     python benchmarks/token_code_curve.py --plot-only --log runs/tokens/log.jsonl
 
@@ -60,7 +61,7 @@ def measure(adapters: str, limit: int, seed: int, ratios: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapters", help="an adapters directory exported from a token-code run")
+    parser.add_argument("--adapters", help="an adapters directory written by a zcompress train reader run")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ratios", default="2,4")

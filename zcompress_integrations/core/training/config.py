@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -18,35 +19,55 @@ Decay = Literal["constant", "linear", "cosine"]
 GROUP_PROBS = [0.2, 0.45, 0.15, 0.2]  # P(group size = 1, 2, 3, 4): the shipped reader's mix
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_list_of(value: Any, item: type) -> bool:
+    """A list of ``item`` (ints count as floats)."""
+    return isinstance(value, list) and all(
+        isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
+    )
+
+
+# a plain type (or an optional one: ``int | None``), the test its values pass, what the error says they must be
+_SCALARS: tuple[tuple[type, Callable[[Any], bool], str], ...] = (
+    (int, _is_int, "an integer"),
+    (float, _is_number, "a finite number"),
+    (str, lambda v: isinstance(v, str), "a string"),
+)
+
+
+def _expected(hint: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """(test, what it must be) for a field's type hint: Literal choices, ``list[...]``, bool, int, float, str."""
+    options = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is Literal:
+        return (lambda v: v in options), f"one of {list(options)}"
+    if get_origin(hint) is list:
+        (item,) = get_args(hint)
+        return (lambda v: _is_list_of(v, item)), f"a list of {item.__name__}"
+    if hint is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    for kind, test, what in _SCALARS:
+        if hint is kind or kind in options:
+            return test, what
+    return None
+
+
 def _check(cfg: Any) -> None:
     """Type and range checks shared by every config: ints, floats, Literal choices, lists of floats."""
-    name = type(cfg).__name__
     for f, hint in get_type_hints(type(cfg)).items():
         value = getattr(cfg, f)
-        options = [a for a in get_args(hint) if a is not type(None)]
-        if value is None and type(None) in get_args(hint):
+        expected = _expected(hint)
+        if expected is None or (value is None and type(None) in get_args(hint)):
             continue
-        if get_origin(hint) is Literal:
-            if value not in options:
-                raise ConfigError(f"{name}.{f} must be one of {list(options)}; got {value!r}")
-        elif get_origin(hint) is list:
-            (item,) = get_args(hint)
-            if not isinstance(value, list) or not all(
-                isinstance(v, item) or (item is float and isinstance(v, int)) for v in value
-            ):
-                raise ConfigError(f"{name}.{f} must be a list of {item.__name__}; got {value!r}")
-        elif hint is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}.{f} must be true or false; got {value!r}")
-        elif hint is int or int in options:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name}.{f} must be an integer; got {value!r}")
-        elif hint is float or float in options:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name}.{f} must be a finite number; got {value!r}")
-        elif hint is str or str in options:
-            if not isinstance(value, str):
-                raise ConfigError(f"{name}.{f} must be a string; got {value!r}")
+        test, what = expected
+        if not test(value):
+            raise ConfigError(f"{type(cfg).__name__}.{f} must be {what}; got {value!r}")
 
 
 def _at_least(cfg: Any, minimum: float, *names: str) -> None:

@@ -25,8 +25,8 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import InferConfig
-from zcompress_integrations.core.training.reader import log_row, random_groups
-from zcompress_integrations.core.training.schedule import get_lr, schedule_of
+from zcompress_integrations.core.training.reader import log_row, random_groups, train_row
+from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.core.zspace import (
     IGNORE,
     INFER_ADAPTER,
@@ -132,6 +132,111 @@ def apply_infer_weights(codec: LatentCodec, weights: dict[str, Any]) -> None:
     codec.infer_head.load_state_dict({k: v.to(codec.infer_head.down) for k, v in head.items()})
 
 
+def _check_inputs(
+    codec: LatentCodec, windows: Any, held: Any, cfg: InferConfig
+) -> tuple[Any, Any, list[float]]:
+    """(train windows, held windows or None, normalised group_probs), checked against the codec."""
+    arr = check_windows(codec, windows)
+    held = None if held is None or not len(held) else check_windows(codec, held)
+    if len(cfg.group_probs) > codec.config.max_group:
+        raise ConfigError(
+            f"InferConfig.group_probs has {len(cfg.group_probs)} sizes; this code's groups hold at most "
+            f"{codec.config.max_group}"
+        )
+    return arr, held, [p / sum(cfg.group_probs) for p in cfg.group_probs]
+
+
+def _run_paths(run_dir: str | Path | None, resume: bool) -> tuple[Path | None, Path | None]:
+    """(run folder, its checkpoint path), both None without ``run_dir``; the folder is created."""
+    if run_dir is None:
+        if resume:
+            raise ConfigError("resume needs a run_dir with a checkpoint")
+        return None, None
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    return run, run / CHECKPOINT_NAME
+
+
+def _prepare_adapter(codec: LatentCodec, cfg: InferConfig, ckpt_path: Path | None, resume: bool) -> Any:
+    """Add the infer adapter and head when there are none, a chain on request, and the saved weights on resume;
+    returns the checkpoint (None when not resuming from one)."""
+    import torch
+
+    from zcompress_integrations.core.zspace_groups import add_chain
+
+    if not has_infer(codec):
+        add_infer_adapter(codec, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.chain_rank:
+        add_chain(codec, cfg.chain_rank)
+    state = load_checkpoint(ckpt_path, task="infer") if resume and ckpt_path.is_file() else None  # type: ignore[union-attr]
+    if state is not None:
+        apply_infer_weights(codec, state["trainable"])
+    return state
+
+
+def _infer_optimizer(codec: LatentCodec, cfg: InferConfig) -> tuple[list[Any], list[Any], Any]:
+    """(LoRA parameters, head parameters, AdamW with one group each: peak lr ``base`` = lr, lr_head)."""
+    import torch
+
+    for name, p in codec.peft_model.named_parameters():
+        p.requires_grad_("lora_" in name and f".{INFER_ADAPTER}." in name)
+    lora_params = list(_infer_lora(codec).values())
+    head_params = list(codec.infer_head.parameters())
+    for p in head_params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(
+        [{"params": lora_params, "base": cfg.lr}, {"params": head_params, "base": cfg.lr_head}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(0.9, 0.98),
+    )
+    return lora_params, head_params, opt
+
+
+def _eval_row(codec: LatentCodec, held: Any, step: int) -> dict[str, Any]:
+    """The eval row: held-out CE and per-offset accuracy at groups of 2; leaves the head training."""
+    scores = {f"held_{k}": round(v, 4) for k, v in group_infer_loss(codec, held).items()}
+    codec.infer_head.train()
+    return {"kind": "eval", "step": step, **scores}
+
+
+def _finish(
+    codec: LatentCodec,
+    cfg: InferConfig,
+    lora_params: list[Any],
+    arr: Any,
+    probs: list[float],
+    progress: dict[str, Any],
+    records: list[dict[str, Any]],
+) -> None:
+    """Round the LoRA to bf16 (what ``save_pretrained`` stores), switch to eval, and record in the codec's config
+    how the adapter was trained."""
+    import torch
+
+    with torch.no_grad():
+        for p in lora_params:
+            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    codec.peft_model.eval()
+    codec.infer_head.eval()
+    previous = codec.config.training.get("infer", {})
+    codec.config.training["infer"] = {
+        "recipe": "next token groups (core/zspace_groups.py; zcompress train infer)",
+        "steps": int(previous.get("steps", 0)) + progress["step"],
+        "window_segments": int(arr.shape[1] // codec.config.segment_len),
+        "windows": len(arr),
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "lr_head": cfg.lr_head,
+        "decay": cfg.decay,
+        "seed": cfg.seed,
+        "group_probs": probs,
+        "chain_rank": codec.infer_head.chain_rank,
+        "last_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
+        "wall_s": round(progress["seconds"]),
+    }
+
+
 def train_infer(
     codec: LatentCodec,
     windows: Any,
@@ -156,47 +261,15 @@ def train_infer(
     import numpy as np
     import torch
 
-    from zcompress_integrations.core.zspace_groups import add_chain
-
     # 1. data and settings that depend on the codec
-    arr = check_windows(codec, windows)
-    held = None if held is None or not len(held) else check_windows(codec, held)
-    if len(cfg.group_probs) > codec.config.max_group:
-        raise ConfigError(
-            f"InferConfig.group_probs has {len(cfg.group_probs)} sizes; this code's groups hold at most "
-            f"{codec.config.max_group}"
-        )
-    probs = [p / sum(cfg.group_probs) for p in cfg.group_probs]
-    run = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run / CHECKPOINT_NAME if run is not None else None
-    if resume and run is None:
-        raise ConfigError("resume needs a run_dir with a checkpoint")
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
+    arr, held, probs = _check_inputs(codec, windows, held, cfg)  # [N, k * L], [held, k * L] or None
+    run, ckpt_path = _run_paths(run_dir, resume)
 
     # 2. the adapter and head (fresh when there are none), a chain on request, the saved state on resume
-    if not has_infer(codec):
-        add_infer_adapter(codec, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.chain_rank:
-        add_chain(codec, cfg.chain_rank)
-    state = load_checkpoint(ckpt_path, task="infer") if resume and ckpt_path.is_file() else None  # type: ignore[union-attr]
-    if state is not None:
-        apply_infer_weights(codec, state["trainable"])
+    state = _prepare_adapter(codec, cfg, ckpt_path, resume)
 
     # 3. what trains and the optimizer (lr for the LoRA, lr_head for the head)
-    for name, p in codec.peft_model.named_parameters():
-        p.requires_grad_("lora_" in name and f".{INFER_ADAPTER}." in name)
-    lora_params = list(_infer_lora(codec).values())
-    head_params = list(codec.infer_head.parameters())
-    for p in head_params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(
-        [{"params": lora_params, "base": cfg.lr}, {"params": head_params, "base": cfg.lr_head}],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        betas=(0.9, 0.98),
-    )
+    lora_params, head_params, opt = _infer_optimizer(codec, cfg)
     rng = np.random.default_rng(cfg.seed)
     progress = {"step": 0, "seconds": 0.0, "windows_seen": 0}
     if state is not None:
@@ -209,8 +282,7 @@ def train_infer(
     codec.infer_head.train()
     while progress["step"] < cfg.steps:
         t0 = time.time()
-        step = progress["step"]
-        scale = get_lr(step, lr=1.0, **schedule_of(cfg))  # each group: its own peak lr times this
+        scale = get_lr(progress["step"], lr=1.0, **schedule_of(cfg))  # each group: its own peak lr times this
         for group in opt.param_groups:
             group["lr"] = group["base"] * scale
         # 4a. a batch of windows, each cut at random into groups
@@ -227,52 +299,23 @@ def train_infer(
         progress["step"] += 1
         progress["windows_seen"] += cfg.batch_size
         progress["seconds"] += time.time() - t0
-        step = progress["step"]
-        out_of_time = cfg.max_minutes > 0 and progress["seconds"] >= 60 * cfg.max_minutes
-        last = step == cfg.steps or out_of_time
-        # 4d. log, checkpoint, evaluate
-        if step % cfg.log_every == 0 or step == 1 or last:
-            row = {
-                "kind": "train",
-                "step": step,
-                "loss": float(loss.detach()),
-                "lr": opt.param_groups[0]["lr"],
-            }
-            log_row(run, {**row, "seconds": round(progress["seconds"], 2)}, records)
-        if ckpt_path is not None and (step % cfg.checkpoint_every == 0 or last):
+        # 4d. log, checkpoint, evaluate; stop early once max_minutes have passed
+        step, stop = progress["step"], out_of_time(cfg, progress)
+        last = step == cfg.steps or stop
+        if step == 1 or due(step, cfg.log_every, last):
+            log_row(run, train_row(step, loss, opt.param_groups[0]["lr"], progress), records)
+        if ckpt_path is not None and due(step, cfg.checkpoint_every, last):
             save_checkpoint(
                 ckpt_path, make_state("infer", step, cfg, infer_weights(codec), opt, rng, progress)
             )
-        if held is not None and (step % cfg.eval_every == 0 or last):
-            scores = {f"held_{k}": round(v, 4) for k, v in group_infer_loss(codec, held).items()}
-            log_row(run, {"kind": "eval", "step": step, **scores}, records)
-            codec.infer_head.train()
-        if out_of_time:
+        if held is not None and due(step, cfg.eval_every, last):
+            log_row(run, _eval_row(codec, held, step), records)
+        if stop:
             logger.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
             break
 
     # 5. round to what save_pretrained stores; record how the adapter was trained
-    with torch.no_grad():
-        for p in lora_params:
-            p.copy_(p.to(torch.bfloat16).to(p.dtype))
-    codec.peft_model.eval()
-    codec.infer_head.eval()
-    previous = codec.config.training.get("infer", {})
-    codec.config.training["infer"] = {
-        "recipe": "next token groups (core/zspace_groups.py; zcompress train infer)",
-        "steps": int(previous.get("steps", 0)) + progress["step"],
-        "window_segments": int(arr.shape[1] // codec.config.segment_len),
-        "windows": len(arr),
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "lr_head": cfg.lr_head,
-        "decay": cfg.decay,
-        "seed": cfg.seed,
-        "group_probs": probs,
-        "chain_rank": codec.infer_head.chain_rank,
-        "last_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
-        "wall_s": round(progress["seconds"]),
-    }
+    _finish(codec, cfg, lora_params, arr, probs, progress, records)
     return records
 
 

@@ -37,7 +37,7 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import ReaderConfig
-from zcompress_integrations.core.training.schedule import get_lr, schedule_of
+from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "write_adapters",
     "evaluate",
     "log_row",
+    "train_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -333,6 +334,110 @@ def log_row(run: Path | None, row: dict[str, Any], records: list[dict[str, Any]]
             fh.write(json.dumps(row) + "\n")
 
 
+def train_row(step: int, loss: Any, lr: float, progress: dict[str, Any]) -> dict[str, Any]:
+    """The train row of ``log.jsonl``: step, loss, learning rate, training seconds so far."""
+    return {
+        "kind": "train",
+        "step": step,
+        "loss": float(loss.detach()),
+        "lr": lr,
+        "seconds": round(progress["seconds"], 2),
+    }
+
+
+def _setup(
+    cfg: ReaderConfig, *, resume: bool, init_from: str | Path | None, backbone: Any
+) -> tuple[Any, LatentCodec]:
+    """The run folder, the backbone (loaded unless given) and a fresh codec (same seed: same adapter init and
+    separator)."""
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+
+    if resume and init_from:
+        raise ConfigError(
+            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
+        )
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if backbone is None:
+        backbone = load_backbone(cfg.model, device=cfg.device, dtype="float32")
+    if backbone.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    L = cfg.segment_len
+    latent = LatentConfig(
+        segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r
+    )
+    return backbone, LatentCodec.create(backbone, latent, seed=cfg.seed)
+
+
+def _split_rows(cfg: ReaderConfig, backbone: Any, segments: Any) -> tuple[Any, Any]:
+    """(held ``[held, L]`` on the backbone's device, train rows ``[N - held, L]`` int64 numpy) from ``segments``
+    or, when that is None, ``cfg.data``."""
+    import numpy as np
+    import torch
+
+    from zcompress_integrations.core.training.data import load_rows
+
+    L = cfg.segment_len
+    if segments is None:
+        segments = load_rows(backbone.tokenizer, cfg.data, L, cfg.max_data_tokens)
+    rows = np.asarray(segments)
+    if rows.ndim != 2 or rows.shape[1] < L or len(rows) <= cfg.held:
+        raise ConfigError(
+            f"reader data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}"
+        )
+    rows = rows[:, :L].astype(np.int64)
+    return torch.as_tensor(rows[: cfg.held], device=backbone.device), rows[cfg.held :]
+
+
+def _trainable(codec: LatentCodec, cfg: ReaderConfig) -> tuple[list[Any], Any]:
+    """(parameters, AdamW over them): the reader LoRA, plus the separator with ``train_sep``."""
+    import torch
+
+    codec.peft_model.base_model.set_adapter(READER)
+    for name, p in codec.peft_model.named_parameters():
+        p.requires_grad_("lora_" in name and f".{READER}." in name)
+    codec.sep.requires_grad_(cfg.train_sep)
+    params = list(_lora_params(codec, READER).values()) + ([codec.sep] if cfg.train_sep else [])
+    return params, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+
+def _start_from(
+    codec: LatentCodec,
+    cfg: ReaderConfig,
+    opt: Any,
+    rng: Any,
+    progress: dict[str, Any],
+    *,
+    resume: bool,
+    init_from: str | Path | None,
+) -> dict[str, Any]:
+    """Load this run's checkpoint (``resume``, when there is one: weights, optimizer, data stream) or other
+    weights (``init_from``) into ``codec``; returns the progress to go on from."""
+    ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, task="reader")
+        changed = [k for k in SHAPE_FIELDS if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(
+                f"resume: {ckpt_path} was trained with other {changed}; use init_from to change them"
+            )
+        apply_weights(codec, state["trainable"])
+        progress = restore(state, opt, rng, progress)
+        logger.info("resumed %s at step %d", ckpt_path, progress["step"])
+    elif init_from:
+        apply_weights(codec, init_source(init_from))
+        logger.info("initialised from %s", init_from)
+    return progress
+
+
+def _eval_groups(cfg: ReaderConfig, n_held: int) -> dict[str, list[list[int]]]:
+    """The fixed held-out groupings: all pairs (``"2x"``) and all ``max_group``-groups."""
+    sizes = sorted({min(2, cfg.max_group), cfg.max_group})
+    return {f"{g}x": [even_groups(cfg.segment_len, g)] * n_held for g in sizes}
+
+
 def train_reader(
     cfg: ReaderConfig,
     *,
@@ -351,75 +456,27 @@ def train_reader(
     import numpy as np
     import torch
 
-    from zcompress_integrations.core.backbone import load_backbone
-    from zcompress_integrations.core.training.data import load_rows
-
     # 1. run folder, backbone, a fresh codec (same seed: same adapter init and separator)
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    if resume and init_from:
-        raise ConfigError(
-            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    if backbone is None:
-        backbone = load_backbone(cfg.model, device=cfg.device, dtype="float32")
-    dev = backbone.device
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    L = cfg.segment_len
-    latent = LatentConfig(
-        segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r
-    )
-    codec = LatentCodec.create(backbone, latent, seed=cfg.seed)
+    out, L = Path(cfg.out), cfg.segment_len
+    backbone, codec = _setup(cfg, resume=resume, init_from=init_from, backbone=backbone)
 
     # 2. data: rows [N, L] of token ids; the first cfg.held rows are held apart for the eval
-    if segments is None:
-        segments = load_rows(backbone.tokenizer, cfg.data, L, cfg.max_data_tokens)
-    rows = np.asarray(segments)
-    if rows.ndim != 2 or rows.shape[1] < L or len(rows) <= cfg.held:
-        raise ConfigError(
-            f"reader data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}"
-        )
-    rows = rows[:, :L].astype(np.int64)
-    held = torch.as_tensor(rows[: cfg.held], device=dev)  # [held, L]
-    train_rows = rows[cfg.held :]
+    held, train_rows = _split_rows(cfg, backbone, segments)  # [held, L] tensor, [N - held, L] array
     probs = [p / sum(cfg.group_probs) for p in cfg.group_probs]
 
     # 3. what trains (the reader LoRA; the separator with train_sep) and the optimizer
-    codec.peft_model.base_model.set_adapter(READER)
-    for name, p in codec.peft_model.named_parameters():
-        p.requires_grad_("lora_" in name and f".{READER}." in name)
-    codec.sep.requires_grad_(cfg.train_sep)
-    params = list(_lora_params(codec, READER).values()) + ([codec.sep] if cfg.train_sep else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    params, opt = _trainable(codec, cfg)
     rng = np.random.default_rng(cfg.seed)  # the data stream: rows and groupings
     progress = {"step": 0, "tokens": 0, "seconds": 0.0, "qa_seen": 0}
 
     # 4. state: this run's checkpoint (resume), or other weights (init_from), or fresh
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, task="reader")
-        changed = [k for k in SHAPE_FIELDS if state["config"].get(k) != getattr(cfg, k)]
-        if changed:
-            raise ConfigError(
-                f"resume: {ckpt_path} was trained with other {changed}; use init_from to change them"
-            )
-        apply_weights(codec, state["trainable"])
-        progress = restore(state, opt, rng, progress)
-        logger.info("resumed %s at step %d", ckpt_path, progress["step"])
-    elif init_from:
-        apply_weights(codec, init_source(init_from))
-        logger.info("initialised from %s", init_from)
+    progress = _start_from(codec, cfg, opt, rng, progress, resume=resume, init_from=init_from)
 
-    # 5. the answer-from-Z loss (optional) and the fixed held-out groupings: all pairs and all max_group-groups
+    # 5. the answer-from-Z loss (optional) and the fixed held-out groupings; a first eval row on a fresh run
+    #    (a run resumed with the answer loss logs where it starts too)
     answers = AnswerLoss(codec, cfg) if cfg.qa_weight > 0 else None
-    eval_groups = {
-        f"{g}x": [even_groups(L, g)] * len(held) for g in sorted({min(2, cfg.max_group), cfg.max_group})
-    }
+    eval_groups = _eval_groups(cfg, len(held))
     records: list[dict[str, Any]] = []
-
-    # a run resumed with the answer loss logs where it starts
     if progress["step"] == 0 or answers is not None:
         log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
 
@@ -427,13 +484,12 @@ def train_reader(
     codec.peft_model.train()
     while progress["step"] < cfg.steps:
         t0 = time.time()
-        step = progress["step"]
-        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
+        lr = get_lr(progress["step"], lr=cfg.lr, **schedule_of(cfg))
         for group in opt.param_groups:
             group["lr"] = lr
         # 6a. a batch: random rows, each cut into random groups
         rows_now = train_rows[rng.integers(0, len(train_rows), cfg.batch_size)]
-        seg = torch.as_tensor(rows_now, device=dev)  # [B, L]
+        seg = torch.as_tensor(rows_now, device=backbone.device)  # [B, L]
         groups = [random_groups(L, probs, rng) for _ in range(cfg.batch_size)]
         # 6b. forward and backward (plus the answer rows' backward, with the answer-from-Z loss)
         loss = reconstruction_loss(codec, seg, groups)
@@ -447,19 +503,17 @@ def train_reader(
         progress["step"] += 1
         progress["tokens"] += cfg.batch_size * L
         progress["seconds"] += time.time() - t0
-        step = progress["step"]
-        out_of_time = cfg.max_minutes > 0 and progress["seconds"] >= 60 * cfg.max_minutes
-        last = step == cfg.steps or out_of_time
-        # 6d. log, checkpoint, evaluate
-        if step % cfg.log_every == 0 or step == 1 or last:
-            row = {"kind": "train", "step": step, "loss": float(loss.detach()), "lr": lr}
-            log_row(out, {**row, "seconds": round(progress["seconds"], 2)}, records)
-        if step % cfg.checkpoint_every == 0 or last:
+        # 6d. log, checkpoint, evaluate; stop early once max_minutes have passed
+        step, stop = progress["step"], out_of_time(cfg, progress)
+        last = step == cfg.steps or stop
+        if step == 1 or due(step, cfg.log_every, last):
+            log_row(out, train_row(step, loss, lr, progress), records)
+        if due(step, cfg.checkpoint_every, last):
             state = make_state("reader", step, cfg, reader_weights(codec), opt, rng, progress)
-            save_checkpoint(ckpt_path, state)
-        if step % cfg.eval_every == 0 or last:
+            save_checkpoint(out / CHECKPOINT_NAME, state)
+        if due(step, cfg.eval_every, last):
             log_row(out, evaluate(codec, held, eval_groups, answers, progress), records)
-        if out_of_time:
+        if stop:
             logger.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
             break
 

@@ -1,11 +1,11 @@
-"""The learning-rate schedule of every training task."""
+"""The learning-rate schedule of every training task, and when a step logs, checkpoints, evaluates or stops."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["get_lr", "schedule_of"]
+__all__ = ["get_lr", "schedule_of", "due", "out_of_time"]
 
 
 def get_lr(
@@ -38,3 +38,13 @@ def schedule_of(cfg: Any) -> dict[str, Any]:
     """:func:`get_lr`'s keyword arguments (all but ``lr``) from a task config."""
     names = ("steps", "warmup_steps", "decay", "decay_start", "min_lr_frac")
     return {name: getattr(cfg, name) for name in names}
+
+
+def due(step: int, every: int, last: bool) -> bool:
+    """Whether (1-based) ``step`` logs / checkpoints / evaluates: every ``every`` steps, and at the ``last`` one."""
+    return step % every == 0 or last
+
+
+def out_of_time(cfg: Any, progress: dict[str, Any]) -> bool:
+    """Whether the run has trained ``cfg.max_minutes`` (0: no limit) by ``progress["seconds"]``."""
+    return cfg.max_minutes > 0 and progress["seconds"] >= 60 * cfg.max_minutes
