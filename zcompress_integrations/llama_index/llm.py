@@ -27,6 +27,7 @@ from llama_index.core.llms.custom import CustomLLM
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import CorruptCodeError, UnsupportedTextError
 from zcompress_integrations.llama_index._common import CompressorSettings, find_code_strings
+from zcompress_integrations.llama_index.memory import memory_transcript
 
 __all__ = ["ZCompressLLM"]
 
@@ -122,7 +123,8 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
         if exact:
             texts = self.compressor.decompress_batch([codes[i] for i in exact])
             for i, text in zip(exact, texts, strict=True):
-                items[i] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+                text = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+                items[i] = memory_transcript(text) or text  # a ZCompressMemoryBlock entry reads as its turns
         return question, items
 
     def _complete(self, prompt: str, **kwargs: Any) -> CompletionResponse:
