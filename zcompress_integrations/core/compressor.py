@@ -332,7 +332,7 @@ class ZCompressor:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[dict[str, Any]],
         *,
         context: Sequence[ZCode | str | bytes] = (),
         titles: Sequence[str | None] | None = None,
@@ -340,13 +340,18 @@ class ZCompressor:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         stream: bool = False,
+        system: str | None = None,
     ) -> GenerationResult | Iterator[str]:
-        """Answer ``prompt`` from ``context`` items (Z codes or plain text). See :mod:`.generation`."""
+        """Answer ``prompt`` from ``context`` items (Z codes or plain text). See :mod:`.generation`.
+
+        ``prompt`` is a question or a conversation (``[{"role": ..., "content": ...}, ...]``, rendered with the
+        backbone's chat template, the context in the last user turn); ``system`` replaces the default system turn.
+        """
         from zcompress_integrations.core.generation import generate
 
         return generate(
             self,
-            prompt,
+            _with_system(prompt, system),
             context=context,
             titles=titles,
             max_new_tokens=max_new_tokens,
@@ -357,13 +362,14 @@ class ZCompressor:
 
     def generate_batch(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | Sequence[dict[str, Any]]],
         *,
         contexts: Sequence[Sequence[ZCode | str | bytes]] | None = None,
         titles: Sequence[Sequence[str | None] | None] | None = None,
         max_new_tokens: int = 128,
         stop: Sequence[str] | None = None,
         batch_size: int = 8,
+        system: str | None = None,
     ) -> list[GenerationResult]:
         """Greedy answers to many prompts at once (``contexts[i]`` and ``titles[i]`` belong to ``prompts[i]``).
 
@@ -374,7 +380,7 @@ class ZCompressor:
 
         return generate_batch(
             self,
-            prompts,
+            [_with_system(p, system) for p in prompts],
             contexts=contexts,
             titles=titles,
             max_new_tokens=max_new_tokens,
@@ -392,6 +398,14 @@ class ZCompressor:
             "text_vocab_size": b.text_vocab_size,
             "k": self.k,
         }
+
+
+def _with_system(prompt: Any, system: str | None) -> Any:
+    """A prompt whose system turn is ``system`` (the prompt itself when ``system`` is None)."""
+    if system is None:
+        return prompt
+    turns = [{"role": "user", "content": f"Question: {prompt}"}] if isinstance(prompt, str) else list(prompt)
+    return [{"role": "system", "content": system}, *(t for t in turns if t.get("role") != "system")]
 
 
 def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
