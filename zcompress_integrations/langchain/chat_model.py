@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
@@ -26,9 +26,25 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatZCompress"]
 
-_ROLES = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _CODES_KEY = "zcompress_codes"
 _DONE = object()
+
+
+def _turn(message: BaseMessage, text: str) -> dict[str, Any]:
+    """One chat-template turn (``role``, ``content``, and ``tool_calls`` / ``tool_call_id`` where present)."""
+    turn: dict[str, Any] = {"role": _ROLES.get(message.type, "user"), "content": text}
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        turn["tool_calls"] = [
+            {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
+            for c in calls
+        ]
+    if isinstance(message, ToolMessage):
+        turn["tool_call_id"] = message.tool_call_id
+        if message.name:
+            turn["name"] = message.name
+    return turn
 
 
 class ChatZCompress(ZCompressBackend, BaseChatModel):
@@ -36,8 +52,10 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
 
     Codes reach it as ``zc1:`` strings inside message content (what :func:`format_docs_for_zcompress` and the memory
     helpers write) or as a list in ``additional_kwargs["zcompress_codes"]``. Each code becomes one context
-    document of ``ZCompressor.generate`` (in order of appearance, shown in the text as ``[Document N]``); the rest of
-    the conversation is the prompt. Latent codes are fed as Z-tokens; exact codes are opaque bits, so they are
+    document of ``ZCompressor.generate`` (in order of appearance, shown in the text as ``[Document N]``); the
+    documents go at the start of the last user turn. The conversation is rendered with the backbone's own chat
+    template: system messages become the system turn (else a short default one), AI tool calls and tool results
+    keep their roles (written as ``<tool_call>{json}</tool_call>`` text when the template has no tool support). Latent codes are fed as Z-tokens; exact codes are opaque bits, so they are
     decoded (exactly) and fed as text. A damaged code raises :class:`CorruptCodeError`, a code from another backbone
     :class:`ModelMismatchError`, before any generation.
 
@@ -132,10 +150,11 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         return list(self.zcompressor.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- messages -> (prompt, context) ------------------------------------------------------------------------
-    def _prepare(self, messages: list[BaseMessage]) -> tuple[str, list[ZCode | str]]:
-        """The prompt text and the context items (latent codes as ZCode, everything else as text)."""
+    def _prepare(self, messages: list[BaseMessage]) -> tuple[str | list[dict[str, Any]], list[ZCode | str]]:
+        """The prompt (one question, or the conversation as chat-template turns) and the context items (latent
+        codes as ZCode, everything else as text). Each code's place in the text reads ``[Document N]``."""
         raw_codes: list[tuple[int, Any]] = []
-        lines: list[tuple[str, str]] = []
+        turns: list[dict[str, Any]] = []
         for i, message in enumerate(messages):
 
             def _ref(match: Any, i: int = i) -> str:
@@ -145,11 +164,10 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             text = ZCODE_PATTERN.sub(_ref, message.text)
             for code in message.additional_kwargs.get(_CODES_KEY) or ():
                 raw_codes.append((i, code))
-            lines.append((message.type, text.strip()))
-        if len(lines) == 1 and lines[0][0] == "human":
-            prompt = lines[0][1]
-        else:
-            prompt = "\n".join(f"{_ROLES.get(role, role.capitalize())}: {text}" for role, text in lines)
+            turns.append(_turn(message, text.strip()))
+        prompt: str | list[dict[str, Any]] = turns
+        if len(turns) == 1 and turns[0]["role"] == "user":
+            prompt = turns[0]["content"]
         zc = self.zcompressor
         codes: list[ZCode] = []
         for i, raw in raw_codes:
