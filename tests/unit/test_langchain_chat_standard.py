@@ -24,7 +24,7 @@ class TestChatZCompressStandard(ChatModelUnitTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": str(_MODEL_DIR["path"]), "adapters": None, "compressor_kwargs": {"window": 64}}
+        return {"model": str(_MODEL_DIR["path"]), "adapters": None, "window": 64}
 
     @property
     def returns_usage_metadata(self) -> bool:
