@@ -112,7 +112,7 @@ def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> l
 
 def build_prompt(
     zc: ZCompressor,
-    prompt: str | Sequence[Mapping[str, Any]],
+    prompt: str | Sequence[Mapping[str, Any]] | Mapping[str, Any],
     context: Sequence[ZCode | str | bytes],
     titles: Sequence[str | None] | None = None,
     system: str | None = SYSTEM_PROMPT,
@@ -120,7 +120,8 @@ def build_prompt(
 ) -> tuple[list[Any], int, int, bool]:
     """Prompt pieces for the chat model: a list of token-id lists and (latent) ``[n, H]`` Z embeddings.
 
-    ``prompt`` is a question (one user turn, shown as ``Question: ...``) or a conversation: chat messages as
+    ``prompt`` is a question (one user turn, shown as ``Question: ...``), a conversation, or a conversation with
+    its tools (``{"messages": [...], "tools": [...]}``, so the runners pass tools through unchanged): chat messages as
     dicts with ``role`` (``system``/``user``/``assistant``/``tool``), ``content`` and, for assistant turns,
     ``tool_calls`` (``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``). The context
     blocks (``Document N:``) go at the start of the *last user turn*, the one they were retrieved for. ``system``
@@ -130,6 +131,9 @@ def build_prompt(
 
     Returns (pieces, prompt tokens fed, uncompressed prompt tokens, whether any item is latent).
     """
+    if isinstance(prompt, Mapping):  # {"messages": [...], "tools": [...]}: a conversation with its tools
+        tools = prompt.get("tools") or tools
+        prompt = prompt.get("messages", [])
     if titles is not None and len(titles) != len(context):
         raise ConfigError(f"titles has {len(titles)} entries but context has {len(context)}")
     items = _resolve_items(zc, context)
