@@ -146,3 +146,10 @@ def test_real_generation_with_tools_bound_gives_a_well_formed_message(zc) -> Non
         )
     )
     assert isinstance(msg, AIMessage) and msg.usage_metadata["output_tokens"] <= 4
+
+
+def test_structured_output_through_a_tool_call(zc, scripted) -> None:
+    scripted.answers = ['<tool_call>{"name": "Person", "arguments": {"name": "Ada", "age": 36}}</tool_call>']
+    structured = ChatZCompress(compressor=zc).with_structured_output(Person, method="function_calling")
+    assert structured.invoke("Ada is 36.") == Person(name="Ada", age=36)
+    assert '"name": "Person"' in scripted.prompts[-1]  # the schema went in as a tool

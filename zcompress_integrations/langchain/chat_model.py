@@ -14,10 +14,11 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams, Langu
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from zcompress_integrations._integration_common import backbone_profile
@@ -201,27 +202,39 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         schema: dict[str, Any] | type,
         *,
         include_raw: bool = False,
-        method: Literal["json_schema", "json_mode"] = "json_schema",
+        method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """Answers as one JSON object matching ``schema`` (a pydantic class, a TypedDict or a JSON schema dict),
         validated: a pydantic class gives an instance, anything else a dict; an answer that does not parse or
         validate raises ``OutputParserException`` (with ``include_raw=True`` it is returned as
         ``parsing_error`` next to ``raw`` instead). The schema goes into the system turn (validated generation,
-        not constrained decoding)."""
+        not constrained decoding); ``method="function_calling"`` asks for one tool call with the schema as its
+        arguments instead (a template with tools needed). ``strict`` is accepted: the answer is always validated against the schema."""
         if kwargs:
             raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
-        if method not in ("json_schema", "json_mode"):
-            raise ValueError(f"method must be 'json_schema' or 'json_mode'; got {method!r}")
+        if method not in ("json_schema", "json_mode", "function_calling"):
+            raise ValueError(
+                f"method must be 'json_schema', 'json_mode' or 'function_calling'; got {method!r}"
+            )
         is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
-        json_schema = schema.model_json_schema() if is_model else convert_to_json_schema(schema)  # type: ignore[union-attr]
-        llm = self.bind(
-            response_schema=json_schema,
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
-        )
-        parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
-        )
+        parser: Runnable[Any, Any]
+        if method == "function_calling":  # one tool with the schema's arguments (needs a template with tools)
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name)  # type: ignore[list-item]
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_model
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        else:
+            json_schema = schema.model_json_schema() if is_model else convert_to_json_schema(schema)  # type: ignore[union-attr]
+            llm = self.bind(
+                response_schema=json_schema,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
+            )
+            parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
         if not include_raw:
             return llm | parser
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
