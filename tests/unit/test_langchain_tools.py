@@ -153,3 +153,44 @@ def test_structured_output_through_a_tool_call(zc, scripted) -> None:
     structured = ChatZCompress(compressor=zc).with_structured_output(Person, method="function_calling")
     assert structured.invoke("Ada is 36.") == Person(name="Ada", age=36)
     assert '"name": "Person"' in scripted.prompts[-1]  # the schema went in as a tool
+
+
+def test_agent_on_chat_zcompress_reads_its_compressed_memory_as_turns(zc, scripted) -> None:
+    from langchain.agents.middleware import SummarizationMiddleware
+
+    from zcompress_integrations.langchain import ZCompressDecodeMiddleware, ZCompressSummarizer
+
+    scripted.answers = ['<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>', "It is 5."]
+    chat = ChatZCompress(compressor=zc, max_tokens=64)
+    old = [
+        HumanMessage("add 1 and 1"),
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 1}, "id": "old"}]),
+        ToolMessage("2", tool_call_id="old"),
+        AIMessage("It is 2."),
+        HumanMessage("My dog is called Fox."),
+        AIMessage("Nice name."),
+    ]
+    summarize = SummarizationMiddleware(
+        model=chat,
+        trigger=("messages", 6),
+        keep=("messages", 1),
+        summarizer=ZCompressSummarizer(compressor=zc, keep_ids=False),
+        trim_tokens_to_summarize=None,
+    )
+    agent = create_agent(chat, tools=[add], middleware=[summarize, ZCompressDecodeMiddleware(compressor=zc)])
+    result = agent.invoke({"messages": [*old, HumanMessage("add 2 and 3")]})
+    assert "zc1:" in result["messages"][0].text  # the state holds the code
+    assert result["messages"][-1].content == "It is 5."
+    for prompt in scripted.prompts[-2:]:  # both model calls read the old turns as chat turns, in order
+        assert "zc1:" not in prompt
+        turns = [
+            "<s>user\nadd 1 and 1</s>",
+            '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 1}}</tool_call>',
+            "<s>tool\n2</s>",
+            "<s>assistant\nIt is 2.</s>",
+            "<s>user\nMy dog is called Fox.</s>",
+            "<s>assistant\nNice name.</s>",
+            "<s>user\nadd 2 and 3</s>",
+        ]
+        positions = [prompt.index(t) for t in turns]
+        assert positions == sorted(positions)
