@@ -77,3 +77,23 @@ def test_summarization_middleware_takes_a_fraction_of_the_context(tiny_compresso
     update = middleware.before_model({"messages": long}, runtime=None)  # type: ignore[arg-type]
     assert isinstance(update["messages"][0], RemoveMessage)
     assert middleware.before_model({"messages": long[:2]}, runtime=None) is None  # type: ignore[arg-type]
+
+
+def test_generate_takes_a_system_turn_and_a_conversation(tiny_compressor) -> None:
+    from zcompress_integrations.core.compressor import _with_system
+    from zcompress_integrations.core.generation import build_prompt
+
+    def rendered(prompt: object) -> str:
+        pieces, *_ = build_prompt(tiny_compressor, prompt, ["doc text"])
+        return tiny_compressor.backbone.tokenizer.decode([t for p in pieces for t in p])
+
+    assert rendered(_with_system("What?", "Sys!")) == (
+        "<s>system\nSys!</s>\n<s>user\nDocument 1:\ndoc text\n\nQuestion: What?</s>\n<s>assistant\n"
+    )
+    chat = [{"role": "system", "content": "Old."}, {"role": "user", "content": "hi"}]
+    assert rendered(_with_system({"messages": chat}, "New.")).startswith(
+        "<s>system\nNew.</s>\n<s>user\nDocument 1:"
+    )
+    result = tiny_compressor.generate(chat, system="New.", max_new_tokens=2)
+    _, fed, _, _ = build_prompt(tiny_compressor, _with_system(chat, "New."), [])
+    assert result.prompt_tokens == fed and result.completion_tokens <= 2

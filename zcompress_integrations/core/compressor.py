@@ -404,6 +404,8 @@ def _with_system(prompt: Any, system: str | None) -> Any:
     """A prompt whose system turn is ``system`` (the prompt itself when ``system`` is None)."""
     if system is None:
         return prompt
+    if isinstance(prompt, dict):  # {"messages": [...], "tools": [...]}
+        return {**prompt, "messages": _with_system(prompt.get("messages", []), system)}
     turns = [{"role": "user", "content": f"Question: {prompt}"}] if isinstance(prompt, str) else list(prompt)
     return [{"role": "system", "content": system}, *(t for t in turns if t.get("role") != "system")]
 
