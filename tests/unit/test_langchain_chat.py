@@ -207,7 +207,7 @@ def test_chat_model_pickles_as_its_settings(tiny_model_dir) -> None:
     import pickle
 
     llm = ChatZCompress(
-        model=str(tiny_model_dir), adapters=None, compressor_kwargs={"window": 64}, max_tokens=3
+        model=str(tiny_model_dir), adapters=None, window=64, max_tokens=3
     )
     clone = pickle.loads(pickle.dumps(llm))
     assert clone.model_dump() == llm.model_dump()

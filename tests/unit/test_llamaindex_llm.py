@@ -38,14 +38,22 @@ def code_string(tiny_compressor):
 @pytest.fixture
 def spy(tiny_compressor, monkeypatch):
     """Record the (prompt, context) of every generate call."""
-    calls = []
+
+    class Calls(list):
+        raw: list
+
+    calls = Calls()
+    raw_prompts = []
     real = tiny_compressor.generate
 
     def generate(prompt, **kwargs):
-        calls.append((prompt, list(kwargs.get("context", ()))))
+        text = prompt if isinstance(prompt, str) else "\n".join(t["content"] for t in prompt)
+        calls.append((text, list(kwargs.get("context", ()))))
+        raw_prompts.append(prompt)
         return real(prompt, **kwargs)
 
     monkeypatch.setattr(tiny_compressor, "generate", generate)
+    calls.raw = raw_prompts  # type: ignore[attr-defined]
     return calls
 
 
@@ -54,6 +62,7 @@ def test_metadata(llm, tiny_compressor):
     assert meta.context_window == 1024  # the tiny model's max_position_embeddings
     assert meta.num_output == 4
     assert meta.model_name == tiny_compressor.model_name
+    assert meta.is_chat_model
     assert ZCompressLLM(compressor=tiny_compressor, context_window=512).metadata.context_window == 512
     assert llm.class_name() == "ZCompressLLM"
 
@@ -183,4 +192,48 @@ def test_latent_code_in_prompt_shrinks_prompt_tokens(tiny_latent_compressor):
     llm = ZCompressLLM(compressor=tiny_latent_compressor, num_output=4)
     response = llm.complete(f"Context: {code.to_string()}\nQuestion: who jumps?")
     extra = response.additional_kwargs
-    assert extra["uncompressed_prompt_tokens"] - extra["prompt_tokens"] == code.text_tokens - code.z_tokens > 0
+    assert (
+        extra["uncompressed_prompt_tokens"] - extra["prompt_tokens"] == code.text_tokens - code.z_tokens > 0
+    )
+
+
+def test_token_counting_handler_totals_equal_the_reported_counts(tiny_compressor, code_string):
+    from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+
+    counter = TokenCountingHandler()
+    llm = ZCompressLLM(compressor=tiny_compressor, num_output=4, callback_manager=CallbackManager([counter]))
+    reported = [llm.complete(f"{code_string}\nwho jumps?").raw["usage"]]
+    reported.append(llm.chat([ChatMessage(role="user", content="who jumps?")]).raw["usage"])
+    reported.append(list(llm.stream_chat([ChatMessage(role="user", content="and then?")]))[-1].raw["usage"])
+    events = counter.llm_token_counts
+    assert [(e.prompt_token_count, e.completion_token_count) for e in events] == [
+        (r["prompt_tokens"], r["completion_tokens"]) for r in reported
+    ]
+    assert counter.prompt_llm_token_count == sum(r["prompt_tokens"] for r in reported)
+    assert counter.total_llm_token_count == sum(r["total_tokens"] for r in reported)
+
+
+def test_chat_renders_the_conversation_with_the_chat_template(tiny_compressor, code_string, spy):
+    from llama_index.core.base.llms.types import ToolCallBlock
+
+    llm = ZCompressLLM(compressor=tiny_compressor, num_output=2, system_prompt="Be terse.")
+    messages = [
+        ChatMessage(role="user", content="add 2 and 3"),
+        ChatMessage(
+            role="assistant", blocks=[ToolCallBlock(tool_call_id="c1", tool_name="add", tool_kwargs={"a": 2})]
+        ),
+        ChatMessage(role="tool", content="5", additional_kwargs={"tool_call_id": "c1"}),
+        ChatMessage(role="user", content=f"{code_string}\nwho jumps?"),
+    ]
+    llm.chat(messages)
+    turns = spy.raw[-1]
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "tool", "user"]
+    assert turns[0]["content"] == "Be terse." and turns[-1]["content"] == "who jumps?"
+    assert turns[2]["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 2}}
+    assert spy[-1][1] == [DOC]  # the code became a context document
+    llm.chat([ChatMessage(role="system", content="Mine."), ChatMessage(role="user", content="hi")])
+    assert [t["content"] for t in spy.raw[-1]] == ["Mine.", "hi"]  # the messages' own system turn wins
+    llm.complete("who?")
+    assert spy.raw[-1][0] == {"role": "system", "content": "Be terse."}
+    llm.complete("who?", formatted=True)  # already formatted: no system_prompt added
+    assert spy.raw[-1] == "who?"

@@ -346,7 +346,7 @@ class ZCompressor:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[dict[str, Any]],
         *,
         context: Sequence[ZCode | str | bytes] = (),
         titles: Sequence[str | None] | None = None,
@@ -354,13 +354,18 @@ class ZCompressor:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         stream: bool = False,
+        system: str | None = None,
     ) -> GenerationResult | Iterator[str]:
-        """Answer ``prompt`` from ``context`` items (Z codes or plain text). See :mod:`.generation`."""
+        """Answer ``prompt`` from ``context`` items (Z codes or plain text). See :mod:`.generation`.
+
+        ``prompt`` is a question or a conversation (``[{"role": ..., "content": ...}, ...]``, rendered with the
+        backbone's chat template, the context in the last user turn); ``system`` replaces the default system turn.
+        """
         from zcompress_integrations.core.generation import generate
 
         return generate(
             self,
-            prompt,
+            _with_system(prompt, system),
             context=context,
             titles=titles,
             max_new_tokens=max_new_tokens,
@@ -371,7 +376,7 @@ class ZCompressor:
 
     def generate_batch(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | Sequence[dict[str, Any]]],
         *,
         contexts: Sequence[Sequence[ZCode | str | bytes]] | None = None,
         titles: Sequence[Sequence[str | None] | None] | None = None,
@@ -380,6 +385,7 @@ class ZCompressor:
         stop: Sequence[str] | None = None,
         batch_size: int = 8,
         seed: int = 0,
+        system: str | None = None,
     ) -> list[GenerationResult]:
         """Answers to many prompts at once (``contexts[i]`` and ``titles[i]`` belong to ``prompts[i]``); greedy, or
         sampled at ``temperature > 0`` (seeded by ``seed``).
@@ -391,7 +397,7 @@ class ZCompressor:
 
         return generate_batch(
             self,
-            prompts,
+            [_with_system(p, system) for p in prompts],
             contexts=contexts,
             titles=titles,
             max_new_tokens=max_new_tokens,
@@ -418,6 +424,16 @@ class ZCompressor:
             "text_vocab_size": b.text_vocab_size,
             "k": self.k,
         }
+
+
+def _with_system(prompt: Any, system: str | None) -> Any:
+    """A prompt whose system turn is ``system`` (the prompt itself when ``system`` is None)."""
+    if system is None:
+        return prompt
+    if isinstance(prompt, dict):  # {"messages": [...], "tools": [...]}
+        return {**prompt, "messages": _with_system(prompt.get("messages", []), system)}
+    turns = [{"role": "user", "content": f"Question: {prompt}"}] if isinstance(prompt, str) else list(prompt)
+    return [{"role": "system", "content": system}, *(t for t in turns if t.get("role") != "system")]
 
 
 def _progress(items: list[Any], enabled: bool, desc: str) -> Any:

@@ -14,8 +14,9 @@ wrote empty summaries (README, eval run 3).
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,39 @@ class GenerationStream:
             close()
 
 
+def _chat_messages(
+    prompt: str | Sequence[Mapping[str, Any]], docs: str, system: str | None, template: str | None
+) -> list[dict[str, Any]]:
+    """The conversation to render: the question or the given turns, the documents in the last user turn."""
+    if isinstance(prompt, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": f"{docs}Question: {prompt}"}]
+    elif isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "role" in m for m in prompt):
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            content = m.get("content")
+            if content is None:
+                m["content"] = ""
+            elif not isinstance(content, str):
+                raise UnsupportedTextError(f"message content must be a str; got {type(content).__name__}")
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        if last_user is None:
+            messages.append({"role": "user", "content": docs.rstrip()})
+        elif docs:
+            messages[last_user]["content"] = docs + messages[last_user]["content"]
+        if not (template and "tool_calls" in template):  # the template would drop them: write them as text
+            for m in messages:
+                calls = m.pop("tool_calls", None) or []
+                text = "".join(f"\n<tool_call>{json.dumps(c.get('function', c))}</tool_call>" for c in calls)
+                m["content"] = (m["content"] + text).strip() if text else m["content"]
+    else:
+        raise UnsupportedTextError(
+            f"prompt must be a str or a list of {{'role': ..., 'content': ...}} dicts; got {type(prompt).__name__}"
+        )
+    if system is not None and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
 def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> list[ZCode | str]:
     """Parse code strings, and decode all *exact* codes in one batch (they are opaque to the model)."""
     items: list[ZCode | str] = []
@@ -114,17 +148,28 @@ def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> l
 
 def build_prompt(
     zc: ZCompressor,
-    prompt: str,
+    prompt: str | Sequence[Mapping[str, Any]] | Mapping[str, Any],
     context: Sequence[ZCode | str | bytes],
     titles: Sequence[str | None] | None = None,
-    system: str = SYSTEM_PROMPT,
+    system: str | None = SYSTEM_PROMPT,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[list[Any], int, int, bool]:
     """Prompt pieces for the chat model: a list of token-id lists and (latent) ``[n, H]`` Z embeddings.
 
+    ``prompt`` is a question (one user turn, shown as ``Question: ...``), a conversation, or a conversation with
+    its tools (``{"messages": [...], "tools": [...]}``, so the runners pass tools through unchanged): chat messages as
+    dicts with ``role`` (``system``/``user``/``assistant``/``tool``), ``content`` and, for assistant turns,
+    ``tool_calls`` (``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``). The context
+    blocks (``Document N:``) go at the start of the *last user turn*, the one they were retrieved for. ``system``
+    is the system turn when the conversation has none (``None``: no system turn). ``tools`` (JSON schemas of
+    functions) are handed to the chat template, which must support them; so must it support ``tool_calls``, else
+    they are written into the assistant turn as Hermes-style ``<tool_call>{json}</tool_call>`` text.
+
     Returns (pieces, prompt tokens fed, uncompressed prompt tokens, whether any item is latent).
     """
-    if not isinstance(prompt, str):
-        raise UnsupportedTextError(f"prompt must be a str; got {type(prompt).__name__}")
+    if isinstance(prompt, Mapping):  # {"messages": [...], "tools": [...]}: a conversation with its tools
+        tools = prompt.get("tools") or tools
+        prompt = prompt.get("messages", [])
     if titles is not None and len(titles) != len(context):
         raise ConfigError(f"titles has {len(titles)} entries but context has {len(context)}")
     items = _resolve_items(zc, context)
@@ -134,12 +179,21 @@ def build_prompt(
         title = titles[i] if titles else None
         head = f"Document {i + 1}" + (f" ({title})" if title else "")
         blocks.append(f"{head}:\n{_MARK.format(i)}")
-    user = ("\n\n".join(blocks) + "\n\n" if blocks else "") + f"Question: {prompt}"
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    docs = "\n\n".join(blocks) + "\n\n" if blocks else ""
+    template = getattr(tokenizer, "chat_template", None)
+    messages = _chat_messages(prompt, docs, system, template)
+    if tools and not (template and "tools" in template):
+        raise ConfigError(
+            f"the backbone's chat template ({zc.model_name}) has no tool support (it never reads `tools`); "
+            "use a backbone whose template takes tools= (e.g. a Qwen or Hermes model), or call without tools"
+        )
+    if template:
+        extra = {"tools": list(tools)} if tools else {}
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+    elif isinstance(prompt, str):
+        rendered = "\n\n".join(m["content"] for m in messages) + "\nAnswer:"
     else:
-        rendered = f"{system}\n\n{user}\nAnswer:"
+        rendered = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
     pieces: list[Any] = []
     fed = uncompressed = 0
     any_latent = False

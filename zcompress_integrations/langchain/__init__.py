@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from zcompress_integrations.langchain.memory import (
         ZCompressChatMessageHistory,
         ZCompressSummarizer,
+        expand_codes,
         recover_messages,
         zcompress_token_counter,
     )
+    from zcompress_integrations.langchain.middleware import ZCompressDecodeMiddleware
 
 __all__ = [
     "ChatZCompress",
@@ -26,6 +28,8 @@ __all__ = [
     "ZCompressDocumentTransformer",
     "ZCompressChatMessageHistory",
     "ZCompressSummarizer",
+    "ZCompressDecodeMiddleware",
+    "expand_codes",
     "format_docs_for_zcompress",
     "zcompress_formatter",
     "recover_messages",
@@ -38,6 +42,8 @@ _WHERE = {
     "ZCompressDocumentTransformer": "document_transformer",
     "ZCompressChatMessageHistory": "memory",
     "ZCompressSummarizer": "memory",
+    "ZCompressDecodeMiddleware": "middleware",
+    "expand_codes": "memory",
     "recover_messages": "memory",
     "zcompress_token_counter": "memory",
     "format_docs_for_zcompress": "formatting",

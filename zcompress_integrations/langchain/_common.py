@@ -5,11 +5,21 @@ Nothing here imports torch; LangChain's own modules are imported by the adapter 
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from zcompress_integrations._integration_common import (
+    META_CODE,
+    META_CODEC,
+    META_FINGERPRINT,
+    META_PREFIX,
+    META_RATIO,
+    META_TEXT_TOKENS,
+    META_Z_TOKENS,
+    ZCompressSettings,
+    shared_compressor,
+)
 from zcompress_integrations.errors import ConfigError, CorruptCodeError, ModelMismatchError
 
 if TYPE_CHECKING:
@@ -30,48 +40,20 @@ __all__ = [
     "shared_compressor",
 ]
 
-META_PREFIX = "zcompress_"
-META_CODE = "zcompress_code"  # the code in string form, ``ZCode.to_string()`` ("zc1:...")
-META_CODEC = "zcompress_codec"  # "exact" | "latent"
-META_RATIO = "zcompress_ratio"  # text tokens / Z-tokens
-META_TEXT_TOKENS = "zcompress_text_tokens"
-META_Z_TOKENS = "zcompress_z_tokens"
-META_FINGERPRINT = "zcompress_fingerprint"  # hex of the backbone fingerprint stored in the code
 META_SKIPPED = "zcompress_skipped"  # why a document was left as text (e.g. "empty", "shorter than min_chars")
 META_TEXT = (
     "zcompress_text"  # the original text, when the page content was replaced and keep_text asks for it
 )
 META_REPLACED = "zcompress_replaced_code"  # why a code found in metadata was not reused
 
-_CACHE: dict[tuple[Any, ...], ZCompressor] = {}
-_CACHE_LOCK = threading.Lock()
 
-
-def shared_compressor(name_or_path: str | None, adapters: str | None, kwargs: dict[str, Any]) -> ZCompressor:
-    """One :class:`ZCompressor` per distinct setting in this process, so adapters share one model and one lock."""
-    from zcompress_integrations.core.compressor import ZCompressor
-
-    key = (name_or_path, adapters, repr(sorted(kwargs.items())))
-    with _CACHE_LOCK:
-        zc = _CACHE.get(key)
-        if zc is None:
-            zc = _CACHE[key] = ZCompressor.from_pretrained(name_or_path, adapters=adapters, **kwargs)
-        return zc
-
-
-class ZCompressBackend(BaseModel):
-    """Which model to use: a name/path (loaded lazily, once per process) or a ready :class:`ZCompressor`."""
+class ZCompressBackend(ZCompressSettings):
+    """Which model to use: the settings fields (loaded lazily, once per process) or a ready :class:`ZCompressor`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True)
 
-    model_name_or_path: str | None = None
-    """Backbone name or local path; ``None`` is the embedded default (SmolLM2-135M-Instruct)."""
-    adapters: str | None = "default"
-    """Latent-codec adapter directory, ``"default"`` for the shipped one, or ``None`` (exact codec only)."""
-    compressor_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra ``ZCompressor.from_pretrained`` options (``device``, ``dtype``, ``window``, ``k``, ``model_kwargs``...)."""
     compressor: Any = Field(default=None, exclude=True, repr=False)
-    """An existing ``ZCompressor`` to use instead of building one from the fields above."""
+    """An existing ``ZCompressor`` to use instead of building one from the settings fields."""
 
     _zc: Any = PrivateAttr(default=None)
 
@@ -90,7 +72,7 @@ class ZCompressBackend(BaseModel):
         if self.compressor is not None:
             return self.compressor
         if self._zc is None:
-            self._zc = shared_compressor(self.model_name_or_path, self.adapters, dict(self.compressor_kwargs))
+            self._zc = shared_compressor(self.compressor_settings())
         return self._zc
 
     def __getstate__(self) -> dict[Any, Any]:

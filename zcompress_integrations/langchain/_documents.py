@@ -18,17 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from zcompress_integrations._integration_common import code_metadata
 from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError, UnsupportedTextError
 from zcompress_integrations.langchain._common import (
     META_CODE,
-    META_CODEC,
-    META_FINGERPRINT,
-    META_RATIO,
     META_REPLACED,
     META_SKIPPED,
     META_TEXT,
-    META_TEXT_TOKENS,
-    META_Z_TOKENS,
     ZCompressOptions,
     check_fingerprint,
     parse_code,
@@ -43,18 +39,6 @@ __all__ = ["compress_documents", "code_metadata"]
 
 _PREFIX = "zc1:"
 ContentFn = Callable[["ZCode", str | None], str]
-
-
-def code_metadata(code: ZCode) -> dict[str, Any]:
-    """The metadata keys a compressed document carries."""
-    return {
-        META_CODE: code.to_string(),
-        META_CODEC: code.codec,
-        META_RATIO: round(code.ratio, 4),
-        META_TEXT_TOKENS: code.text_tokens,
-        META_Z_TOKENS: code.z_tokens,
-        META_FINGERPRINT: code.fingerprint.hex(),
-    }
 
 
 def _describe(i: int, doc: Any) -> str:

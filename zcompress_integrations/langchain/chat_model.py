@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput, ModelProfile
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from pydantic import BaseModel, ConfigDict, Field
 
-from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError
+from zcompress_integrations._integration_common import backbone_profile
+from zcompress_integrations.errors import ConfigError, CorruptCodeError, ModelMismatchError
 from zcompress_integrations.langchain._common import ZCompressBackend, check_fingerprint, parse_code
+from zcompress_integrations.langchain._tools import format_tools, json_instruction, parse_tool_calls
 from zcompress_integrations.langchain.formatting import ZCODE_PATTERN
 from zcompress_integrations.langchain.memory import decode_memory, render_transcript
 
@@ -26,9 +35,41 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatZCompress"]
 
-_ROLES = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _CODES_KEY = "zcompress_codes"
 _DONE = object()
+
+
+def _turn(message: BaseMessage, text: str) -> dict[str, Any]:
+    """One chat-template turn (``role``, ``content``, and ``tool_calls`` / ``tool_call_id`` where present)."""
+    turn: dict[str, Any] = {"role": _ROLES.get(message.type, "user"), "content": text}
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        turn["tool_calls"] = [
+            {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
+            for c in calls
+        ]
+    if isinstance(message, ToolMessage):
+        turn["tool_call_id"] = message.tool_call_id
+        if message.name:
+            turn["name"] = message.name
+    return turn
+
+
+def _with_tools(
+    prompt: str | list[dict[str, Any]], tools: list[dict[str, Any]] | None, schema: dict[str, Any] | None
+) -> Any:
+    """The prompt with the bound tools (``{"messages", "tools"}``) and the structured-output instruction."""
+    if not tools and not schema:
+        return prompt
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if schema:
+        system = next((t for t in turns if t["role"] == "system"), None)
+        if system is None:
+            turns.insert(0, {"role": "system", "content": json_instruction(schema)})
+        else:
+            system["content"] = f"{system['content']}\n\n{json_instruction(schema)}"
+    return {"messages": turns, "tools": tools} if tools else turns
 
 
 class ChatZCompress(ZCompressBackend, BaseChatModel):
@@ -36,8 +77,10 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
 
     Codes reach it as ``zc1:`` strings inside message content (what :func:`format_docs_for_zcompress` and the memory
     helpers write) or as a list in ``additional_kwargs["zcompress_codes"]``. Each code becomes one context
-    document of ``ZCompressor.generate`` (in order of appearance, shown in the text as ``[Document N]``); the rest of
-    the conversation is the prompt. Latent codes are fed as Z-tokens; exact codes are opaque bits, so they are
+    document of ``ZCompressor.generate`` (in order of appearance, shown in the text as ``[Document N]``); the
+    documents go at the start of the last user turn. The conversation is rendered with the backbone's own chat
+    template: system messages become the system turn (else a short default one), AI tool calls and tool results
+    keep their roles (written as ``<tool_call>{json}</tool_call>`` text when the template has no tool support). Latent codes are fed as Z-tokens; exact codes are opaque bits, so they are
     decoded (exactly) and fed as text. A damaged code raises :class:`CorruptCodeError`, a code from another backbone
     :class:`ModelMismatchError`, before any generation.
 
@@ -124,6 +167,80 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             params["ls_stop"] = list(stop or self.stop or [])
         return params
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """``max_input_tokens`` (the backbone's ``max_position_embeddings``) and ``tool_calling`` (its chat template
+        reads ``tools``), read without loading the model (from a loaded one when there is one)."""
+        return ModelProfile(**backbone_profile(self.compressor, self.model_name_or_path)) or None  # type: ignore[typeddict-item]
+
+    # ---- tools and structured output ---------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Hand ``tools`` to the backbone's chat template (``tools=``); the answer's
+        ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks become ``tool_calls``.
+
+        Needs a backbone whose chat template reads ``tools`` (Qwen, Hermes and similar); SmolLM2-135M's does not,
+        and this raises :class:`ConfigError` saying so. ``tool_choice`` is accepted but not enforced: a local
+        model is asked, not constrained. With tools bound, a stream yields the answer as one chunk (the text has to
+        be whole to be parsed).
+        """
+        template = getattr(self.zcompressor.backbone.tokenizer, "chat_template", None) or ""
+        if "tools" not in template:
+            raise ConfigError(
+                f"the backbone's chat template ({self._model_label}) has no tool support (it never reads `tools`), "
+                "so ChatZCompress cannot call tools with it; use a backbone whose template takes tools= (e.g. a "
+                "Qwen or Hermes model)"
+            )
+        return super().bind(tools=format_tools(tools), tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers as one JSON object matching ``schema`` (a pydantic class, a TypedDict or a JSON schema dict),
+        validated: a pydantic class gives an instance, anything else a dict; an answer that does not parse or
+        validate raises ``OutputParserException`` (with ``include_raw=True`` it is returned as
+        ``parsing_error`` next to ``raw`` instead). The schema goes into the system turn (validated generation,
+        not constrained decoding); ``method="function_calling"`` asks for one tool call with the schema as its
+        arguments instead (a template with tools needed). ``strict`` is accepted: the answer is always validated against the schema."""
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
+        if method not in ("json_schema", "json_mode", "function_calling"):
+            raise ValueError(
+                f"method must be 'json_schema', 'json_mode' or 'function_calling'; got {method!r}"
+            )
+        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        parser: Runnable[Any, Any]
+        if method == "function_calling":  # one tool with the schema's arguments (needs a template with tools)
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name)  # type: ignore[list-item]
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_model
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        else:
+            json_schema = schema.model_json_schema() if is_model else convert_to_json_schema(schema)  # type: ignore[union-attr]
+            llm = self.bind(
+                response_schema=json_schema,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
+            )
+            parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()  # type: ignore[arg-type]
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
     # ---- token counting (local tokenizer, never a network one) ------------------------------------------------
     def get_num_tokens(self, text: str) -> int:
         return self.zcompressor.count_tokens(text)
@@ -132,10 +249,11 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         return list(self.zcompressor.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- messages -> (prompt, context) ------------------------------------------------------------------------
-    def _prepare(self, messages: list[BaseMessage]) -> tuple[str, list[ZCode | str]]:
-        """The prompt text and the context items (latent codes as ZCode, everything else as text)."""
+    def _prepare(self, messages: list[BaseMessage]) -> tuple[str | list[dict[str, Any]], list[ZCode | str]]:
+        """The prompt (one question, or the conversation as chat-template turns) and the context items (latent
+        codes as ZCode, everything else as text). Each code's place in the text reads ``[Document N]``."""
         raw_codes: list[tuple[int, Any]] = []
-        lines: list[tuple[str, str]] = []
+        turns: list[dict[str, Any]] = []
         for i, message in enumerate(messages):
 
             def _ref(match: Any, i: int = i) -> str:
@@ -145,11 +263,10 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             text = ZCODE_PATTERN.sub(_ref, message.text)
             for code in message.additional_kwargs.get(_CODES_KEY) or ():
                 raw_codes.append((i, code))
-            lines.append((message.type, text.strip()))
-        if len(lines) == 1 and lines[0][0] == "human":
-            prompt = lines[0][1]
-        else:
-            prompt = "\n".join(f"{_ROLES.get(role, role.capitalize())}: {text}" for role, text in lines)
+            turns.append(_turn(message, text.strip()))
+        prompt: str | list[dict[str, Any]] = turns
+        if len(turns) == 1 and turns[0]["role"] == "user":
+            prompt = turns[0]["content"]
         zc = self.zcompressor
         codes: list[ZCode] = []
         for i, raw in raw_codes:
@@ -189,6 +306,8 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         start = time.monotonic()
         prompt, context = self._prepare(messages)
         params = self._params(stop, kwargs)
+        tools = kwargs.get("tools")
+        prompt = _with_tools(prompt, tools, kwargs.get("response_schema"))
         zc = self.zcompressor
         stream = zc.generate(prompt, context=context, stream=True, **params)
         fed, uncompressed = stream.prompt_tokens, stream.uncompressed_prompt_tokens  # type: ignore[union-attr]
@@ -200,20 +319,25 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
                 if self.timeout is not None and time.monotonic() - start > self.timeout:
                     raise TimeoutError(f"ChatZCompress call exceeded timeout={self.timeout}s")
                 parts.append(piece)
-                yield piece
+                if not tools:  # with tools bound, the answer is parsed whole and comes with the last item
+                    yield piece
         finally:
             stream.close()  # type: ignore[union-attr]  # releases the compressor's lock at once
         text = "".join(parts)
         output = zc.count_tokens(text) if text else 0
+        calls: dict[str, Any] = {}
+        if tools:
+            content, tool_calls, invalid = parse_tool_calls(text)
+            calls = {"content": content, "tool_calls": tool_calls, "invalid_tool_calls": invalid}
+        finish = "length" if output >= params["max_new_tokens"] else "stop"
         yield {
-            "usage": UsageMetadata(
-                input_tokens=fed, output_tokens=output, total_tokens=fed + output
-            ),
+            **calls,
+            "usage": UsageMetadata(input_tokens=fed, output_tokens=output, total_tokens=fed + output),
             "response": {
                 "model_name": self._model_label,
                 "model_provider": "zcompress",
                 "uncompressed_input_tokens": uncompressed,
-                "finish_reason": "length" if output >= params["max_new_tokens"] else "stop",
+                "finish_reason": "tool_calls" if calls.get("tool_calls") else finish,
             },
         }
 
@@ -233,7 +357,11 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             else:
                 parts.append(item)
         message = AIMessage(
-            content="".join(parts), usage_metadata=info["usage"], response_metadata=info["response"]
+            content=info.get("content", "".join(parts)),
+            tool_calls=info.get("tool_calls", []),
+            invalid_tool_calls=info.get("invalid_tool_calls", []),
+            usage_metadata=info["usage"],
+            response_metadata=info["response"],
         )
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output=dict(info["response"]))
 
@@ -249,15 +377,6 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             if run_manager and not isinstance(item, dict):
                 run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 
     async def _astream(
         self,
@@ -297,9 +416,22 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
     @staticmethod
     def _chunk(item: str | dict[str, Any]) -> ChatGenerationChunk:
         if isinstance(item, dict):
+            calls = [
+                *(
+                    {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"]}
+                    for c in item.get("tool_calls", [])
+                ),
+                *(
+                    {"name": c["name"], "args": c["args"], "id": c["id"]}
+                    for c in item.get("invalid_tool_calls", [])
+                ),
+            ]
             return ChatGenerationChunk(
                 message=AIMessageChunk(
-                    content="",
+                    content=item.get("content", ""),
+                    tool_call_chunks=[
+                        {**c, "index": i, "type": "tool_call_chunk"} for i, c in enumerate(calls)
+                    ],
                     usage_metadata=item["usage"],
                     response_metadata=item["response"],
                     chunk_position="last",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -84,12 +83,3 @@ class ZCompressDocumentCompressor(ZCompressOptions, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Compress ``documents`` (``query`` is not used; see the class docstring)."""
         return compress_documents(self, documents, _query_time_content, store_text=self.keep_text)
-
-    async def acompress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
-    ) -> Sequence[Document]:
-        """Like :meth:`compress_documents`, in a worker thread; concurrent calls queue on the model's lock."""
-        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)

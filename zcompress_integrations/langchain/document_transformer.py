@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,3 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
         """Compress ``documents``; extra keyword arguments are accepted and ignored."""
         return compress_documents(self, documents, self._content, store_text=False)
-
-    async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
-        """Like :meth:`transform_documents`, in a worker thread; concurrent calls queue on the model's lock."""
-        return await asyncio.to_thread(self.transform_documents, documents, **kwargs)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from zcompress_integrations.langchain._common import META_CODE
+from zcompress_integrations._integration_common import CODE_PATTERN, META_CODE, find_codes
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -16,8 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["format_docs_for_zcompress", "zcompress_formatter", "ZCODE_PATTERN", "find_codes"]
 
-ZCODE_PATTERN = re.compile(r"zc1:[A-Za-z0-9_\-]+={0,2}")
-"""A Z code in string form (``ZCode.to_string()``) inside free text."""
+ZCODE_PATTERN = CODE_PATTERN
+"""A Z code in string form (``ZCode.to_string()``) inside free text (the pattern both frameworks use)."""
 
 
 def format_docs_for_zcompress(docs: Sequence[Document], separator: str = "\n\n") -> str:
@@ -52,8 +51,3 @@ def zcompress_formatter(compressor: ZCompressDocumentCompressor | None = None, *
         return format_docs_for_zcompress(await comp.acompress_documents(docs, ""))
 
     return RunnableLambda(_format, afunc=_aformat, name="zcompress_formatter")
-
-
-def find_codes(text: str) -> list[str]:
-    """Every ``zc1:`` string in ``text``, in order."""
-    return ZCODE_PATTERN.findall(text)

@@ -43,12 +43,14 @@ __all__ = [
     "encode_messages",
     "decode_memory",
     "render_transcript",
+    "expand_codes",
     "MEMORY_KEY",
 ]
 
 MEMORY_KEY = "zcompress_memory"
 """``additional_kwargs`` key marking a memory message; its value is the number of messages it holds."""
 _ENVELOPE = "zcompress_memory"
+_MAX_NESTING = 64
 _ROLES = {"human": "User", "ai": "Assistant", "system": "System", "tool": "Tool"}
 
 
@@ -127,6 +129,90 @@ def recover_messages(value: Any, compressor: ZCompressor) -> list[BaseMessage]:
         if messages is None:
             raise CorruptCodeError("the Z code decodes to text that is not a zcompress memory")
         out += messages
+    return out
+
+
+def _substitute(content: Any, texts: dict[str, str]) -> Any:
+    """``content`` (a string or a list of content blocks) with each code string in ``texts`` replaced."""
+
+    def sub(text: str) -> str:
+        return ZCODE_PATTERN.sub(lambda m: texts.get(m.group(0), m.group(0)), text)
+
+    if isinstance(content, str):
+        return sub(content)
+    out = []
+    for block in content:
+        if isinstance(block, str):
+            out.append(sub(block))
+        elif isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            out.append({**block, "text": sub(block["text"])})
+        else:
+            out.append(block)
+    return out
+
+
+def expand_codes(
+    messages: Sequence[BaseMessage],
+    compressor: ZCompressor,
+    *,
+    keep_latent: bool = False,
+    cache: dict[str, str] | None = None,
+    _depth: int = 0,
+) -> list[BaseMessage]:
+    """``messages`` with every ``zc1:`` code turned back into what it stands for, for any chat model to read.
+
+    * A message whose codes are all exact *memory* codes (from :class:`ZCompressSummarizer` or
+      :class:`ZCompressChatMessageHistory`) is replaced by the original messages, in order (tool calls, ids and
+      metadata included); the wrapper text around the code ("Here is a summary of the conversation to date:") goes.
+      A memory that holds an older memory (``SummarizationMiddleware`` summarises its previous summary too) is
+      expanded all the way down.
+    * Any other code is replaced inline by its text (a memory code among other text by its ``Role: text``
+      transcript). Latent codes decode lossily; with ``keep_latent=True`` they stay as codes (for
+      :class:`ChatZCompress`, which reads them as Z-tokens).
+
+    Codes are decoded in one batch; ``cache`` (code string -> decoded text) saves decoding the same memory again on
+    every model call. A damaged code raises :class:`CorruptCodeError`, an exact code from another backbone
+    :class:`ModelMismatchError`: a model never reads a wrong memory.
+    """
+    cache = {} if cache is None else cache
+    found = [ZCODE_PATTERN.findall(m.text) if isinstance(m, BaseMessage) else [] for m in messages]
+    parsed: dict[str, ZCode] = {}
+    for raws in found:
+        for raw in raws:
+            if raw not in parsed:
+                parsed[raw] = code = parse_code(raw)
+                check_fingerprint(code, compressor)
+    todo = [
+        raw
+        for raw, code in parsed.items()
+        if raw not in cache and not (keep_latent and code.codec == "latent")
+    ]
+    if todo:
+        for raw, text in zip(todo, compressor.decompress_batch([parsed[r] for r in todo]), strict=True):
+            cache[raw] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    out: list[BaseMessage] = []
+    for message, raws in zip(messages, found, strict=True):
+        if not raws:
+            out.append(message)
+            continue
+        memories = [decode_memory(cache[r]) if parsed[r].codec == "exact" else None for r in raws]
+        if all(m is not None for m in memories):
+            restored = [r for memory in memories for r in memory]  # type: ignore[union-attr]
+            if any(ZCODE_PATTERN.search(r.text) for r in restored):
+                # a memory holding an older memory (summarising again includes the previous summary)
+                if _depth >= _MAX_NESTING:
+                    raise CorruptCodeError(f"memory codes nested more than {_MAX_NESTING} deep")
+                restored = expand_codes(
+                    restored, compressor, keep_latent=keep_latent, cache=cache, _depth=_depth + 1
+                )
+            out += restored
+            continue
+        texts = {
+            r: (render_transcript(mem) if mem is not None else cache[r])
+            for r, mem in zip(raws, memories, strict=True)
+            if not (keep_latent and parsed[r].codec == "latent")
+        }
+        out.append(message.model_copy(update={"content": _substitute(message.content, texts)}))
     return out
 
 

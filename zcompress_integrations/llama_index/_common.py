@@ -1,8 +1,9 @@
 """What the LlamaIndex adapters share: the compressor settings fields, the metadata keys, code lookup.
 
-One options model (:class:`CompressorSettings`) is mixed into every adapter, so the fields, the lazy compressor
-and the pickling rules live in one place. Settings are plain JSON values: LlamaIndex builds ingestion cache keys
-from ``to_dict()`` and rebuilds components in worker processes from them.
+One options model (:class:`CompressorSettings`, the shared ``ZCompressSettings`` plus the lazy compressor) is
+mixed into every adapter, so the fields, the lazy compressor and the pickling rules live in one place. Settings
+are plain JSON values: LlamaIndex builds ingestion cache keys from ``to_dict()`` and rebuilds components in worker
+processes from them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,18 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, PrivateAttr
 
+from zcompress_integrations._integration_common import (
+    CODE_PATTERN,
+    META_CODE,
+    META_PREFIX,
+    STATS_KEYS,
+    ZCompressSettings,
+    code_metadata,
+    settings_from_compressor,
+    shared_compressor,
+)
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError
 
@@ -36,55 +47,29 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-META_PREFIX = "zcompress_"
-META_CODE = "zcompress_code"
-STATS_KEYS = (
-    "zcompress_code",
-    "zcompress_codec",
-    "zcompress_ratio",
-    "zcompress_text_tokens",
-    "zcompress_z_tokens",
-    "zcompress_fingerprint",
-)
-# "zc1:" + URL-safe base64 (padding optional); a code string ends at the first character outside that alphabet.
-CODE_STRING_RE = re.compile(r"zc1:[A-Za-z0-9_\-]+={0,2}")
 _LOAD_LOCK = threading.Lock()
 
 
-class CompressorSettings(BaseModel):
-    """Fields that say which :class:`ZCompressor` to build, and the lazy instance itself.
+class CompressorSettings(ZCompressSettings):
+    """The settings fields (shared with the LangChain adapters) and the lazy compressor itself.
 
     Pass ``compressor=`` to share an instance you already have: its settings are copied into these fields (so the
-    object can be rebuilt elsewhere) and the instance is kept in a private attribute.
+    object can be rebuilt elsewhere) and the instance is kept in a private attribute. Otherwise components with
+    equal settings share one loaded compressor in this process (LLM, postprocessor, transform: one backbone).
     """
 
     model_config = ConfigDict(protected_namespaces=(), arbitrary_types_allowed=True)
 
-    model_name_or_path: str | None = Field(
-        default=None, description="Local model directory or cached Hub id; None for the embedded default."
-    )
-    adapters: str | None = Field(
-        default="default", description="Latent adapter directory, 'default' or None."
-    )
-    device: str | None = Field(default="auto", description="'auto', 'cpu', 'cuda', ...")
-    window: int = Field(default=256, ge=2, description="Tokens per window of the exact codec.")
-    k: int = Field(default=4096, ge=2, description="Z vocabulary size of the exact codec (a power of two).")
-
     _compressor: Any = PrivateAttr(default=None)
+    _given: bool = PrivateAttr(default=False)
 
     def __init__(self, compressor: ZCompressor | None = None, **data: Any) -> None:
         if compressor is not None:
-            settings = compressor.settings
-            for field, key in (
-                ("model_name_or_path", "name_or_path"),
-                ("adapters", "adapters"),
-                ("device", "device"),
-                ("window", "window"),
-                ("k", "k"),
-            ):
-                data.setdefault(field, settings[key])
+            for field, value in settings_from_compressor(compressor).items():
+                data.setdefault(field, value)
         super().__init__(**data)
         self._compressor = compressor
+        self._given = compressor is not None
         self._check_options()
 
     def _check_options(self) -> None:
@@ -92,20 +77,21 @@ class CompressorSettings(BaseModel):
 
     @property
     def compressor(self) -> ZCompressor:
-        """The :class:`ZCompressor` (built from the fields on first use; the model itself loads lazily too)."""
+        """The :class:`ZCompressor` (shared per settings in this process; the model itself loads lazily too)."""
         if self._compressor is None:
             with _LOAD_LOCK:
                 if self._compressor is None:
-                    from zcompress_integrations.core.compressor import ZCompressor
-
-                    self._compressor = ZCompressor.from_pretrained(
-                        self.model_name_or_path,
-                        adapters=self.adapters,
-                        device=self.device,
-                        window=self.window,
-                        k=self.k,
-                    )
+                    self._compressor = shared_compressor(self.compressor_settings())
         return self._compressor
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        private = dict(state.get("__pydantic_private__") or {})
+        if private.get("_compressor") is not None and not self._given:
+            # built from the settings: the receiving process shares its own compressor for them
+            private["_compressor"] = None
+            state["__pydantic_private__"] = private
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # LlamaIndex's BaseComponent rebuilds the object with __init__(**fields), which drops private attributes;
@@ -114,18 +100,7 @@ class CompressorSettings(BaseModel):
         super().__setstate__(state)  # type: ignore[misc]
         if private.get("_compressor") is not None and self._compressor is None:
             self._compressor = private["_compressor"]
-
-
-def code_metadata(code: ZCode) -> dict[str, Any]:
-    """The ``zcompress_*`` metadata of one code: the code string and its figures (all JSON values)."""
-    return {
-        "zcompress_code": code.to_string(),
-        "zcompress_codec": code.codec,
-        "zcompress_ratio": round(float(code.ratio), 4),
-        "zcompress_text_tokens": int(code.text_tokens),
-        "zcompress_z_tokens": int(code.z_tokens),
-        "zcompress_fingerprint": code.fingerprint.hex(),
-    }
+            self._given = True
 
 
 def add_code_metadata(node: BaseNode, code: ZCode) -> None:
@@ -188,7 +163,7 @@ def node_text(node: BaseNode, min_chars: int) -> str | None:
 
 def find_code_strings(text: str) -> tuple[list[str], str]:
     """Split a prompt into the ``zc1:`` code strings it contains and the rest of the text."""
-    codes = CODE_STRING_RE.findall(text)
-    rest = CODE_STRING_RE.sub("", text)
+    codes = CODE_PATTERN.findall(text)
+    rest = CODE_PATTERN.sub("", text)
     rest = re.sub(r"\n{3,}", "\n\n", rest).strip()
     return codes, rest

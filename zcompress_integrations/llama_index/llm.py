@@ -7,18 +7,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.base.llms.generic_utils import (
-    astream_completion_response_to_chat_response,
-    completion_response_to_chat_response,
-)
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
+    ChatResponseGen,
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -27,6 +26,7 @@ from llama_index.core.llms.custom import CustomLLM
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import CorruptCodeError, UnsupportedTextError
 from zcompress_integrations.llama_index._common import CompressorSettings, find_code_strings
+from zcompress_integrations.llama_index.memory import memory_transcript
 
 __all__ = ["ZCompressLLM"]
 
@@ -43,12 +43,18 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     readable by a model. A damaged code string raises :class:`~zcompress_integrations.errors.CorruptCodeError`
     (a code from another model raises ``ModelMismatchError``) instead of answering from wrong context.
 
-    Each response's ``additional_kwargs`` holds ``prompt_tokens`` (tokens fed), ``completion_tokens``,
-    ``uncompressed_prompt_tokens`` (the same prompt with every code as plain text) and ``z_codes`` (how many codes
-    the prompt held). In streams the counts arrive with the last chunk (an empty delta).
+    It is a chat model (``metadata.is_chat_model``): ``chat`` renders the messages with the backbone's own chat
+    template (system, user, assistant and tool turns; ``ToolCallBlock``s as tool calls), codes found in any message
+    become context documents at the start of the last user turn, and ``system_prompt`` is the system turn when the
+    messages have none. ``complete`` answers one question; unless ``formatted=True`` it applies
+    ``completion_to_prompt`` and ``system_prompt`` first.
 
-    Chat goes through LlamaIndex's helpers (``messages_to_prompt`` then ``complete``); every ``a*`` method runs the
-    model in a worker thread and never blocks the event loop (calls on one compressor are serialised by its lock).
+    Each response's ``raw["usage"]`` holds ``prompt_tokens`` (tokens fed), ``completion_tokens`` and
+    ``total_tokens``, which LlamaIndex's ``TokenCountingHandler`` reads as they are, plus
+    ``uncompressed_prompt_tokens`` (the same prompt with every code as plain text); ``additional_kwargs`` repeats
+    them with ``z_codes`` (how many codes the prompt held). In streams the counts arrive with the last chunk (an
+    empty delta). Every ``a*`` method runs the model in a worker thread and never blocks the event loop (calls on
+    one compressor are serialised by its lock).
 
     Setup:
         ``pip install "zcompress-integrations[llamaindex]"``
@@ -99,15 +105,12 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
             context_window=window,
             num_output=self.num_output,
             model_name=self.compressor.model_name,
-            is_chat_model=False,
+            is_chat_model=True,
         )
 
     # ---- the work (undecorated; the public methods below add LlamaIndex's callbacks) ---------------------
-    def _context(self, prompt: str) -> tuple[str, list[ZCode | str]]:
-        """(question, context items): codes parsed, exact ones decoded to text in one batch."""
-        if not isinstance(prompt, str):
-            raise UnsupportedTextError(f"prompt must be a str; got {type(prompt).__name__}")
-        strings, question = find_code_strings(prompt)
+    def _codes(self, strings: list[str]) -> list[ZCode | str]:
+        """Context items of code strings: parsed, exact ones decoded to text in one batch."""
         codes = []
         for s in strings:
             try:
@@ -122,41 +125,69 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
         if exact:
             texts = self.compressor.decompress_batch([codes[i] for i in exact])
             for i, text in zip(exact, texts, strict=True):
-                items[i] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
-        return question, items
+                text = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+                items[i] = memory_transcript(text) or text  # a ZCompressMemoryBlock entry reads as its turns
+        return items
 
-    def _complete(self, prompt: str, **kwargs: Any) -> CompletionResponse:
+    def _context(self, prompt: str) -> tuple[str, list[ZCode | str]]:
+        """(question, context items) of a completion prompt."""
+        if not isinstance(prompt, str):
+            raise UnsupportedTextError(f"prompt must be a str; got {type(prompt).__name__}")
+        strings, question = find_code_strings(prompt)
+        return question, self._codes(strings)
+
+    def _chat_context(
+        self, messages: Sequence[ChatMessage]
+    ) -> tuple[list[dict[str, Any]], list[ZCode | str]]:
+        """(chat-template turns, context items): codes found in any message become context documents."""
+        turns: list[dict[str, Any]] = []
+        strings: list[str] = []
+        for message in messages:
+            found, text = find_code_strings(message.content or "")
+            strings += found
+            turns.append(_turn(message, text))
+        if self.system_prompt and not any(t["role"] == "system" for t in turns):
+            turns.insert(0, {"role": "system", "content": self.system_prompt})
+        return turns, self._codes(strings)
+
+    def _prompt(self, prompt: str, formatted: bool) -> tuple[str | list[dict[str, Any]], list[ZCode | str]]:
+        """A completion prompt as ``generate`` takes it: ``completion_to_prompt`` and ``system_prompt`` apply
+        unless ``formatted``."""
+        if not formatted and self.completion_to_prompt is not None:
+            prompt = self.completion_to_prompt(prompt)
         question, context = self._context(prompt)
-        result = self.compressor.generate(
-            question,
-            context=context,
-            max_new_tokens=kwargs.get("max_new_tokens", self.num_output),
-            temperature=kwargs.get("temperature", self.temperature),
-            stop=kwargs.get("stop"),
-        )
+        if not formatted and self.system_prompt:
+            return [
+                {"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": f"Question: {question}"},
+            ], context
+        return question, context
+
+    def _params(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "max_new_tokens": kwargs.get("max_new_tokens", self.num_output),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "stop": kwargs.get("stop"),
+        }
+
+    def _complete(
+        self, prompt: str | list[dict[str, Any]], context: list[ZCode | str], **kwargs: Any
+    ) -> CompletionResponse:
+        result = self.compressor.generate(prompt, context=context, **self._params(kwargs))
+        usage = _usage(result.prompt_tokens, result.completion_tokens, result.uncompressed_prompt_tokens)
         return CompletionResponse(
-            text=result.text,
-            additional_kwargs={
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "uncompressed_prompt_tokens": result.uncompressed_prompt_tokens,
-                "z_codes": len(context),
-            },
+            text=result.text, raw={"usage": usage}, additional_kwargs={**usage, "z_codes": len(context)}
         )
 
     def _stream(
-        self, prompt: str, stop_event: threading.Event | None = None, **kwargs: Any
+        self,
+        prompt: str | list[dict[str, Any]],
+        context: list[ZCode | str],
+        stop_event: threading.Event | None = None,
+        **kwargs: Any,
     ) -> CompletionResponseGen:
-        question, context = self._context(prompt)
         zc = self.compressor
-        pieces = zc.generate(
-            question,
-            context=context,
-            max_new_tokens=kwargs.get("max_new_tokens", self.num_output),
-            temperature=kwargs.get("temperature", self.temperature),
-            stop=kwargs.get("stop"),
-            stream=True,
-        )
+        pieces = zc.generate(prompt, context=context, stream=True, **self._params(kwargs))
         text = ""
         try:
             for piece in pieces:
@@ -167,18 +198,14 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
         finally:
             pieces.close()  # type: ignore[union-attr]  # releases the compressor's lock when stopped early
         completion = len(zc.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        usage = _usage(pieces.prompt_tokens, completion, pieces.uncompressed_prompt_tokens)  # type: ignore[union-attr]
         yield CompletionResponse(
-            text=text,
-            delta="",
-            additional_kwargs={
-                "prompt_tokens": pieces.prompt_tokens,  # type: ignore[union-attr]
-                "completion_tokens": completion,
-                "uncompressed_prompt_tokens": pieces.uncompressed_prompt_tokens,  # type: ignore[union-attr]
-                "z_codes": len(context),
-            },
+            text=text, delta="", raw={"usage": usage}, additional_kwargs={**usage, "z_codes": len(context)}
         )
 
-    async def _astream(self, prompt: str, **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def _astream(
+        self, prompt: str | list[dict[str, Any]], context: list[ZCode | str], **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         """Run the sync stream in ONE worker thread (it holds the compressor's lock) and relay its chunks."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -186,7 +213,7 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
 
         def work() -> None:
             try:
-                for chunk in self._stream(prompt, stop_event, **kwargs):
+                for chunk in self._stream(prompt, context, stop_event, **kwargs):
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
                     if stop_event.is_set():
                         break
@@ -208,28 +235,86 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     # ---- LlamaIndex API ------------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._complete(prompt, **kwargs)
+        return self._complete(*self._prompt(prompt, formatted), **kwargs)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._stream(prompt, **kwargs)
+        return self._stream(*self._prompt(prompt, formatted), **kwargs)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(self._complete, prompt, **kwargs)
+        return await asyncio.to_thread(lambda: self._complete(*self._prompt(prompt, formatted), **kwargs))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return self._astream(prompt, **kwargs)
+        return self._astream(*await asyncio.to_thread(self._prompt, prompt, formatted), **kwargs)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _chat_response(self._complete(*self._chat_context(messages), **kwargs))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return (_chat_response(c) for c in self._stream(*self._chat_context(messages), **kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        prompt = self.messages_to_prompt(messages)
-        return completion_response_to_chat_response(await asyncio.to_thread(self._complete, prompt, **kwargs))
+        return _chat_response(
+            await asyncio.to_thread(lambda: self._complete(*self._chat_context(messages), **kwargs))
+        )
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        prompt = self.messages_to_prompt(messages)
-        return astream_completion_response_to_chat_response(self._astream(prompt, **kwargs))
+        stream = self._astream(*await asyncio.to_thread(self._chat_context, messages), **kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            async for chunk in stream:
+                yield _chat_response(chunk)
+
+        return gen()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, uncompressed: int) -> dict[str, int]:
+    """Token counts as LlamaIndex's ``TokenCountingHandler`` reads them from ``raw["usage"]``."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "uncompressed_prompt_tokens": uncompressed,
+    }
+
+
+def _chat_response(completion: CompletionResponse) -> ChatResponse:
+    return ChatResponse(
+        message=ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=completion.text,
+            additional_kwargs=completion.additional_kwargs,
+        ),
+        delta=completion.delta,
+        raw=completion.raw,
+        additional_kwargs=completion.additional_kwargs,
+    )
+
+
+def _turn(message: ChatMessage, text: str) -> dict[str, Any]:
+    """One chat-template turn: role, text, and tool calls (``ToolCallBlock``s) / ``tool_call_id`` where present."""
+    turn: dict[str, Any] = {
+        "role": str(getattr(message.role, "value", message.role)),
+        "content": text.strip(),
+    }
+    calls = [b for b in message.blocks if isinstance(b, ToolCallBlock)]
+    if calls:
+        turn["tool_calls"] = [
+            {
+                "type": "function",
+                "id": b.tool_call_id,
+                "function": {"name": b.tool_name, "arguments": b.tool_kwargs},
+            }
+            for b in calls
+        ]
+    if turn["role"] == "tool" and message.additional_kwargs.get("tool_call_id"):
+        turn["tool_call_id"] = message.additional_kwargs["tool_call_id"]
+    return turn

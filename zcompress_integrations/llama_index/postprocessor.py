@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Literal
 
@@ -122,11 +121,6 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
         for i, code in codes.items():
             out[i] = NodeWithScore(node=self._compressed_copy(nodes[i].node, code), score=nodes[i].score)
         return out
-
-    async def _apostprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
-        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _text_of(self, item: NodeWithScore) -> str | None:
