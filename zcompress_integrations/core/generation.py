@@ -94,29 +94,36 @@ def _chat_messages(
     if isinstance(prompt, str):
         messages: list[dict[str, Any]] = [{"role": "user", "content": f"{docs}Question: {prompt}"}]
     elif isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "role" in m for m in prompt):
-        messages = [dict(m) for m in prompt]
-        for m in messages:
-            content = m.get("content")
-            if content is None:
-                m["content"] = ""
-            elif not isinstance(content, str):
-                raise UnsupportedTextError(f"message content must be a str; got {type(content).__name__}")
-        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-        if last_user is None:
-            messages.append({"role": "user", "content": docs.rstrip()})
-        elif docs:
-            messages[last_user]["content"] = docs + messages[last_user]["content"]
-        if not (template and "tool_calls" in template):  # the template would drop them: write them as text
-            for m in messages:
-                calls = m.pop("tool_calls", None) or []
-                text = "".join(f"\n<tool_call>{json.dumps(c.get('function', c))}</tool_call>" for c in calls)
-                m["content"] = (m["content"] + text).strip() if text else m["content"]
+        messages = _turns(prompt, docs, template)
     else:
         raise UnsupportedTextError(
             f"prompt must be a str or a list of {{'role': ..., 'content': ...}} dicts; got {type(prompt).__name__}"
         )
     if system is not None and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _turns(prompt: Sequence[Mapping[str, Any]], docs: str, template: str | None) -> list[dict[str, Any]]:
+    """Copies of the given turns, the documents prefixed to the last user turn (a new one if there is none); tool
+    calls written as text when the template would drop them."""
+    messages = [dict(m) for m in prompt]
+    for m in messages:
+        content = m.get("content")
+        if content is None:
+            m["content"] = ""
+        elif not isinstance(content, str):
+            raise UnsupportedTextError(f"message content must be a str; got {type(content).__name__}")
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        messages.append({"role": "user", "content": docs.rstrip()})
+    elif docs:
+        messages[last_user]["content"] = docs + messages[last_user]["content"]
+    if not (template and "tool_calls" in template):  # the template would drop them: write them as text
+        for m in messages:
+            calls = m.pop("tool_calls", None) or []
+            text = "".join(f"\n<tool_call>{json.dumps(c.get('function', c))}</tool_call>" for c in calls)
+            m["content"] = (m["content"] + text).strip() if text else m["content"]
     return messages
 
 
