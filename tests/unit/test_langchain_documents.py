@@ -258,4 +258,4 @@ def test_latent_mode_is_passed_through(tiny_latent_compressor, docs) -> None:
     comp = ZCompressDocumentCompressor(compressor=tiny_latent_compressor, mode="latent", ratio=4.0)
     out = comp.compress_documents(docs[:2], "q")
     assert len(out) == 2
-    assert all(d.metadata["zcompress_codec"] == "latent" and d.page_content.startswith("<z_") for d in out)
+    assert all(d.metadata["zcompress_codec"] == "latent" and d.page_content.startswith("zc1:") for d in out)

@@ -90,7 +90,7 @@ def test_content_form_code_puts_the_code_string(tiny_compressor):
 def test_latent_mode_gives_z_prompts(tiny_latent_compressor):
     post = ZCompressNodePostprocessor(compressor=tiny_latent_compressor, mode="latent", ratio=4.0)
     out = post.postprocess_nodes(_nodes())
-    assert out and all(n.node.text.startswith("<z_") for n in out)
+    assert out and all(n.node.text.startswith("zc1:") for n in out)  # what ZCompressLLM reads as Z
 
 
 def test_latent_mode_without_adapters_is_a_clear_error(tiny_compressor):
@@ -164,7 +164,7 @@ def test_options_are_checked(tiny_compressor):
     with pytest.raises(ConfigError, match="ratio"):
         ZCompressNodePostprocessor(compressor=tiny_compressor, ratio=4.0)
     with pytest.raises(ConfigError, match="content_form"):
-        ZCompressNodePostprocessor(compressor=tiny_compressor, content_form="prompt")
+        ZCompressNodePostprocessor(compressor=tiny_compressor, content_form="prompt")  # gone: nothing read it
     with pytest.raises(ValueError, match="batch_size"):
         ZCompressNodePostprocessor(compressor=tiny_compressor, batch_size=0)
 

@@ -10,9 +10,9 @@ of the backbone (+ adapters) that made it, and a checksum of the original text. 
   (count; each a name, as a one-byte index for the codecs' known names, and a varint value), residual length,
   packed Z ids, residual, fingerprint (4), checksum (4), CRC-32 (4);
 * JSON (``to_json`` / ``from_json``): readable, for logs and metadata stores;
-* text (``to_string`` / ``from_string``): ``"zc1:" + base64url(binary)``, safe in any string-valued metadata;
-
-and a *prompt* rendering (``to_prompt``): the Z-token strings (``<z_12><z_7>...``) a Z-aware model reads.
+* text (``to_string`` / ``from_string``): ``"zc1:" + base64url(binary)``, safe in any string-valued metadata; this
+  is also the form a latent code takes in a prompt: ``ZCompressor.generate`` (and so ``ChatZCompress`` and
+  ``ZCompressLLM``) finds ``zc1:`` strings in its context and feeds their Z-tokens to the reader.
 
 This module is pure Python (no torch), so codes can be stored, sent and inspected without loading a model.
 """
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from zcompress_integrations.errors import CorruptCodeError
 
-__all__ = ["ZCode", "FORMAT_VERSION", "text_checksum", "z_token_string"]
+__all__ = ["ZCode", "FORMAT_VERSION", "text_checksum"]
 
 FORMAT_VERSION = 1
 _MAGIC = b"ZC"
@@ -46,11 +46,6 @@ _KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start")
 def text_checksum(data: bytes) -> bytes:
     """4-byte digest of the original text's bytes, checked after decoding."""
     return hashlib.blake2b(data, digest_size=4).digest()
-
-
-def z_token_string(z_id: int) -> str:
-    """The vocabulary string of Z id ``z_id`` (``<z_12>``)."""
-    return f"<z_{z_id}>"
 
 
 # ---- varints and bit packing -------------------------------------------------------------------------------
@@ -182,11 +177,6 @@ class ZCode:
     def bits_per_char(self) -> float:
         """``bits`` per character of the original (per byte when the original was bytes)."""
         return self.bits / self.text_chars if self.text_chars else 0.0
-
-    # ---- prompt form -------------------------------------------------------------------------------------
-    def to_prompt(self) -> str:
-        """The Z-token strings a Z-aware model reads, e.g. ``<z_12><z_7>``. Never includes the residual."""
-        return "".join(z_token_string(z) for z in self.z_ids)
 
     # ---- binary form -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

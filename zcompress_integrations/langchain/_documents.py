@@ -69,7 +69,7 @@ def _existing_code(
         return None, text, f"corrupt code: {exc}"
     if isinstance(stored_text, str):
         text: str | None = stored_text
-    elif content in (code.to_string(), code.to_prompt()) or content.startswith(_PREFIX):
+    elif content == code.to_string() or content.startswith(_PREFIX):
         text = None
     else:
         text = content

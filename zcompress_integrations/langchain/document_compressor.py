@@ -20,10 +20,10 @@ __all__ = ["ZCompressDocumentCompressor"]
 
 
 def _query_time_content(code: ZCode, text: str | None) -> str:
-    # Exact codes are arithmetic-coded bits that no LLM can read, so the page keeps the text; latent codes are
-    # Z-tokens the Z-aware model reads, so the page becomes their prompt form.
+    # Exact codes are arithmetic-coded bits that no LLM can read, so the page keeps the text; a latent code's zc1:
+    # string is what ChatZCompress reads as Z-tokens, so the page becomes that.
     if code.codec == "latent":
-        return code.to_prompt()
+        return code.to_string()
     return text if text is not None else code.to_string()
 
 

@@ -23,7 +23,7 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
     the same ``zcompress_*`` figures as :class:`ZCompressDocumentCompressor`). With ``keep_text=True`` (default)
     ``page_content`` is unchanged, which is what a vector store needs to embed the text. With ``keep_text=False``
     the text is dropped and ``page_content`` becomes the code itself: the ``zc1:`` string for exact codes (decoded
-    exactly by ``ZCompressor.decompress``), the Z-token prompt form for latent codes.
+    exactly by ``ZCompressor.decompress``; read as Z-tokens by ``ChatZCompress`` when latent).
 
     Instantiate:
         .. code-block:: python
@@ -51,7 +51,7 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
     def _content(self, code: ZCode, text: str | None) -> str:
         if self.keep_text and text is not None:
             return text
-        return code.to_prompt() if code.codec == "latent" else code.to_string()
+        return code.to_string()
 
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
         """Compress ``documents``; extra keyword arguments are accepted and ignored."""

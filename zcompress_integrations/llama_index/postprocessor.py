@@ -33,10 +33,9 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
 
     What the node's *content* becomes (``content_form``):
 
-    * ``"auto"`` (default): latent codes -> ``"prompt"``; exact codes -> ``"text"``. Exact codes are arithmetic-coded
+    * ``"auto"`` (default): latent codes -> ``"code"``; exact codes -> ``"text"``. Exact codes are arithmetic-coded
       bits, not something any LLM can read, so by default the text stays readable for every LLM and the code rides
       along in metadata (for storage, transport, or a Z-aware reader).
-    * ``"prompt"``: the Z-token strings ``<z_12><z_7>...`` (latent codes only) for a Z-aware model.
     * ``"code"``: the ``zc1:`` code string. :class:`~zcompress_integrations.llama_index.ZCompressLLM` finds these in
       its prompt and reads them as compressed context (decoding exact ones exactly); other LLMs cannot.
     * ``"text"``: the original text.
@@ -74,7 +73,7 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
     ratio: float | None = Field(default=None, gt=1.0, description="Target ratio for mode='latent'.")
     min_chars: int = Field(default=0, ge=0, description="Nodes with fewer characters pass through unchanged.")
     batch_size: int = Field(default=32, ge=1, description="Texts compressed side by side per batch.")
-    content_form: Literal["auto", "text", "prompt", "code"] = Field(
+    content_form: Literal["auto", "text", "code"] = Field(
         default="auto", description="What the node's content becomes; see the class docstring."
     )
 
@@ -82,10 +81,6 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
         if self.mode == "exact" and self.ratio is not None:
             raise ConfigError(
                 "ratio applies to mode='latent'; the exact codec's ratio is set by the text itself"
-            )
-        if self.mode == "exact" and self.content_form == "prompt":
-            raise ConfigError(
-                "content_form='prompt' needs mode='latent': exact codes are not readable by an LLM"
             )
 
     @classmethod
@@ -129,7 +124,7 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
     def _compressed_copy(self, node: BaseNode, code: ZCode) -> BaseNode:
         form = self.content_form
         if form == "auto":
-            form = "prompt" if code.codec == "latent" else "text"
+            form = "code" if code.codec == "latent" else "text"
         new = (
             node.model_copy()
         )  # shallow: same id, relationships, embedding; own metadata and key lists below
@@ -137,8 +132,6 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
         new.excluded_embed_metadata_keys = list(node.excluded_embed_metadata_keys)
         new.excluded_llm_metadata_keys = list(node.excluded_llm_metadata_keys)
         add_code_metadata(new, code)
-        if form == "prompt":
-            new.set_content(code.to_prompt())
-        elif form == "code":
+        if form == "code":
             new.set_content(code.to_string())
         return new
