@@ -342,8 +342,11 @@ class ZCode:
         _at_most("segments", len(self.segments), lim.max_segments)
         _at_most("residual bytes", len(self.residual), lim.max_residual_bytes)
         _at_most("parameters", len(self.params), lim.max_params)
-        if any(s < 0 for s in self.segments):
-            raise CorruptCodeError(f"Z code has a negative segment size: {min(self.segments)}")
+        most_per_segment = max(lim.max_text_tokens, lim.max_z_ids)
+        if any(not 0 <= s <= most_per_segment for s in self.segments):
+            raise CorruptCodeError(
+                f"Z code has a segment size outside [0, {most_per_segment}]: {min(self.segments)}..{max(self.segments)}"
+            )
         for name, value in self.params.items():
             if len(name) > MAX_PARAM_NAME:
                 raise CorruptCodeError(
