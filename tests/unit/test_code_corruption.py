@@ -140,29 +140,38 @@ _STRAY = (
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_character_corruption_of_the_string_form_raises(name: str) -> None:
-    text = CODES[name].to_string()
-    n = 0
+    """Substitutions, deletions, truncations, insertions: all raise, except whitespace added around the string
+    (ignored by design: a trailing newline from a file), which must give back the same code."""
+    code = CODES[name]
+    text = code.to_string()
+    counts = {"raised": 0, "same": 0}
+
+    def check(value: str) -> None:
+        outcome = _accept_same_or_corrupt(code, ZCode.load, value)
+        counts[outcome] += 1
+        if outcome == "same":
+            assert value.strip(" \t\n\r\x0b\x0c") == text, repr(value)
+
     for pos in range(len(text)):
         for ch in _ALPHABET + _STRAY:
             if ch != text[pos]:
-                n += 1
-                with pytest.raises(CorruptCodeError):
-                    ZCode.load(text[:pos] + ch + text[pos + 1 :])
-        n += 2
-        with pytest.raises(CorruptCodeError):
-            ZCode.load(text[:pos] + text[pos + 1 :])  # deletion
-        with pytest.raises(CorruptCodeError):
-            ZCode.load(text[:pos])  # truncation
+                check(text[:pos] + ch + text[pos + 1 :])  # substitution
+        check(text[:pos] + text[pos + 1 :])  # deletion
+        check(text[:pos])  # truncation
         for ch in "A=\n ":
-            n += 1
-            with pytest.raises(CorruptCodeError):
-                ZCode.load(text[:pos] + ch + text[pos:])  # insertion
-    for variant in (text.upper(), text.lower(), text + "=", text + "\n", text.replace("zc1:", "ZC1:")):
-        n += 1
+            check(text[:pos] + ch + text[pos:])  # insertion
+    for variant in (
+        text.upper(),
+        text.lower(),
+        text + "=",
+        text + "A",
+        text.replace("zc1:", "ZC1:"),
+        text + "\n",
+    ):
         if variant != text:
-            with pytest.raises(CorruptCodeError):
-                ZCode.load(variant)
-    print(f"\n[string] {name}: {n} character corruptions raised")
+            check(variant)
+    assert counts["same"] <= 5  # whitespace before the string (2 insertions) or after it
+    print(f"\n[string] {name}: {sum(counts.values())} character corruptions: {counts}")
 
 
 # ---- JSON form -------------------------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ FORGED = {
     "chars without tokens": _forge(text_tokens=0, text_chars=5),
     "z_ids=2^40": _forge(n_z=2**40),
     "z_ids beyond payload": _forge(n_z=100, payload=b"\x00" * 10),
-    "k=2^40": _forge(k=2**40),
+    "k=2^64+1": _forge(k=2**64 + 1),
     "k=2^70-ish": _forge(raw_header=b"\xff" * 9 + b"\x7f" + b"\x00" * 6),
     "k=1": _forge(k=1),
     "varint of 11 bytes": _forge(raw_header=b"\x80" * 10 + b"\x01" + b"\x00" * 6),
@@ -387,7 +396,7 @@ def test_a_well_formed_forge_parses_so_the_cases_above_test_one_field_each() -> 
 
 JSON_FORGED = {
     "text_tokens=2^40": {"text_tokens": 2**40, "text_chars": 2**40},
-    "z_ids of 2^40 claimed via k": {"k": 2**40},
+    "k=2^65": {"k": 2**65},
     "params of 2^60": {"params": {"window": 2**60}},
     "100 params": {"params": {f"p{i}": 1 for i in range(100)}},
     "param name of 1000 chars": {"params": {"x" * 1000: 1}},
@@ -555,6 +564,9 @@ def test_real_latent_codes_pass_the_parse_checks_in_every_form(latent_codes) -> 
         for end in range(len(raw)):
             with pytest.raises(CorruptCodeError):
                 ZCode.from_bytes(raw[:end])
+        print(
+            f"\n[bytes] real latent ({code.z_tokens} Z ids): {8 * len(raw)} bit flips, {len(raw)} truncations raised"
+        )
 
 
 def test_residual_and_z_id_damage_of_a_legacy_json_latent_exact_code_is_caught(
@@ -605,3 +617,11 @@ def test_forged_latent_containers_raise_or_decode_the_original(tiny_latent_compr
     print(
         f"\n[decode] latent: {len(variants)} forged containers: {len(variants) - len(same)} raised, same: {same}"
     )
+
+
+@pytest.mark.parametrize("k", [2, 3, 4095, 4096, 4097, 2**53 + 1, 2**60 + 1, 2**63, 2**64])
+def test_ids_of_any_allowed_vocabulary_size_round_trip(k: int) -> None:
+    """Z ids are packed at exactly ceil(log2 k) bits (a float log2 undercounts for k just above 2^53)."""
+    code = _code(k=k, z_ids=(0, k - 1, k // 2, 1 % k, k - 1))
+    for form in (code.to_bytes(), code.to_string(), code.to_json()):
+        assert ZCode.load(form) == code

@@ -67,6 +67,7 @@ CodecKind = Literal["exact", "latent"]
 # Append only: the index of a name is part of the binary format.
 _KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start")
 _MAX_VARINT_BYTES = 10  # 70 bits: any larger field is malformed
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 
 # ---- limits a parsed code must respect -----------------------------------------------------------------------
 MAX_TEXT_TOKENS = 2**26
@@ -76,8 +77,10 @@ MAX_TEXT_CHARS = 2**28
 """Most characters (bytes, for a ``bytes`` original) a parsed code may claim."""
 MAX_Z_IDS = 2**26
 """Most Z ids in a parsed code (the binary form also needs ``ceil(log2 k)`` bits of payload for each)."""
-MAX_K = 2**24
-"""Largest Z vocabulary a parsed code may declare (the codecs use 4096)."""
+MAX_K = 2**64
+"""Largest Z vocabulary a parsed code may declare (the exact codec uses 4096; the latent token-group code counts
+every group of up to ``max_group`` tokens, about 2^62 for SmolLM2's vocabulary and groups of 4). Z ids are packed
+at ``ceil(log2 k)`` bits, so the payload bounds their number whatever ``k`` is."""
 MAX_SEGMENTS = 2**22
 """Most segments (latent windows) in a parsed code; a latent segment holds at least its share of Z ids."""
 MAX_SEGMENT_LEN = 2**16
@@ -209,7 +212,8 @@ class _Reader:
 
 
 def _bits_per_id(k: int) -> int:
-    return max(1, math.ceil(math.log2(k)))
+    """``ceil(log2 k)``, exactly (a float log2 rounds down for k just above a large power of two)."""
+    return max(1, (k - 1).bit_length())
 
 
 def _pack_ids(ids: tuple[int, ...], width: int) -> bytes:
@@ -522,8 +526,12 @@ class ZCode:
     @classmethod
     def from_string(cls, text: str, *, limits: CodeLimits | None = None) -> ZCode:
         """Parse :meth:`to_string` output: ``zc1:`` then canonical URL-safe base64 (padded, no other characters),
-        so that any damaged character is caught even where base64 itself would ignore it."""
-        if not isinstance(text, str) or not text.startswith(_STRING_PREFIX):
+        so that any damaged character is caught even where base64 itself would ignore it. ASCII whitespace around
+        the string is ignored."""
+        if not isinstance(text, str):
+            raise CorruptCodeError(f"a Z code string is a str; got {type(text).__name__}")
+        text = text.strip(_ASCII_WHITESPACE)  # a trailing newline from a file, indentation in a log
+        if not text.startswith(_STRING_PREFIX):
             raise CorruptCodeError(f"not a Z code string: it must start with {_STRING_PREFIX!r}")
         payload = text[len(_STRING_PREFIX) :]
         if not payload.isascii():
