@@ -22,7 +22,8 @@ decoder reads zeros past the end of the stream, so a very predictable text codes
 :class:`CodeLimits`, whose defaults (``DEFAULT_LIMITS``) are far above anything the codecs make; pass your own
 ``limits=`` to any parser to tighten or widen them. The binary and string forms end with a CRC-32 over every byte;
 the JSON form carries the same CRC-32 (``"crc32"``) over the binary form of its fields, so a damaged field of any
-form is caught at parse time. The string form must be canonical base64 (no stray characters, padding or bits).
+form is caught at parse time. The string form must be canonical base64 (no stray characters, padding or bits;
+whitespace around the whole string is ignored).
 
 This module is pure Python (no torch), so codes can be stored, sent and inspected without loading a model.
 """
@@ -52,7 +53,14 @@ __all__ = [
     "MAX_SEGMENTS",
     "MAX_SEGMENT_LEN",
     "MAX_PARAMS",
+    "MAX_PARAM_NAME",
     "MAX_PARAM_VALUE",
+    "MAX_RESIDUAL_BYTES",
+    "MAX_THREADS",
+    "MAX_LANES",
+    "MAX_WINDOW",
+    "MAX_TOKEN_ID",
+    "FREQ_BITS_RANGE",
     "text_checksum",
     "z_token_string",
 ]
