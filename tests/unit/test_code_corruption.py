@@ -26,6 +26,8 @@ import zlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zcompress_integrations import ChecksumMismatchError, CorruptCodeError, ZCode, ZCompressError
 from zcompress_integrations.core.zcode import DEFAULT_LIMITS, CodeLimits, _put_varint
@@ -625,3 +627,73 @@ def test_ids_of_any_allowed_vocabulary_size_round_trip(k: int) -> None:
     code = _code(k=k, z_ids=(0, k - 1, k // 2, 1 % k, k - 1))
     for form in (code.to_bytes(), code.to_string(), code.to_json()):
         assert ZCode.load(form) == code
+
+
+# ---- fuzz: arbitrary input to every parser --------------------------------------------------------------------
+def _with_crc(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=64).map(lambda b: b"ZC\x01" + b),
+        st.builds(  # a plausible header, then anything
+            lambda flags, fields, rest: b"ZC\x01" + bytes([flags]) + _varints(*fields) + rest,
+            st.integers(0, 3),
+            st.lists(st.integers(0, 2**45), min_size=5, max_size=12),
+            st.binary(max_size=48),
+        ),
+    )
+)
+def test_any_binary_with_a_valid_crc_raises_or_parses_canonically(body: bytes) -> None:
+    """Forged bytes (a valid CRC over anything): CorruptCodeError, or a code within the limits whose own binary
+    form is exactly the input (one code, one byte string: nothing unread, nothing non-canonical)."""
+    raw = _with_crc(body)
+    try:
+        code = ZCode.from_bytes(raw)
+    except CorruptCodeError:
+        return
+    code.check_limits()
+    assert code.to_bytes() == raw
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(
+    data=st.one_of(
+        st.dictionaries(
+            st.sampled_from(sorted(CODES["latent_residual"].to_dict())), _json_values, max_size=16
+        ),
+        st.builds(  # a real code's dict with some fields replaced by anything
+            lambda repl: {**CODES["latent_residual"].to_dict(), **repl},
+            st.dictionaries(
+                st.sampled_from(sorted(CODES["latent_residual"].to_dict())), _json_values, max_size=3
+            ),
+        ),
+    )
+)
+def test_any_dict_raises_or_parses(data: dict[str, Any]) -> None:
+    try:
+        code = ZCode.from_dict(data)
+    except CorruptCodeError:
+        return
+    code.check_limits()
+    assert ZCode.from_bytes(code.to_bytes()) == code
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    value=st.one_of(
+        st.text(max_size=80), st.text(max_size=80).map(lambda t: "zc1:" + t), st.binary(max_size=80)
+    )
+)
+def test_any_text_or_bytes_to_load_raises_corrupt_code(value: str | bytes) -> None:
+    with pytest.raises(CorruptCodeError):
+        ZCode.load(value)

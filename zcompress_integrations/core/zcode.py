@@ -203,6 +203,8 @@ class _Reader:
             byte = self.take(1)[0]
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
+                if byte == 0 and i:  # an over-long encoding: one code, one byte string
+                    raise CorruptCodeError("Z code has a malformed integer field (over-long encoding)")
                 return value
         raise CorruptCodeError("Z code has a malformed integer field (longer than 10 bytes)")
 
