@@ -23,7 +23,12 @@ class ConfigError(ZCompressError, ValueError):
 
 
 class CorruptCodeError(ZCompressError, ValueError):
-    """The bytes or string given as a Z code are truncated, damaged or not a Z code at all."""
+    """The bytes, string or JSON given as a Z code are truncated, damaged, forged or not a Z code at all.
+
+    Raised at parse time, before any decoding, also for a code that declares sizes beyond
+    :class:`~zcompress_integrations.core.zcode.CodeLimits` (a header claiming 2^40 tokens), and by the decoders when
+    a code's content cannot be what its container says.
+    """
 
 
 class ModelMismatchError(ZCompressError):
@@ -39,7 +44,9 @@ class ChecksumMismatchError(ZCompressError):
 
 
 class UnsupportedTextError(ZCompressError, ValueError):
-    """The input cannot be coded (for example, it is not a ``str``/``bytes``)."""
+    """The input cannot be coded: it is not a ``str``/``bytes``, or it is a ``str`` holding a character UTF-8 cannot
+    encode (a lone surrogate such as ``"\\ud800"``; code its bytes instead: ``text.encode("utf-8", "surrogatepass")``).
+    """
 
 
 class LatentUnavailableError(ZCompressError):

@@ -14,6 +14,17 @@ of the backbone (+ adapters) that made it, and a checksum of the original text. 
   is also the form a latent code takes in a prompt: ``ZCompressor.generate`` (and so ``ChatZCompress`` and
   ``ZCompressLLM``) finds ``zc1:`` strings in its context and feeds their Z-tokens to the reader.
 
+Hostile input. Every parser (``from_bytes``, ``from_string``, ``from_json``, ``from_dict``, ``load``) treats its
+input as untrusted: whatever is wrong with it (damage, truncation, a forged header, a wrong type) raises
+:class:`CorruptCodeError` before any decoding starts, and nothing is allocated or looped over beyond what the
+input's own length justifies. Sizes a payload cannot bound by itself (an exact code's text length: the arithmetic
+decoder reads zeros past the end of the stream, so a very predictable text codes to very few bits) are bounded by
+:class:`CodeLimits`, whose defaults (``DEFAULT_LIMITS``) are far above anything the codecs make; pass your own
+``limits=`` to any parser to tighten or widen them. The binary and string forms end with a CRC-32 over every byte;
+the JSON form carries the same CRC-32 (``"crc32"``) over the binary form of its fields, so a damaged field of any
+form is caught at parse time. The string form must be canonical base64 (no stray characters, padding or bits;
+whitespace around the whole string is ignored).
+
 This module is pure Python (no torch), so codes can be stored, sent and inspected without loading a model.
 """
 
@@ -28,9 +39,30 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from zcompress_integrations.errors import CorruptCodeError
+from zcompress_integrations.errors import ConfigError, CorruptCodeError
 
-__all__ = ["ZCode", "FORMAT_VERSION", "text_checksum"]
+__all__ = [
+    "ZCode",
+    "CodeLimits",
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "MAX_TEXT_TOKENS",
+    "MAX_TEXT_CHARS",
+    "MAX_Z_IDS",
+    "MAX_K",
+    "MAX_SEGMENTS",
+    "MAX_SEGMENT_LEN",
+    "MAX_PARAMS",
+    "MAX_PARAM_NAME",
+    "MAX_PARAM_VALUE",
+    "MAX_RESIDUAL_BYTES",
+    "MAX_THREADS",
+    "MAX_LANES",
+    "MAX_WINDOW",
+    "MAX_TOKEN_ID",
+    "FREQ_BITS_RANGE",
+    "text_checksum",
+]
 
 FORMAT_VERSION = 1
 _MAGIC = b"ZC"
@@ -41,6 +73,87 @@ CodecKind = Literal["exact", "latent"]
 # Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
 # Append only: the index of a name is part of the binary format.
 _KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start")
+_MAX_VARINT_BYTES = 10  # 70 bits: any larger field is malformed
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
+
+# ---- limits a parsed code must respect -----------------------------------------------------------------------
+MAX_TEXT_TOKENS = 2**26
+"""Most text tokens a parsed code may claim (67M tokens, about 250 MB of English): the exact decoder runs one model
+step per text token, and its payload cannot bound that count (see the module docstring)."""
+MAX_TEXT_CHARS = 2**28
+"""Most characters (bytes, for a ``bytes`` original) a parsed code may claim."""
+MAX_Z_IDS = 2**26
+"""Most Z ids in a parsed code (the binary form also needs ``ceil(log2 k)`` bits of payload for each)."""
+MAX_K = 2**64
+"""Largest Z vocabulary a parsed code may declare (the exact codec uses 4096; the latent token-group code counts
+every group of up to ``max_group`` tokens, about 2^62 for SmolLM2's vocabulary and groups of 4). Z ids are packed
+at ``ceil(log2 k)`` bits, so the payload bounds their number whatever ``k`` is."""
+MAX_SEGMENTS = 2**22
+"""Most segments (latent windows) in a parsed code; a latent segment holds at least its share of Z ids."""
+MAX_SEGMENT_LEN = 2**16
+"""Largest ``segment_len`` parameter (text tokens per latent segment; the latent decoder runs up to
+``segment_len + 1`` steps per segment)."""
+MAX_PARAMS = 64
+"""Most named parameters in a parsed code (the codecs store at most nine)."""
+MAX_PARAM_NAME = 64
+"""Longest parameter name, in ASCII characters."""
+MAX_PARAM_VALUE = 2**31 - 1
+"""Largest value of any parameter (the codecs' largest is a token id)."""
+MAX_RESIDUAL_BYTES = 2**28
+"""Longest residual (the latent codec's exact-mode bytes)."""
+MAX_THREADS = 1024
+"""Largest thread count a code may ask the decoder to run with (it must decode with the encoder's count)."""
+MAX_LANES = 64
+"""Largest lane count of the step-wise coders (``entropy.MAX_LANES``)."""
+MAX_WINDOW = 2**20
+"""Largest exact-codec window, in tokens."""
+FREQ_BITS_RANGE = (16, 24)
+"""Allowed frequency-table precision: at most ``arithmetic.MAX_TOTAL_BITS``; at least 16 bits, so the table can
+give every symbol of a 49k-token vocabulary (plus 256 byte ids) a non-zero share."""
+MAX_TOKEN_ID = 2**24
+"""Largest token id a parameter may name (``start``)."""
+_UTF8_MAX_BYTES_PER_CHAR = 4
+
+
+@dataclass(frozen=True)
+class CodeLimits:
+    """Bounds every parser checks before a code is decoded (see the module docstring; defaults: the ``MAX_*``
+    constants of this module). A code beyond them raises :class:`CorruptCodeError`: raise a limit only for codes
+    from a source you trust.
+
+    Attributes:
+        max_text_tokens: most text tokens a code may claim.
+        max_text_chars: most characters (bytes, for ``bytes``) a code may claim.
+        max_z_ids: most Z ids.
+        max_k: largest Z vocabulary.
+        max_segments: most segments.
+        max_segment_len: largest ``segment_len`` parameter.
+        max_params: most named parameters.
+        max_param_value: largest parameter value.
+        max_residual_bytes: longest residual.
+        max_threads: largest ``threads`` parameter.
+        max_window: largest ``window`` parameter.
+    """
+
+    max_text_tokens: int = MAX_TEXT_TOKENS
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_z_ids: int = MAX_Z_IDS
+    max_k: int = MAX_K
+    max_segments: int = MAX_SEGMENTS
+    max_segment_len: int = MAX_SEGMENT_LEN
+    max_params: int = MAX_PARAMS
+    max_param_value: int = MAX_PARAM_VALUE
+    max_residual_bytes: int = MAX_RESIDUAL_BYTES
+    max_threads: int = MAX_THREADS
+    max_window: int = MAX_WINDOW
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"CodeLimits.{name} must be a positive int; got {value!r}")
+
+
+DEFAULT_LIMITS = CodeLimits()
 
 
 def text_checksum(data: bytes) -> bytes:
@@ -65,45 +178,87 @@ class _Reader:
         self.data = data
         self.pos = 0
 
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
     def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
+        if n < 0 or n > self.remaining:
             raise CorruptCodeError(
-                f"Z code is truncated: needed {n} more bytes at offset {self.pos}, have {len(self.data) - self.pos}"
+                f"Z code is truncated: needed {n} more bytes at offset {self.pos}, have {self.remaining}"
             )
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
     def varint(self) -> int:
-        value = shift = 0
-        while True:
+        value = 0
+        for i in range(_MAX_VARINT_BYTES):
             byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
+            value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
+                if byte == 0 and i:  # an over-long encoding: one code, one byte string
+                    raise CorruptCodeError("Z code has a malformed integer field (over-long encoding)")
                 return value
-            shift += 7
-            if shift > 63:
-                raise CorruptCodeError("Z code has a malformed integer field")
+        raise CorruptCodeError("Z code has a malformed integer field (longer than 10 bytes)")
+
+    def count(self, what: str, limit: int, min_bytes_each: int = 1) -> int:
+        """A varint that counts the items that follow, each taking at least ``min_bytes_each`` bytes: checked
+        against ``limit`` and against the bytes left, before any item is read."""
+        n = self.varint()
+        if n > limit:
+            raise CorruptCodeError(f"Z code declares {n} {what}; at most {limit} are allowed")
+        if n * min_bytes_each > self.remaining:
+            raise CorruptCodeError(
+                f"Z code declares {n} {what}, but only {self.remaining} bytes follow: it is truncated or forged"
+            )
+        return n
 
 
 def _bits_per_id(k: int) -> int:
-    return max(1, math.ceil(math.log2(k)))
+    """``ceil(log2 k)``, exactly (a float log2 rounds down for k just above a large power of two)."""
+    return max(1, (k - 1).bit_length())
 
 
 def _pack_ids(ids: tuple[int, ...], width: int) -> bytes:
-    acc = 0
+    """Big-endian bit packing, ``width`` bits per id, zero-padded to whole bytes (linear time)."""
+    out = bytearray()
+    acc = n_acc = 0
     for z in ids:
         acc = (acc << width) | z
-    n_bits = width * len(ids)
-    pad = (-n_bits) % 8
-    return (acc << pad).to_bytes((n_bits + pad) // 8, "big") if ids else b""
+        n_acc += width
+        while n_acc >= 8:
+            n_acc -= 8
+            out.append((acc >> n_acc) & 0xFF)
+        acc &= (1 << n_acc) - 1
+    if n_acc:
+        out.append((acc << (8 - n_acc)) & 0xFF)
+    return bytes(out)
 
 
 def _unpack_ids(data: bytes, count: int, width: int) -> tuple[int, ...]:
-    n_bits = width * count
-    acc = int.from_bytes(data, "big") >> ((-n_bits) % 8)
+    """Inverse of :func:`_pack_ids` (linear time); ``data`` holds exactly ``ceil(width * count / 8)`` bytes."""
+    ids = []
     mask = (1 << width) - 1
-    return tuple((acc >> (width * (count - 1 - i))) & mask for i in range(count))
+    acc = n_acc = 0
+    it = iter(data)
+    for _ in range(count):
+        while n_acc < width:
+            acc = (acc << 8) | next(it)
+            n_acc += 8
+        n_acc -= width
+        ids.append((acc >> n_acc) & mask)
+        acc &= (1 << n_acc) - 1
+    if acc:
+        raise CorruptCodeError("Z code has non-zero padding bits after its last Z id")
+    return tuple(ids)
+
+
+def _at_most(what: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise CorruptCodeError(
+            f"Z code declares {value} {what}; at most {limit} are allowed (see CodeLimits)"
+        )
 
 
 @dataclass(frozen=True)
@@ -178,6 +333,71 @@ class ZCode:
         """``bits`` per character of the original (per byte when the original was bytes)."""
         return self.bits / self.text_chars if self.text_chars else 0.0
 
+    # ---- limits ------------------------------------------------------------------------------------------
+    def check_limits(self, limits: CodeLimits | None = None) -> None:
+        """Raise :class:`CorruptCodeError` unless every size and parameter of this code is within ``limits``
+        (default :data:`DEFAULT_LIMITS`) and consistent with the rest of the code. Every parser calls this; call
+        it yourself on a ``ZCode`` built from untrusted fields."""
+        lim = limits or DEFAULT_LIMITS
+        if self.version != FORMAT_VERSION:
+            raise CorruptCodeError(
+                f"Z code format version {self.version} is not supported (reads {FORMAT_VERSION})"
+            )
+        _at_most("the Z vocabulary size k", self.k, lim.max_k)
+        _at_most("text tokens", self.text_tokens, lim.max_text_tokens)
+        _at_most("text characters", self.text_chars, lim.max_text_chars)
+        _at_most("Z ids", len(self.z_ids), lim.max_z_ids)
+        _at_most("segments", len(self.segments), lim.max_segments)
+        _at_most("residual bytes", len(self.residual), lim.max_residual_bytes)
+        _at_most("parameters", len(self.params), lim.max_params)
+        most_per_segment = max(lim.max_text_tokens, lim.max_z_ids)
+        if any(not 0 <= s <= most_per_segment for s in self.segments):
+            raise CorruptCodeError(
+                f"Z code has a segment size outside [0, {most_per_segment}]: {min(self.segments)}..{max(self.segments)}"
+            )
+        for name, value in self.params.items():
+            if len(name) > MAX_PARAM_NAME:
+                raise CorruptCodeError(
+                    f"Z code has a parameter name of {len(name)} characters (at most {MAX_PARAM_NAME})"
+                )
+            if not 0 <= value <= lim.max_param_value:
+                raise CorruptCodeError(
+                    f"Z code parameter {name}={value} is outside [0, {lim.max_param_value}]"
+                )
+        p = self.params
+        ranges = {
+            "window": (2, lim.max_window),
+            "lanes": (1, MAX_LANES),
+            "lane0": (0, p.get("lanes", MAX_LANES) - 1),
+            "threads": (1, lim.max_threads),
+            "freq_bits": FREQ_BITS_RANGE,
+            "start": (0, MAX_TOKEN_ID - 1),
+            "segment_len": (1, lim.max_segment_len),
+        }
+        for name, (low, high) in ranges.items():
+            if name in p and not low <= p[name] <= high:
+                raise CorruptCodeError(f"Z code parameter {name}={p[name]} is outside [{low}, {high}]")
+        if self.codec == "exact":
+            # every token stands for at least one byte, and a character is at most 4 UTF-8 bytes
+            most = self.text_chars * (1 if self.is_bytes else _UTF8_MAX_BYTES_PER_CHAR)
+            if self.text_tokens > most or (self.text_tokens == 0) != (self.text_chars == 0):
+                raise CorruptCodeError(
+                    f"exact Z code claims {self.text_tokens} text tokens for {self.text_chars} "
+                    f"{'bytes' if self.is_bytes else 'characters'}: impossible"
+                )
+        else:
+            # latent: segments hold the Z ids between them, and a segment at most segment_len text tokens
+            if sum(self.segments) != len(self.z_ids):
+                raise CorruptCodeError(
+                    f"latent Z code's segments hold {sum(self.segments)} Z ids, but it has {len(self.z_ids)}"
+                )
+            seg_len = p.get("segment_len", lim.max_segment_len)
+            if self.text_tokens > len(self.segments) * seg_len:
+                raise CorruptCodeError(
+                    f"latent Z code claims {self.text_tokens} text tokens in {len(self.segments)} segments of at "
+                    f"most {seg_len}: impossible"
+                )
+
     # ---- binary form -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Compact binary form; see the module docstring for the layout."""
@@ -206,10 +426,12 @@ class ZCode:
         return bytes(out)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ZCode:
-        """Parse :meth:`to_bytes` output. Raises :class:`CorruptCodeError` on damaged, truncated or foreign bytes."""
+    def from_bytes(cls, data: bytes, *, limits: CodeLimits | None = None) -> ZCode:
+        """Parse :meth:`to_bytes` output. Raises :class:`CorruptCodeError` on damaged, truncated, forged or foreign
+        bytes, and on codes beyond ``limits`` (default :data:`DEFAULT_LIMITS`)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CorruptCodeError(f"a Z code is bytes; got {type(data).__name__}")
+        lim = limits or DEFAULT_LIMITS
         data = bytes(data)
         if len(data) < 4 or data[:2] != _MAGIC:
             raise CorruptCodeError("not a Z code: the data does not start with the 'ZC' marker")
@@ -227,12 +449,29 @@ class ZCode:
                 f"{FORMAT_VERSION}); upgrade zcompress-integrations"
             )
         flags = data[3]
-        reader = _Reader(body)
+        if flags & ~(_FLAG_LATENT | _FLAG_BYTES):
+            raise CorruptCodeError(f"Z code has unknown flags {flags:#04x}")
+        reader = _Reader(body[:-8])  # fingerprint and checksum are the last 8 bytes of the body
         reader.pos = 4
-        k, text_tokens, text_chars, n_z, n_seg = (reader.varint() for _ in range(5))
+        # Every size is checked against the limits and against the bytes left before anything is allocated.
+        k = reader.varint()
+        if not 2 <= k <= lim.max_k:
+            raise CorruptCodeError(
+                f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
+            )
+        text_tokens, text_chars = reader.varint(), reader.varint()
+        _at_most("text tokens", text_tokens, lim.max_text_tokens)
+        _at_most("text characters", text_chars, lim.max_text_chars)
+        width = _bits_per_id(k)
+        n_z = reader.count("Z ids", lim.max_z_ids, 0)
+        if (width * n_z + 7) // 8 > reader.remaining:
+            raise CorruptCodeError(
+                f"Z code declares {n_z} Z ids of {width} bits, but only {reader.remaining} bytes follow"
+            )
+        n_seg = reader.count("segments", lim.max_segments)
         segments = tuple(reader.varint() for _ in range(n_seg))
         params: dict[str, int] = {}
-        for _ in range(reader.varint()):
+        for _ in range(reader.count("parameters", lim.max_params, 3)):
             size = reader.varint()
             if size == 0:
                 index = reader.varint()
@@ -240,22 +479,26 @@ class ZCode:
                     raise CorruptCodeError(f"Z code names an unknown parameter #{index}")
                 name = _KNOWN_PARAMS[index]
             else:
-                try:
-                    name = reader.take(size).decode("ascii")
-                except UnicodeDecodeError as exc:
-                    raise CorruptCodeError("Z code has a malformed parameter name") from exc
+                if size > MAX_PARAM_NAME:
+                    raise CorruptCodeError(
+                        f"Z code has a parameter name of {size} bytes (at most {MAX_PARAM_NAME})"
+                    )
+                raw = reader.take(size)
+                if not raw.isascii():
+                    raise CorruptCodeError("Z code has a malformed parameter name (not ASCII)")
+                name = raw.decode("ascii")
+            if name in params:
+                raise CorruptCodeError(f"Z code names parameter {name!r} twice")
             params[name] = reader.varint()
         n_residual = reader.varint()
-        if k < 2:
-            raise CorruptCodeError(f"Z code declares an impossible vocabulary size k={k}")
-        width = _bits_per_id(k)
+        _at_most("residual bytes", n_residual, lim.max_residual_bytes)
         z_ids = _unpack_ids(reader.take((width * n_z + 7) // 8), n_z, width)
         residual = reader.take(n_residual)
-        fingerprint, checksum = reader.take(4), reader.take(4)
-        if reader.pos != len(body):
-            raise CorruptCodeError(f"Z code has {len(body) - reader.pos} unexpected trailing bytes")
+        if reader.remaining:
+            raise CorruptCodeError(f"Z code has {reader.remaining} unexpected trailing bytes")
+        fingerprint, checksum = body[-8:-4], body[-4:]
         try:
-            return cls(
+            code = cls(
                 z_ids=z_ids,
                 codec="latent" if flags & _FLAG_LATENT else "exact",
                 k=k,
@@ -271,6 +514,8 @@ class ZCode:
             )
         except ValueError as exc:
             raise CorruptCodeError(f"Z code fields are inconsistent: {exc}") from exc
+        code.check_limits(lim)
+        return code
 
     # ---- string and JSON forms ---------------------------------------------------------------------------
     def to_string(self) -> str:
@@ -278,18 +523,29 @@ class ZCode:
         return _STRING_PREFIX + base64.urlsafe_b64encode(self.to_bytes()).decode("ascii")
 
     @classmethod
-    def from_string(cls, text: str) -> ZCode:
-        """Parse :meth:`to_string` output."""
-        if not isinstance(text, str) or not text.startswith(_STRING_PREFIX):
+    def from_string(cls, text: str, *, limits: CodeLimits | None = None) -> ZCode:
+        """Parse :meth:`to_string` output: ``zc1:`` then canonical URL-safe base64 (padded, no other characters),
+        so that any damaged character is caught even where base64 itself would ignore it. ASCII whitespace around
+        the string is ignored."""
+        if not isinstance(text, str):
+            raise CorruptCodeError(f"a Z code string is a str; got {type(text).__name__}")
+        text = text.strip(_ASCII_WHITESPACE)  # a trailing newline from a file, indentation in a log
+        if not text.startswith(_STRING_PREFIX):
             raise CorruptCodeError(f"not a Z code string: it must start with {_STRING_PREFIX!r}")
+        payload = text[len(_STRING_PREFIX) :]
+        if not payload.isascii():
+            raise CorruptCodeError("Z code string is not valid base64: it holds non-ASCII characters")
         try:
-            raw = base64.urlsafe_b64decode(text[len(_STRING_PREFIX) :].encode("ascii"))
-        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+            raw = base64.b64decode(payload, altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise CorruptCodeError(f"Z code string is not valid base64: {exc}") from exc
-        return cls.from_bytes(raw)
+        if base64.urlsafe_b64encode(raw).decode("ascii") != payload:
+            raise CorruptCodeError("Z code string is not canonical URL-safe base64: it was altered")
+        return cls.from_bytes(raw, limits=limits)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict of every field plus the derived figures (ratio, bits, bits_per_char)."""
+        """Plain-JSON dict of every field plus the derived figures (ratio, bits, bits_per_char) and ``crc32``,
+        the hex CRC-32 that ends :meth:`to_bytes` (checked by :meth:`from_dict` when present)."""
         return {
             "version": self.version,
             "codec": self.codec,
@@ -303,6 +559,7 @@ class ZCode:
             "residual": base64.b64encode(self.residual).decode("ascii"),
             "fingerprint": self.fingerprint.hex(),
             "checksum": self.checksum.hex(),
+            "crc32": self.to_bytes()[-4:].hex(),
             "ratio": self.ratio,
             "bits": self.bits,
             "bits_per_char": self.bits_per_char,
@@ -312,52 +569,95 @@ class ZCode:
         return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ZCode:
+    def from_dict(cls, data: dict[str, Any], *, limits: CodeLimits | None = None) -> ZCode:
+        """Parse :meth:`to_dict` output. Field types are checked strictly (an integer field takes an ``int``, or a
+        ``float`` with an integral value; no strings, no booleans); the derived figures are ignored; ``crc32``, when
+        present, must match the fields (codes written before it existed have none)."""
+        if not isinstance(data, dict):
+            raise CorruptCodeError(f"a Z code dict must be a dict; got {type(data).__name__}")
+        lim = limits or DEFAULT_LIMITS
+        missing = [key for key in _REQUIRED_KEYS if key not in data]
+        if missing:
+            raise CorruptCodeError(f"not a valid Z code JSON object: missing keys {missing}")
+        version = _int_field(data, "version")
+        if version != FORMAT_VERSION:
+            raise CorruptCodeError(
+                f"Z code format version {version} is not supported (reads {FORMAT_VERSION})"
+            )
+        k = _int_field(data, "k")
+        if not 2 <= k <= lim.max_k:
+            raise CorruptCodeError(
+                f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
+            )
+        codec = data["codec"]
+        if codec not in ("exact", "latent"):
+            raise CorruptCodeError(f"Z code field 'codec' must be 'exact' or 'latent'; got {codec!r}")
+        is_bytes = data.get("is_bytes", False)
+        if type(is_bytes) is not bool:
+            raise CorruptCodeError(f"Z code field 'is_bytes' must be true or false; got {is_bytes!r}")
+        params = data.get("params", {})
+        if not isinstance(params, dict):
+            raise CorruptCodeError(f"Z code field 'params' must be an object; got {type(params).__name__}")
         try:
-            version = int(data["version"])
-            if version != FORMAT_VERSION:
-                raise CorruptCodeError(f"Z code format version {version} is not supported")
-            return cls(
-                z_ids=tuple(data["z_ids"]),
-                codec=data["codec"],
-                k=int(data["k"]),
-                text_tokens=int(data["text_tokens"]),
-                text_chars=int(data["text_chars"]),
-                checksum=bytes.fromhex(data["checksum"]),
-                fingerprint=bytes.fromhex(data["fingerprint"]),
-                is_bytes=bool(data.get("is_bytes", False)),
-                residual=base64.b64decode(data.get("residual", "")),
-                segments=tuple(data.get("segments", ())),
-                params=dict(data.get("params", {})),
+            code = cls(
+                z_ids=_int_list(data, "z_ids", lim.max_z_ids),
+                codec=codec,
+                k=k,
+                text_tokens=_int_field(data, "text_tokens"),
+                text_chars=_int_field(data, "text_chars"),
+                checksum=_hex_field(data, "checksum"),
+                fingerprint=_hex_field(data, "fingerprint"),
+                is_bytes=is_bytes,
+                residual=_base64_field(data, "residual"),
+                segments=_int_list(data, "segments", lim.max_segments, required=False),
+                params={str(name): _int_field(params, name, "params.") for name in params},
                 version=version,
             )
-        except CorruptCodeError:
-            raise
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise CorruptCodeError(f"not a valid Z code JSON object: {exc!r}") from exc
+        except ValueError as exc:  # the constructor's own checks (z ids out of range, bad names...)
+            if isinstance(exc, CorruptCodeError):
+                raise
+            raise CorruptCodeError(f"not a valid Z code JSON object: {exc}") from exc
+        code.check_limits(lim)
+        if "crc32" in data:
+            expected = code.to_bytes()[-4:].hex()
+            if data["crc32"] != expected:
+                raise CorruptCodeError(
+                    "Z code JSON is corrupted (its crc32 does not match its fields): it was altered in storage or "
+                    "transit"
+                )
+        return code
 
     @classmethod
-    def from_json(cls, text: str) -> ZCode:
+    def from_json(cls, text: str | bytes, *, limits: CodeLimits | None = None) -> ZCode:
+        """Parse :meth:`to_json` output (see :meth:`from_dict`)."""
+        if not isinstance(text, str | bytes | bytearray):
+            raise CorruptCodeError(f"Z code JSON must be a str; got {type(text).__name__}")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CorruptCodeError(f"Z code JSON does not parse: {exc}") from exc
+        # ValueError: JSONDecodeError, bad UTF-8, integers over the int-digits limit; RecursionError: deep nesting
+        except (ValueError, RecursionError) as exc:
+            raise CorruptCodeError(f"Z code JSON does not parse: {str(exc)[:200]}") from exc
         if not isinstance(data, dict):
             raise CorruptCodeError("Z code JSON must be an object")
-        return cls.from_dict(data)
+        return cls.from_dict(data, limits=limits)
 
     @classmethod
-    def load(cls, value: ZCode | bytes | str | dict[str, Any]) -> ZCode:
-        """Accept any of the forms: a ZCode, its bytes, its ``zc1:`` string, its JSON string or dict."""
+    def load(cls, value: ZCode | bytes | str | dict[str, Any], *, limits: CodeLimits | None = None) -> ZCode:
+        """Accept any of the forms: a ZCode, its bytes, its ``zc1:`` string, its JSON string or dict.
+
+        Bytes, strings and dicts are untrusted input (see the module docstring); a ``ZCode`` object is returned
+        as it is (call :meth:`check_limits` on one built from untrusted fields)."""
         if isinstance(value, ZCode):
             return value
         if isinstance(value, bytes | bytearray | memoryview):
-            return cls.from_bytes(bytes(value))
+            return cls.from_bytes(bytes(value), limits=limits)
         if isinstance(value, dict):
-            return cls.from_dict(value)
+            return cls.from_dict(value, limits=limits)
         if isinstance(value, str):
             stripped = value.lstrip()
-            return cls.from_json(value) if stripped.startswith("{") else cls.from_string(value)
+            if stripped.startswith("{"):
+                return cls.from_json(value, limits=limits)
+            return cls.from_string(value, limits=limits)
         raise CorruptCodeError(f"cannot read a Z code from {type(value).__name__}")
 
     def __repr__(self) -> str:
@@ -365,3 +665,53 @@ class ZCode:
             f"ZCode(codec={self.codec!r}, z_tokens={self.z_tokens}, text_tokens={self.text_tokens}, "
             f"ratio={self.ratio:.2f}, bits_per_char={self.bits_per_char:.3f})"
         )
+
+
+# ---- strict JSON field readers --------------------------------------------------------------------------------
+_REQUIRED_KEYS = ("version", "codec", "k", "z_ids", "text_tokens", "text_chars", "checksum", "fingerprint")
+
+
+def _as_int(value: Any, where: str) -> int:
+    if type(value) is int:
+        if value < 0:
+            raise CorruptCodeError(f"Z code field {where!r} must be >= 0; got {value}")
+        return value
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    raise CorruptCodeError(f"Z code field {where!r} must be a non-negative integer; got {value!r:.80}")
+
+
+def _int_field(data: dict[str, Any], key: str, prefix: str = "") -> int:
+    return _as_int(data[key], prefix + str(key))
+
+
+def _int_list(data: dict[str, Any], key: str, limit: int, required: bool = True) -> tuple[int, ...]:
+    value = data[key] if required else data.get(key, [])
+    if not isinstance(value, list | tuple):
+        raise CorruptCodeError(f"Z code field {key!r} must be a list of integers; got {type(value).__name__}")
+    if len(value) > limit:
+        raise CorruptCodeError(f"Z code field {key!r} has {len(value)} items; at most {limit} are allowed")
+    return tuple(_as_int(v, key) for v in value)
+
+
+def _hex_field(data: dict[str, Any], key: str) -> bytes:
+    value = data[key]
+    if not isinstance(value, str) or len(value) != 8:
+        raise CorruptCodeError(f"Z code field {key!r} must be 8 hex digits; got {value!r:.80}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise CorruptCodeError(f"Z code field {key!r} must be 8 hex digits; got {value!r}") from exc
+
+
+def _base64_field(data: dict[str, Any], key: str) -> bytes:
+    value = data.get(key, "")
+    if not isinstance(value, str) or not value.isascii():
+        raise CorruptCodeError(f"Z code field {key!r} must be a base64 string; got {type(value).__name__}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CorruptCodeError(f"Z code field {key!r} is not valid base64: {exc}") from exc
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise CorruptCodeError(f"Z code field {key!r} is not canonical base64: it was altered")
+    return raw
