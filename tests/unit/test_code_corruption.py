@@ -510,12 +510,6 @@ def test_forged_exact_containers_raise_or_decode_the_original(tiny_compressor, e
     print(f"\n[decode] exact: {sum(counts.values())} forged containers: {counts}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="core/entropy.py EntropyCodec.check_compatible does not bound params['start'] by the vocabulary: "
-    "a start id >= the model's vocabulary raises IndexError from the embedding",
-)
 def test_forged_start_token_beyond_the_vocabulary_raises_a_zcompress_error(
     tiny_compressor, exact_code
 ) -> None:
@@ -523,13 +517,6 @@ def test_forged_start_token_beyond_the_vocabulary_raises_a_zcompress_error(
     _decode_outcome(tiny_compressor, forged.to_bytes(), TEXT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="core/compressor.py decompress_batch decodes exact bytes with data.decode('utf-8') unguarded: a code "
-    "of non-UTF-8 bytes whose is_bytes flag is cleared raises UnicodeDecodeError (the text checksum does not "
-    "cover the flag)",
-)
 def test_forged_is_bytes_flag_on_non_utf8_bytes_raises_a_zcompress_error(tiny_compressor) -> None:
     code = tiny_compressor.compress(BYTES)
     assert tiny_compressor.decompress(code) == BYTES

@@ -163,7 +163,7 @@ async def test_async_matches_sync_and_does_not_block(post):
 def test_options_are_checked(tiny_compressor):
     with pytest.raises(ConfigError, match="ratio"):
         ZCompressNodePostprocessor(compressor=tiny_compressor, ratio=4.0)
-    with pytest.raises(ConfigError, match="content_form"):
+    with pytest.raises(ValueError, match="content_form"):
         ZCompressNodePostprocessor(compressor=tiny_compressor, content_form="prompt")  # gone: nothing read it
     with pytest.raises(ValueError, match="batch_size"):
         ZCompressNodePostprocessor(compressor=tiny_compressor, batch_size=0)

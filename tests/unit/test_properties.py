@@ -312,12 +312,6 @@ def test_langchain_surrogate_text_raises_unsupported_text(tiny_compressor: Any, 
                 adapter.compress_documents([_lc_doc(text)], "q")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="langchain/_documents.py _existing_code checks a stored exact code with text.encode('utf-8'): a page "
-    "with a lone surrogate and a code in its metadata raises UnicodeEncodeError instead of UnsupportedTextError",
-)
 def test_langchain_surrogate_text_with_a_stored_code_raises_unsupported_text(tiny_compressor: Any) -> None:
     from zcompress_integrations.langchain import ZCompressDocumentCompressor
 
@@ -390,13 +384,6 @@ def test_llamaindex_surrogate_text_raises_unsupported_text(tiny_compressor: Any,
         li.ZCompressTransform(compressor=tiny_compressor)([n.node for n in _nodes([text])])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="llama_index/_common.py stored_code checks a stored code with text.encode('utf-8') outside its try: a "
-    "node with a lone surrogate and a code in its metadata raises UnicodeEncodeError instead of "
-    "UnsupportedTextError",
-)
 def test_llamaindex_surrogate_text_with_a_stored_code_raises_unsupported_text(tiny_compressor: Any) -> None:
     li = pytest.importorskip("zcompress_integrations.llama_index")
 

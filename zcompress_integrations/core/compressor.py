@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zcompress_integrations.core.generation import GenerationResult
 from zcompress_integrations.core.zcode import ZCode
-from zcompress_integrations.errors import ConfigError, UnsupportedTextError
+from zcompress_integrations.errors import ConfigError, CorruptCodeError, UnsupportedTextError
 
 if TYPE_CHECKING:
     from zcompress_integrations.core.backbone import Backbone
@@ -303,7 +303,7 @@ class ZCompressor:
                 groups = [exact[s : s + batch_size] for s in range(0, len(exact), batch_size)]
                 for group in _progress(groups, show_progress_bar, "decompress"):
                     for i, data in zip(group, codec.decode_batch([parsed[i] for i in group]), strict=True):
-                        out[i] = data if parsed[i].is_bytes else data.decode("utf-8")
+                        out[i] = data if parsed[i].is_bytes else _utf8(data)
             if latent:
                 texts = self.latent_codec.decompress_batch(
                     [parsed[i] for i in latent], batch_size=batch_size, progress=show_progress_bar
@@ -434,6 +434,14 @@ def _with_system(prompt: Any, system: str | None) -> Any:
         return {**prompt, "messages": _with_system(prompt.get("messages", []), system)}
     turns = [{"role": "user", "content": f"Question: {prompt}"}] if isinstance(prompt, str) else list(prompt)
     return [{"role": "system", "content": system}, *(t for t in turns if t.get("role") != "system")]
+
+
+def _utf8(data: bytes) -> str:
+    """Decoded bytes of a code that says it holds text (a forged flag on bytes that are not UTF-8 is refused)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptCodeError("the code says it holds text, but its decoded bytes are not UTF-8") from exc
 
 
 def _progress(items: list[Any], enabled: bool, desc: str) -> Any:

@@ -503,6 +503,13 @@ class EntropyCodec:
             raise CorruptCodeError(f"exact code lacks parameters {missing}")
         if code.k != self.k and code.k & (code.k - 1):
             raise CorruptCodeError(f"exact code has k={code.k}, which is not a power of two")
+        if not 0 <= code.params["start"] < self.backbone.text_vocab_size:
+            raise CorruptCodeError(
+                f"exact code's start token {code.params['start']} is outside this model's vocabulary "
+                f"({self.backbone.text_vocab_size} tokens)"
+            )
+        if (1 << code.params["freq_bits"]) <= len(self.token_bytes.codable):
+            raise CorruptCodeError(f"exact code's frequency precision {code.params['freq_bits']} bits is too small")
         if not 1 <= code.params["lanes"] <= MAX_LANES or code.params["lane0"] >= code.params["lanes"]:
             raise CorruptCodeError(f"exact code has an impossible lane layout {code.params}")
 

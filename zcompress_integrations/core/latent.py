@@ -502,7 +502,10 @@ class LatentCodec:
         free = [i for i, c in enumerate(codes) if "threads" not in c.params]
         if with_residual:
             for i, data in zip(with_residual, self._decode_residuals([codes[i] for i in with_residual]), strict=True):
-                out[i] = data if codes[i].is_bytes else data.decode("utf-8")
+                try:
+                    out[i] = data if codes[i].is_bytes else data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorruptCodeError("the code says it holds text, but its decoded bytes are not UTF-8") from exc
         if free:
             texts = self._free_running([codes[i] for i in free], batch_size, progress)
             for i, text in zip(free, texts, strict=True):

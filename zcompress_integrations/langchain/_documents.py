@@ -50,6 +50,7 @@ def _existing_code(
     i: int, doc: Document, opts: ZCompressOptions
 ) -> tuple[ZCode | None, str | None, str | None]:
     """(code to reuse or None, original text if known, reason a found code was replaced)."""
+    from zcompress_integrations.core.entropy import as_bytes
     from zcompress_integrations.core.zcode import text_checksum
 
     raw = doc.metadata.get(META_CODE)
@@ -83,7 +84,7 @@ def _existing_code(
             ) from exc
         reason = f"foreign code: {exc}"
     if reason is None and text is not None:
-        if code.codec == "exact" and text_checksum(text.encode("utf-8")) != code.checksum:
+        if code.codec == "exact" and text_checksum(as_bytes(text)) != code.checksum:
             reason = "stale code: the checksum does not match the document's text"
         elif code.codec != opts.mode:
             reason = f"code is {code.codec!r} but mode={opts.mode!r}"

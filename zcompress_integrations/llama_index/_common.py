@@ -25,6 +25,7 @@ from zcompress_integrations._integration_common import (
     settings_from_compressor,
     shared_compressor,
 )
+from zcompress_integrations.core.entropy import as_bytes
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.errors import CorruptCodeError, ModelMismatchError
 
@@ -134,7 +135,7 @@ def stored_code(node: BaseNode, text: str, *, mode: str, fingerprint: bytes | No
         return None
     if code.codec != mode:
         return None
-    if code.checksum != text_checksum(text.encode("utf-8")):
+    if code.checksum != text_checksum(as_bytes(text)):
         logger.warning(
             "node %s: the stored Z code does not match the node's text; compressing it again", node.node_id
         )
