@@ -8,6 +8,7 @@ later loads take well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -15,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -208,6 +209,28 @@ def default_model_dir() -> Path:
     conversion is damaged (it is never loaded then)."""
     path = default_gguf_path()
     target = cache_dir() / "models" / f"smollm2-135m-instruct-{_gguf_cache_key(path)}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(f".{target.name}.lock")):  # one process checks and converts at a time
+        return _checked_conversion(path, target)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory inter-process lock (POSIX ``flock``; elsewhere none: the conversion's rename stays atomic)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _checked_conversion(path: Path, target: Path) -> Path:
     if target.exists() and not manifest_ok(target):
         logger.warning("the cached conversion in %s is damaged or incomplete; converting the model again", target)
         stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
