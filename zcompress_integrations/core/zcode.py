@@ -261,6 +261,101 @@ def _at_most(what: str, value: int, limit: int) -> None:
         )
 
 
+def _param_ranges(params: dict[str, int], lim: CodeLimits) -> dict[str, tuple[int, int]]:
+    """Allowed ``[low, high]`` of each parameter the decoders read (``lane0`` depends on ``lanes``)."""
+    return {
+        "window": (2, lim.max_window),
+        "lanes": (1, MAX_LANES),
+        "lane0": (0, params.get("lanes", MAX_LANES) - 1),
+        "threads": (1, lim.max_threads),
+        "freq_bits": FREQ_BITS_RANGE,
+        "start": (0, MAX_TOKEN_ID - 1),
+        "segment_len": (1, lim.max_segment_len),
+    }
+
+
+# ---- binary form readers (ZCode.from_bytes) -------------------------------------------------------------------
+def _check_envelope(data: bytes) -> tuple[bytes, int, int]:
+    """Marker, length, CRC-32, version and flags of a binary code: (the bytes before the CRC, version, flags)."""
+    if len(data) < 4 or data[:2] != _MAGIC:
+        raise CorruptCodeError("not a Z code: the data does not start with the 'ZC' marker")
+    if len(data) < 4 + 12:
+        raise CorruptCodeError(f"Z code is truncated: {len(data)} bytes is shorter than any valid code")
+    body, crc = data[:-4], int.from_bytes(data[-4:], "big")
+    if zlib.crc32(body) != crc:
+        raise CorruptCodeError(
+            "Z code is corrupted (CRC-32 mismatch): it was damaged or truncated in storage or transit"
+        )
+    version = data[2]
+    if version != FORMAT_VERSION:
+        raise CorruptCodeError(
+            f"Z code format version {version} is not supported by this zcompress (reads version "
+            f"{FORMAT_VERSION}); upgrade zcompress-integrations"
+        )
+    flags = data[3]
+    if flags & ~(_FLAG_LATENT | _FLAG_BYTES):
+        raise CorruptCodeError(f"Z code has unknown flags {flags:#04x}")
+    return body, version, flags
+
+
+def _read_sizes(reader: _Reader, lim: CodeLimits) -> tuple[int, int, int, int]:
+    """The header varints k, text tokens, text characters and Z id count, each checked against ``lim`` (and the
+    Z id count against the bytes left)."""
+    k = reader.varint()
+    if not 2 <= k <= lim.max_k:
+        raise CorruptCodeError(
+            f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
+        )
+    text_tokens, text_chars = reader.varint(), reader.varint()
+    _at_most("text tokens", text_tokens, lim.max_text_tokens)
+    _at_most("text characters", text_chars, lim.max_text_chars)
+    width = _bits_per_id(k)
+    n_z = reader.count("Z ids", lim.max_z_ids, 0)
+    if (width * n_z + 7) // 8 > reader.remaining:
+        raise CorruptCodeError(
+            f"Z code declares {n_z} Z ids of {width} bits, but only {reader.remaining} bytes follow"
+        )
+    return k, text_tokens, text_chars, n_z
+
+
+def _read_param_name(reader: _Reader) -> str:
+    """A parameter name: a zero length then the index of a known name, or a length then ASCII bytes."""
+    size = reader.varint()
+    if size == 0:
+        index = reader.varint()
+        if index >= len(_KNOWN_PARAMS):
+            raise CorruptCodeError(f"Z code names an unknown parameter #{index}")
+        return _KNOWN_PARAMS[index]
+    if size > MAX_PARAM_NAME:
+        raise CorruptCodeError(f"Z code has a parameter name of {size} bytes (at most {MAX_PARAM_NAME})")
+    raw = reader.take(size)
+    if not raw.isascii():
+        raise CorruptCodeError("Z code has a malformed parameter name (not ASCII)")
+    return raw.decode("ascii")
+
+
+def _read_params(reader: _Reader, lim: CodeLimits) -> dict[str, int]:
+    """The parameter count, then each name and value (a name given twice is an error)."""
+    params: dict[str, int] = {}
+    for _ in range(reader.count("parameters", lim.max_params, 3)):
+        name = _read_param_name(reader)
+        if name in params:
+            raise CorruptCodeError(f"Z code names parameter {name!r} twice")
+        params[name] = reader.varint()
+    return params
+
+
+def _read_payload(reader: _Reader, lim: CodeLimits, n_z: int, width: int) -> tuple[tuple[int, ...], bytes]:
+    """The residual length, the packed Z ids and the residual, which must end the reader's bytes exactly."""
+    n_residual = reader.varint()
+    _at_most("residual bytes", n_residual, lim.max_residual_bytes)
+    z_ids = _unpack_ids(reader.take((width * n_z + 7) // 8), n_z, width)
+    residual = reader.take(n_residual)
+    if reader.remaining:
+        raise CorruptCodeError(f"Z code has {reader.remaining} unexpected trailing bytes")
+    return z_ids, residual
+
+
 @dataclass(frozen=True)
 class ZCode:
     """A compressed text.
@@ -343,18 +438,34 @@ class ZCode:
             raise CorruptCodeError(
                 f"Z code format version {self.version} is not supported (reads {FORMAT_VERSION})"
             )
-        _at_most("the Z vocabulary size k", self.k, lim.max_k)
-        _at_most("text tokens", self.text_tokens, lim.max_text_tokens)
-        _at_most("text characters", self.text_chars, lim.max_text_chars)
-        _at_most("Z ids", len(self.z_ids), lim.max_z_ids)
-        _at_most("segments", len(self.segments), lim.max_segments)
-        _at_most("residual bytes", len(self.residual), lim.max_residual_bytes)
-        _at_most("parameters", len(self.params), lim.max_params)
+        self._check_sizes(lim)
+        self._check_params(lim)
+        if self.codec == "exact":
+            self._check_exact_shape()
+        else:
+            self._check_latent_shape(lim)
+
+    def _check_sizes(self, lim: CodeLimits) -> None:
+        """Every count of the code within its limit, and every segment size within the larger count limit."""
+        sizes = (
+            ("the Z vocabulary size k", self.k, lim.max_k),
+            ("text tokens", self.text_tokens, lim.max_text_tokens),
+            ("text characters", self.text_chars, lim.max_text_chars),
+            ("Z ids", len(self.z_ids), lim.max_z_ids),
+            ("segments", len(self.segments), lim.max_segments),
+            ("residual bytes", len(self.residual), lim.max_residual_bytes),
+            ("parameters", len(self.params), lim.max_params),
+        )
+        for what, value, limit in sizes:
+            _at_most(what, value, limit)
         most_per_segment = max(lim.max_text_tokens, lim.max_z_ids)
         if any(not 0 <= s <= most_per_segment for s in self.segments):
             raise CorruptCodeError(
                 f"Z code has a segment size outside [0, {most_per_segment}]: {min(self.segments)}..{max(self.segments)}"
             )
+
+    def _check_params(self, lim: CodeLimits) -> None:
+        """Every parameter name and value within the general limits, then each known parameter in its range."""
         for name, value in self.params.items():
             if len(name) > MAX_PARAM_NAME:
                 raise CorruptCodeError(
@@ -365,38 +476,31 @@ class ZCode:
                     f"Z code parameter {name}={value} is outside [0, {lim.max_param_value}]"
                 )
         p = self.params
-        ranges = {
-            "window": (2, lim.max_window),
-            "lanes": (1, MAX_LANES),
-            "lane0": (0, p.get("lanes", MAX_LANES) - 1),
-            "threads": (1, lim.max_threads),
-            "freq_bits": FREQ_BITS_RANGE,
-            "start": (0, MAX_TOKEN_ID - 1),
-            "segment_len": (1, lim.max_segment_len),
-        }
-        for name, (low, high) in ranges.items():
+        for name, (low, high) in _param_ranges(p, lim).items():
             if name in p and not low <= p[name] <= high:
                 raise CorruptCodeError(f"Z code parameter {name}={p[name]} is outside [{low}, {high}]")
-        if self.codec == "exact":
-            # every token stands for at least one byte, and a character is at most 4 UTF-8 bytes
-            most = self.text_chars * (1 if self.is_bytes else _UTF8_MAX_BYTES_PER_CHAR)
-            if self.text_tokens > most or (self.text_tokens == 0) != (self.text_chars == 0):
-                raise CorruptCodeError(
-                    f"exact Z code claims {self.text_tokens} text tokens for {self.text_chars} "
-                    f"{'bytes' if self.is_bytes else 'characters'}: impossible"
-                )
-        else:
-            # latent: segments hold the Z ids between them, and a segment at most segment_len text tokens
-            if sum(self.segments) != len(self.z_ids):
-                raise CorruptCodeError(
-                    f"latent Z code's segments hold {sum(self.segments)} Z ids, but it has {len(self.z_ids)}"
-                )
-            seg_len = p.get("segment_len", lim.max_segment_len)
-            if self.text_tokens > len(self.segments) * seg_len:
-                raise CorruptCodeError(
-                    f"latent Z code claims {self.text_tokens} text tokens in {len(self.segments)} segments of at "
-                    f"most {seg_len}: impossible"
-                )
+
+    def _check_exact_shape(self) -> None:
+        # every token stands for at least one byte, and a character is at most 4 UTF-8 bytes
+        most = self.text_chars * (1 if self.is_bytes else _UTF8_MAX_BYTES_PER_CHAR)
+        if self.text_tokens > most or (self.text_tokens == 0) != (self.text_chars == 0):
+            raise CorruptCodeError(
+                f"exact Z code claims {self.text_tokens} text tokens for {self.text_chars} "
+                f"{'bytes' if self.is_bytes else 'characters'}: impossible"
+            )
+
+    def _check_latent_shape(self, lim: CodeLimits) -> None:
+        # latent: segments hold the Z ids between them, and a segment at most segment_len text tokens
+        if sum(self.segments) != len(self.z_ids):
+            raise CorruptCodeError(
+                f"latent Z code's segments hold {sum(self.segments)} Z ids, but it has {len(self.z_ids)}"
+            )
+        seg_len = self.params.get("segment_len", lim.max_segment_len)
+        if self.text_tokens > len(self.segments) * seg_len:
+            raise CorruptCodeError(
+                f"latent Z code claims {self.text_tokens} text tokens in {len(self.segments)} segments of at "
+                f"most {seg_len}: impossible"
+            )
 
     # ---- binary form -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -433,69 +537,15 @@ class ZCode:
             raise CorruptCodeError(f"a Z code is bytes; got {type(data).__name__}")
         lim = limits or DEFAULT_LIMITS
         data = bytes(data)
-        if len(data) < 4 or data[:2] != _MAGIC:
-            raise CorruptCodeError("not a Z code: the data does not start with the 'ZC' marker")
-        if len(data) < 4 + 12:
-            raise CorruptCodeError(f"Z code is truncated: {len(data)} bytes is shorter than any valid code")
-        body, crc = data[:-4], int.from_bytes(data[-4:], "big")
-        if zlib.crc32(body) != crc:
-            raise CorruptCodeError(
-                "Z code is corrupted (CRC-32 mismatch): it was damaged or truncated in storage or transit"
-            )
-        version = data[2]
-        if version != FORMAT_VERSION:
-            raise CorruptCodeError(
-                f"Z code format version {version} is not supported by this zcompress (reads version "
-                f"{FORMAT_VERSION}); upgrade zcompress-integrations"
-            )
-        flags = data[3]
-        if flags & ~(_FLAG_LATENT | _FLAG_BYTES):
-            raise CorruptCodeError(f"Z code has unknown flags {flags:#04x}")
+        body, version, flags = _check_envelope(data)
         reader = _Reader(body[:-8])  # fingerprint and checksum are the last 8 bytes of the body
         reader.pos = 4
         # Every size is checked against the limits and against the bytes left before anything is allocated.
-        k = reader.varint()
-        if not 2 <= k <= lim.max_k:
-            raise CorruptCodeError(
-                f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
-            )
-        text_tokens, text_chars = reader.varint(), reader.varint()
-        _at_most("text tokens", text_tokens, lim.max_text_tokens)
-        _at_most("text characters", text_chars, lim.max_text_chars)
-        width = _bits_per_id(k)
-        n_z = reader.count("Z ids", lim.max_z_ids, 0)
-        if (width * n_z + 7) // 8 > reader.remaining:
-            raise CorruptCodeError(
-                f"Z code declares {n_z} Z ids of {width} bits, but only {reader.remaining} bytes follow"
-            )
+        k, text_tokens, text_chars, n_z = _read_sizes(reader, lim)
         n_seg = reader.count("segments", lim.max_segments)
         segments = tuple(reader.varint() for _ in range(n_seg))
-        params: dict[str, int] = {}
-        for _ in range(reader.count("parameters", lim.max_params, 3)):
-            size = reader.varint()
-            if size == 0:
-                index = reader.varint()
-                if index >= len(_KNOWN_PARAMS):
-                    raise CorruptCodeError(f"Z code names an unknown parameter #{index}")
-                name = _KNOWN_PARAMS[index]
-            else:
-                if size > MAX_PARAM_NAME:
-                    raise CorruptCodeError(
-                        f"Z code has a parameter name of {size} bytes (at most {MAX_PARAM_NAME})"
-                    )
-                raw = reader.take(size)
-                if not raw.isascii():
-                    raise CorruptCodeError("Z code has a malformed parameter name (not ASCII)")
-                name = raw.decode("ascii")
-            if name in params:
-                raise CorruptCodeError(f"Z code names parameter {name!r} twice")
-            params[name] = reader.varint()
-        n_residual = reader.varint()
-        _at_most("residual bytes", n_residual, lim.max_residual_bytes)
-        z_ids = _unpack_ids(reader.take((width * n_z + 7) // 8), n_z, width)
-        residual = reader.take(n_residual)
-        if reader.remaining:
-            raise CorruptCodeError(f"Z code has {reader.remaining} unexpected trailing bytes")
+        params = _read_params(reader, lim)
+        z_ids, residual = _read_payload(reader, lim, n_z, _bits_per_id(k))
         fingerprint, checksum = body[-8:-4], body[-4:]
         try:
             code = cls(
@@ -576,28 +626,7 @@ class ZCode:
         if not isinstance(data, dict):
             raise CorruptCodeError(f"a Z code dict must be a dict; got {type(data).__name__}")
         lim = limits or DEFAULT_LIMITS
-        missing = [key for key in _REQUIRED_KEYS if key not in data]
-        if missing:
-            raise CorruptCodeError(f"not a valid Z code JSON object: missing keys {missing}")
-        version = _int_field(data, "version")
-        if version != FORMAT_VERSION:
-            raise CorruptCodeError(
-                f"Z code format version {version} is not supported (reads {FORMAT_VERSION})"
-            )
-        k = _int_field(data, "k")
-        if not 2 <= k <= lim.max_k:
-            raise CorruptCodeError(
-                f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
-            )
-        codec = data["codec"]
-        if codec not in ("exact", "latent"):
-            raise CorruptCodeError(f"Z code field 'codec' must be 'exact' or 'latent'; got {codec!r}")
-        is_bytes = data.get("is_bytes", False)
-        if type(is_bytes) is not bool:
-            raise CorruptCodeError(f"Z code field 'is_bytes' must be true or false; got {is_bytes!r}")
-        params = data.get("params", {})
-        if not isinstance(params, dict):
-            raise CorruptCodeError(f"Z code field 'params' must be an object; got {type(params).__name__}")
+        version, k, codec, is_bytes, params = _read_dict_header(data, lim)
         try:
             code = cls(
                 z_ids=_int_list(data, "z_ids", lim.max_z_ids),
@@ -618,13 +647,7 @@ class ZCode:
                 raise
             raise CorruptCodeError(f"not a valid Z code JSON object: {exc}") from exc
         code.check_limits(lim)
-        if "crc32" in data:
-            expected = code.to_bytes()[-4:].hex()
-            if data["crc32"] != expected:
-                raise CorruptCodeError(
-                    "Z code JSON is corrupted (its crc32 does not match its fields): it was altered in storage or "
-                    "transit"
-                )
+        _check_dict_crc(data, code)
         return code
 
     @classmethod
@@ -669,6 +692,44 @@ class ZCode:
 
 # ---- strict JSON field readers --------------------------------------------------------------------------------
 _REQUIRED_KEYS = ("version", "codec", "k", "z_ids", "text_tokens", "text_chars", "checksum", "fingerprint")
+
+
+def _read_dict_header(
+    data: dict[str, Any], lim: CodeLimits
+) -> tuple[int, int, CodecKind, bool, dict[str, Any]]:
+    """The required keys, then the fields every other field depends on: (version, k, codec, is_bytes, params)."""
+    missing = [key for key in _REQUIRED_KEYS if key not in data]
+    if missing:
+        raise CorruptCodeError(f"not a valid Z code JSON object: missing keys {missing}")
+    version = _int_field(data, "version")
+    if version != FORMAT_VERSION:
+        raise CorruptCodeError(f"Z code format version {version} is not supported (reads {FORMAT_VERSION})")
+    k = _int_field(data, "k")
+    if not 2 <= k <= lim.max_k:
+        raise CorruptCodeError(
+            f"Z code declares an impossible vocabulary size k={k} (allowed: 2 to {lim.max_k})"
+        )
+    codec = data["codec"]
+    if codec not in ("exact", "latent"):
+        raise CorruptCodeError(f"Z code field 'codec' must be 'exact' or 'latent'; got {codec!r}")
+    is_bytes = data.get("is_bytes", False)
+    if type(is_bytes) is not bool:
+        raise CorruptCodeError(f"Z code field 'is_bytes' must be true or false; got {is_bytes!r}")
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        raise CorruptCodeError(f"Z code field 'params' must be an object; got {type(params).__name__}")
+    return version, k, codec, is_bytes, params
+
+
+def _check_dict_crc(data: dict[str, Any], code: ZCode) -> None:
+    """``data["crc32"]``, when present, must be the CRC-32 of ``code``'s binary form."""
+    if "crc32" in data:
+        expected = code.to_bytes()[-4:].hex()
+        if data["crc32"] != expected:
+            raise CorruptCodeError(
+                "Z code JSON is corrupted (its crc32 does not match its fields): it was altered in storage or "
+                "transit"
+            )
 
 
 def _as_int(value: Any, where: str) -> int:

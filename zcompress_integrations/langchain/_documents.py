@@ -50,9 +50,6 @@ def _existing_code(
     i: int, doc: Document, opts: ZCompressOptions
 ) -> tuple[ZCode | None, str | None, str | None]:
     """(code to reuse or None, original text if known, reason a found code was replaced)."""
-    from zcompress_integrations.core.entropy import as_bytes
-    from zcompress_integrations.core.zcode import text_checksum
-
     raw = doc.metadata.get(META_CODE)
     content = doc.page_content
     if raw is None and not content.startswith(_PREFIX):
@@ -62,19 +59,44 @@ def _existing_code(
     try:
         code = parse_code(source)
     except CorruptCodeError as exc:
-        text = stored_text if isinstance(stored_text, str) else (None if raw is None else content)
-        if text is None or text.startswith(_PREFIX):
-            raise CorruptCodeError(
-                f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
-            ) from exc
-        return None, text, f"corrupt code: {exc}"
+        return _replace_corrupt_code(i, doc, exc, raw, stored_text)
+    text = _original_text(code, content, stored_text)
+    reason = _replacement_reason(i, doc, code, text, opts)
+    if reason is not None:
+        return None, text, reason
+    return code, text, None
+
+
+def _replace_corrupt_code(
+    i: int, doc: Document, exc: CorruptCodeError, raw: Any, stored_text: Any
+) -> tuple[None, str, str]:
+    """A damaged code is replaced from the document's text; without that text, ``exc`` names the document."""
+    content = doc.page_content
+    text = stored_text if isinstance(stored_text, str) else (None if raw is None else content)
+    if text is None or text.startswith(_PREFIX):
+        raise CorruptCodeError(
+            f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
+        ) from exc
+    return None, text, f"corrupt code: {exc}"
+
+
+def _original_text(code: ZCode, content: str, stored_text: Any) -> str | None:
+    """The text ``code`` stands for, if the document keeps it: the stored copy, else a page content that is not
+    a code."""
     if isinstance(stored_text, str):
-        text: str | None = stored_text
-    elif content == code.to_string() or content.startswith(_PREFIX):
-        text = None
-    else:
-        text = content
-    reason = None
+        return stored_text
+    if content == code.to_string() or content.startswith(_PREFIX):
+        return None
+    return content
+
+
+def _replacement_reason(
+    i: int, doc: Document, code: ZCode, text: str | None, opts: ZCompressOptions
+) -> str | None:
+    """Why a parsed ``code`` cannot be reused (foreign, stale, or of the other mode), or None if it can."""
+    from zcompress_integrations.core.entropy import as_bytes
+    from zcompress_integrations.core.zcode import text_checksum
+
     try:
         check_fingerprint(code, opts.zcompressor)
     except ModelMismatchError as exc:
@@ -82,27 +104,20 @@ def _existing_code(
             raise ModelMismatchError(
                 f"{_describe(i, doc)}: {exc}; its text is not kept, so it cannot be recompressed"
             ) from exc
-        reason = f"foreign code: {exc}"
-    if reason is None and text is not None:
-        if code.codec == "exact" and text_checksum(as_bytes(text)) != code.checksum:
-            reason = "stale code: the checksum does not match the document's text"
-        elif code.codec != opts.mode:
-            reason = f"code is {code.codec!r} but mode={opts.mode!r}"
-    if reason is not None:
-        return None, text, reason
-    return code, text, None
+        return f"foreign code: {exc}"
+    if text is None:
+        return None
+    if code.codec == "exact" and text_checksum(as_bytes(text)) != code.checksum:
+        return "stale code: the checksum does not match the document's text"
+    if code.codec != opts.mode:
+        return f"code is {code.codec!r} but mode={opts.mode!r}"
+    return None
 
 
-def compress_documents(
-    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
-) -> list[Document]:
-    """Compress ``documents`` (see the module docstring). ``content(code, text)`` gives the new page content;
-    ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it."""
+def _check_documents(docs: list[Any]) -> None:
+    """Every input is a ``Document`` with ``str`` page content (checked before any model work)."""
     from langchain_core.documents import Document
 
-    docs = list(documents)
-    if not docs:
-        return []
     for i, doc in enumerate(docs):
         if not isinstance(doc, Document):
             raise UnsupportedTextError(
@@ -112,6 +127,12 @@ def compress_documents(
             raise UnsupportedTextError(
                 f"{_describe(i, doc)}.page_content must be str; got {type(doc.page_content).__name__}"
             )
+
+
+def _plan(
+    docs: list[Document], opts: ZCompressOptions
+) -> tuple[list[tuple[ZCode | None, str | None, dict[str, Any]]], list[int]]:
+    """Per document (code to reuse or None, text, metadata to add), and the indices of those to compress."""
     plans: list[tuple[ZCode | None, str | None, dict[str, Any]]] = []
     todo: list[int] = []
     for i, doc in enumerate(docs):
@@ -126,6 +147,40 @@ def compress_documents(
             else:
                 todo.append(i)
         plans.append((code, text, extra))
+    return plans, todo
+
+
+def _output_document(
+    doc: Document,
+    code: ZCode | None,
+    text: str | None,
+    extra: dict[str, Any],
+    content: ContentFn,
+    store_text: bool,
+) -> Document:
+    """``doc`` with its new page content (the code's, or its text when left uncompressed) and metadata."""
+    metadata = {k: v for k, v in doc.metadata.items() if k not in (META_SKIPPED, META_REPLACED)}
+    if code is None:
+        metadata.update(extra)
+        return doc.model_copy(update={"page_content": text, "metadata": metadata})
+    metadata.update(code_metadata(code))
+    metadata.update({k: v for k, v in extra.items() if k == META_REPLACED})
+    new_content = content(code, text)
+    if store_text and text is not None and new_content != text:
+        metadata[META_TEXT] = text
+    return doc.model_copy(update={"page_content": new_content, "metadata": metadata})
+
+
+def compress_documents(
+    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
+) -> list[Document]:
+    """Compress ``documents`` (see the module docstring). ``content(code, text)`` gives the new page content;
+    ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it."""
+    docs = list(documents)
+    if not docs:
+        return []
+    _check_documents(docs)
+    plans, todo = _plan(docs, opts)
     fresh: dict[int, ZCode] = {}
     if todo:
         zc = opts.zcompressor
@@ -133,18 +188,7 @@ def compress_documents(
             [plans[i][1] for i in todo], mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
         )
         fresh = dict(zip(todo, codes, strict=True))
-    out = []
-    for i, (doc, (code, text, extra)) in enumerate(zip(docs, plans, strict=True)):
-        code = fresh.get(i, code)
-        metadata = {k: v for k, v in doc.metadata.items() if k not in (META_SKIPPED, META_REPLACED)}
-        if code is None:
-            metadata.update(extra)
-            out.append(doc.model_copy(update={"page_content": text, "metadata": metadata}))
-            continue
-        metadata.update(code_metadata(code))
-        metadata.update({k: v for k, v in extra.items() if k == META_REPLACED})
-        new_content = content(code, text)
-        if store_text and text is not None and new_content != text:
-            metadata[META_TEXT] = text
-        out.append(doc.model_copy(update={"page_content": new_content, "metadata": metadata}))
-    return out
+    return [
+        _output_document(doc, fresh.get(i, code), text, extra, content, store_text)
+        for i, (doc, (code, text, extra)) in enumerate(zip(docs, plans, strict=True))
+    ]

@@ -151,6 +151,32 @@ def _substitute(content: Any, texts: dict[str, str]) -> Any:
     return out
 
 
+def _parse_found_codes(found: list[list[str]], compressor: ZCompressor) -> dict[str, ZCode]:
+    """Each distinct code string in ``found`` parsed, and checked to come from ``compressor``'s backbone."""
+    parsed: dict[str, ZCode] = {}
+    for raws in found:
+        for raw in raws:
+            if raw not in parsed:
+                parsed[raw] = code = parse_code(raw)
+                check_fingerprint(code, compressor)
+    return parsed
+
+
+def _decode_into_cache(
+    parsed: dict[str, ZCode], compressor: ZCompressor, keep_latent: bool, cache: dict[str, str]
+) -> None:
+    """Decode, in one batch, the codes of ``parsed`` not yet in ``cache`` (latent ones too unless
+    ``keep_latent``), and add their texts to ``cache``."""
+    todo = [
+        raw
+        for raw, code in parsed.items()
+        if raw not in cache and not (keep_latent and code.codec == "latent")
+    ]
+    if todo:
+        for raw, text in zip(todo, compressor.decompress_batch([parsed[r] for r in todo]), strict=True):
+            cache[raw] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+
+
 def expand_codes(
     messages: Sequence[BaseMessage],
     compressor: ZCompressor,
@@ -176,20 +202,8 @@ def expand_codes(
     """
     cache = {} if cache is None else cache
     found = [ZCODE_PATTERN.findall(m.text) if isinstance(m, BaseMessage) else [] for m in messages]
-    parsed: dict[str, ZCode] = {}
-    for raws in found:
-        for raw in raws:
-            if raw not in parsed:
-                parsed[raw] = code = parse_code(raw)
-                check_fingerprint(code, compressor)
-    todo = [
-        raw
-        for raw, code in parsed.items()
-        if raw not in cache and not (keep_latent and code.codec == "latent")
-    ]
-    if todo:
-        for raw, text in zip(todo, compressor.decompress_batch([parsed[r] for r in todo]), strict=True):
-            cache[raw] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    parsed = _parse_found_codes(found, compressor)
+    _decode_into_cache(parsed, compressor, keep_latent, cache)
     out: list[BaseMessage] = []
     for message, raws in zip(messages, found, strict=True):
         if not raws:
