@@ -1,7 +1,9 @@
 """The cookbook notebooks run top to bottom on the real default model, and are committed without outputs.
 
-Executing them needs ``nbclient``, ``nbformat``, ``ipykernel`` and ``matplotlib``, and the data folder
-(``shared/data`` or ``ZCOMPRESS_DATA_DIR``); each is skipped with a reason otherwise. Run only these:
+They read only the sample texts shipped in the package (``zcompress_integrations.samples``), never the evaluation
+data folder: the kernel runs in an empty temporary directory with ``ZCOMPRESS_DATA_DIR`` pointing at an empty
+folder, so a notebook that reached for ``shared/data`` would fail here. Executing them needs ``nbclient``,
+``nbformat``, ``ipykernel`` and ``matplotlib`` (each skipped with a reason otherwise). Run only these:
 
     PYTHONPATH=. python -m pytest tests/test_cookbooks.py -m slow -q
 """
@@ -39,27 +41,33 @@ def test_notebook_committed_without_outputs(path):
             )
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_reads_only_shipped_data(path):
+    source = "\n".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"])
+    for needle in ("eval.datasets", "resolve_data_dir", "shared/data", "ZCOMPRESS_DATA_DIR"):
+        assert needle not in source, f"{path.name} mentions {needle}: use zcompress_integrations.samples"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path):
     for module in ("nbformat", "nbclient", "ipykernel", "matplotlib"):
         pytest.importorskip(module, reason=f"executing notebooks needs {module}")
     import nbclient
     import nbformat
 
-    from zcompress_integrations.eval.datasets import DATA_DIR_ENV, DataNotFoundError, resolve_data_dir
+    from zcompress_integrations.eval.datasets import DATA_DIR_ENV
 
-    try:
-        data_dir = resolve_data_dir()
-    except DataNotFoundError as exc:
-        pytest.skip(f"no data folder: {exc}")
-    # The kernel is a subprocess: it must import this checkout and find the data from cookbooks/.
+    # The kernel is a subprocess: it imports this checkout, runs in an empty folder (as a user's would be), and
+    # the data lookup is pointed at an empty folder, so the evaluation data (shared/data) is out of its reach.
+    no_data = tmp_path / "no_data"
+    no_data.mkdir()
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+    monkeypatch.setenv(DATA_DIR_ENV, str(no_data))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(COOKBOOKS)}}
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     t0 = time.time()
     client.execute()  # raises CellExecutionError naming the cell on any error
