@@ -6,6 +6,8 @@ folder, so a notebook that reached for ``shared/data`` would fail here. Executin
 ``nbformat``, ``ipykernel`` and ``matplotlib`` (each skipped with a reason otherwise). Run only these:
 
     PYTHONPATH=. python -m pytest tests/test_cookbooks.py -m slow -q
+
+Set ``ZCOMPRESS_EXECUTED_NOTEBOOKS=/some/folder`` to keep the executed copies (with outputs) there.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COOKBOOKS = ROOT / "cookbooks"
 NOTEBOOKS = sorted(COOKBOOKS.glob("*.ipynb"))
 # Measured through this test on the shared 2-core machine: 01 102 s, 02 105 s, 03 112 s, 04 105 s, 05 383 s, 06 115 s.
+EXECUTED_DIR_ENV = "ZCOMPRESS_EXECUTED_NOTEBOOKS"  # a folder: executed copies are written there
 CELL_TIMEOUT_S = 1200  # one cell; generous: a shared 2-core CPU can be several times slower than an idle one
 
 
@@ -70,5 +73,9 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     t0 = time.time()
-    client.execute()  # raises CellExecutionError naming the cell on any error
+    try:
+        client.execute()  # raises CellExecutionError naming the cell on any error
+    finally:
+        if os.environ.get(EXECUTED_DIR_ENV):  # keep the executed notebook (outputs included) for a look
+            nbformat.write(nb, Path(os.environ[EXECUTED_DIR_ENV]) / path.name)
     print(f"{path.name}: {time.time() - t0:.0f} s")
