@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COOKBOOKS = ROOT / "cookbooks"
 NOTEBOOKS = sorted(COOKBOOKS.glob("*.ipynb"))
 # Measured through this test on the shared 2-core machine with the shipped samples, OMP_NUM_THREADS=1, load average
-# 6-15 (other jobs): 01 125-266 s, 02 133 s, 03 266 s, 04 126 s, 05 194 s, 06 467 s. On a busy CPU torch's default
+# 6-15 (other jobs): 01 125-266 s, 02 133 s, 03 266 s, 04 126 s, 05 194 s, 06 170-467 s. On a busy CPU torch's default
 # two threads were several times slower still (a latent decompress: 50 s against 8 s with one thread).
 EXECUTED_DIR_ENV = "ZCOMPRESS_EXECUTED_NOTEBOOKS"  # a folder: executed copies are written there
 CELL_TIMEOUT_S = 1200  # one cell; generous: a shared 2-core CPU can be several times slower than an idle one
