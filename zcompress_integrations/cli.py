@@ -21,7 +21,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,11 @@ from zcompress_integrations.errors import (
     ChecksumMismatchError,
     ConfigError,
     CorruptCodeError,
+    LatentUnavailableError,
     ModelMismatchError,
     ZCompressError,
 )
+from zcompress_integrations.samples import sample_text
 
 __all__ = ["main", "COMMANDS", "EXTERNAL_COMMANDS", "Command"]
 
@@ -230,25 +231,34 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ---- demo ------------------------------------------------------------------------------------------------------
-def sample_text() -> str:
-    """The bundled demo paragraph (see ``zcompress_integrations/data/SOURCES.md``)."""
-    return (resources.files("zcompress_integrations") / "data" / "sample.txt").read_text(encoding="utf-8").strip()
+DEMO_QUESTION = "Who ran close by Alice?"  # about the bundled paragraph
+GENERIC_QUESTION = "What is this text about? Answer in one sentence."
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4096, help="Z vocabulary size (power of two)")
     p.add_argument("--text", default=None, help="compress this text instead of the bundled paragraph")
+    p.add_argument("--question", default=None, help="question answered from the latent code")
     _model_arg(p)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     text = args.text if args.text is not None else sample_text()
     start = time.perf_counter()
-    zc = _compressor(args.model, k=args.k)
+    zc = _compressor(args.model, k=args.k, adapters=args.adapters)
     print(f"model: {zc.model_name} (loading...)", flush=True)
     zc.backbone  # noqa: B018 - load now so the timings below are the codec's
     load_s = time.perf_counter() - start
     print(f"text ({len(text)} chars):\n  {text}\n", flush=True)
+    exact = _demo_exact(zc, text, load_s)
+    question = args.question or (DEMO_QUESTION if args.text is None else GENERIC_QUESTION)
+    _demo_latent(zc, text, question)
+    return 0 if exact else 1
+
+
+def _demo_exact(zc: Any, text: str, load_s: float) -> bool:
+    """Exact mode: Z-tokens, ratio against its bound, and the round trip; returns whether it was exact."""
+    print("== exact mode: lossless, smaller storage (no LLM reads these Z-tokens)")
     t0 = time.perf_counter()
     code = zc.compress(text)
     enc_s = time.perf_counter() - t0
@@ -263,14 +273,43 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"  {code.to_string()}")
     print(f"round trip exact: {back == text}")
     print(f"time: load {load_s:.1f}s, compress {enc_s:.1f}s, decompress {dec_s:.1f}s (one lane on this machine)")
-    return 0 if back == text else 1
+    print()
+    return back == text
+
+
+def _demo_latent(zc: Any, text: str, question: str) -> None:
+    """Latent mode: a shorter prompt the model reads, its lossy reconstruction, and an answer read from it."""
+    print("== latent mode: lossy, shorter prompts (the model reads these Z-tokens)", flush=True)
+    try:
+        t0 = time.perf_counter()
+        code = zc.compress(text, mode="latent", ratio=2.0)
+        enc_s = time.perf_counter() - t0
+    except (LatentUnavailableError, ModelMismatchError) as exc:
+        print(f"latent mode unavailable with these adapters: {exc}")
+        print("(the exact mode above needs no adapters)")
+        return
+    print(f"prompt length: text tokens {code.text_tokens} -> Z-tokens {code.z_tokens} ({code.ratio:.2f}x)")
+    t0 = time.perf_counter()
+    back = zc.decompress(code)
+    dec_s = time.perf_counter() - t0
+    print(f"reconstruction (lossy):\n  {back}")
+    t0 = time.perf_counter()
+    answer = zc.generate(question, context=[code], max_new_tokens=32)
+    gen_s = time.perf_counter() - t0
+    print(f"question: {question}")
+    print(f"answer from the Z code: {answer.text.strip()}")
+    print(
+        f"prompt tokens read: {answer.prompt_tokens} (the same prompt with the text: "
+        f"{answer.uncompressed_prompt_tokens})"
+    )
+    print(f"time: compress {enc_s:.1f}s, decompress {dec_s:.1f}s, answer {gen_s:.1f}s")
 
 
 COMMANDS: dict[str, Command] = {
     "compress": Command("compress a text file into a Z code", _configure_compress, _run_compress),
     "decompress": Command("decompress a Z code back into the exact text", _configure_decompress, _run_decompress),
     "info": Command("describe a Z code (ratio, bits, model fingerprint)", _configure_info, _run_info),
-    "demo": Command("compress the bundled sample paragraph and show the round trip", _configure_demo, _run_demo),
+    "demo": Command("show the exact and latent modes on the bundled paragraph", _configure_demo, _run_demo),
 }
 #: Subcommands implemented elsewhere: name -> (module with ``main(argv) -> int | None``, help).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {

@@ -71,9 +71,23 @@ def test_info(tmp_path: Path, model: list[str], capsys: pytest.CaptureFixture[st
 
 def test_demo_on_tiny_model(model: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert len(sample_text()) > 200
-    assert main(["demo", *model]) == 0
+    assert main(["demo", *model]) == 0  # the shipped adapters belong to another backbone: latent part explains
     out = capsys.readouterr().out
     assert "round trip exact: True" in out and "<z_" in out and "bound log2(K)/H" in out
+    assert "latent mode unavailable" in out and "Traceback" not in out
+
+
+def test_demo_shows_latent_mode(
+    model: list[str], tiny_latent_adapters: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--text", "The quick brown fox jumps over the lazy dog. " * 4, "--question", "Who jumps?"]
+    assert main([*argv, *model, "--adapters", str(tiny_latent_adapters)]) == 0
+    out = capsys.readouterr().out
+    assert "round trip exact: True" in out
+    latent = out.split("== latent mode", 1)[1]
+    assert "prompt length: text tokens" in latent and "-> Z-tokens" in latent
+    assert "reconstruction (lossy):" in latent and "question: Who jumps?" in latent
+    assert "answer from the Z code:" in latent and "prompt tokens read:" in latent
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
