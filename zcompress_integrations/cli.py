@@ -266,7 +266,7 @@ def _demo_exact(zc: Any, text: str, load_s: float) -> bool:
     back = zc.decompress(code)
     dec_s = time.perf_counter() - t0
     h, bound = _bound(code.k, _cross_entropy_bits(zc, text), code.text_tokens)
-    print(f"Z-tokens ({code.z_tokens}):\n  {code.to_prompt()}\n")
+    print(f"Z ids ({code.z_tokens}, {math.log2(code.k):.0f} bits each): {' '.join(map(str, code.z_ids[:12]))} ...")
     print(f"text tokens {code.text_tokens} -> Z-tokens {code.z_tokens}: ratio {code.ratio:.2f}")
     print(f"bound log2(K)/H = {math.log2(code.k):.0f} / {h:.3f} = {bound:.2f}  (H: model bits per text token)")
     print(f"bits/char {code.bits_per_char:.3f}; binary code {len(code.to_bytes())} bytes; string form:")

@@ -73,7 +73,7 @@ def test_demo_on_tiny_model(model: list[str], capsys: pytest.CaptureFixture[str]
     assert len(sample_text()) > 200
     assert main(["demo", *model]) == 0  # the shipped adapters belong to another backbone: latent part explains
     out = capsys.readouterr().out
-    assert "round trip exact: True" in out and "<z_" in out and "bound log2(K)/H" in out
+    assert "round trip exact: True" in out and "Z ids (" in out and "bound log2(K)/H" in out
     assert "latent mode unavailable" in out and "Traceback" not in out
 
 
