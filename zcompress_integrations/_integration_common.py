@@ -35,6 +35,7 @@ __all__ = [
     "shared_compressor",
     "settings_from_compressor",
     "backbone_profile",
+    "envelope_messages",
 ]
 
 CODE_PATTERN = re.compile(r"zc1:[A-Za-z0-9_\-]+={0,2}")
@@ -171,3 +172,17 @@ def _model_dir(name_or_path: str | None) -> Path | None:
         return default_model_dir()  # converted once from the embedded GGUF file, then cached
     folder = Path(name_or_path)
     return folder if (folder / "config.json").exists() else None
+
+
+def envelope_messages(text: str, envelope: str) -> list[Any] | None:
+    """The ``messages`` list of a memory envelope ``{envelope: 1, "messages": [...]}`` (JSON), or ``None`` when
+    ``text`` is not one: both frameworks' memories store their flushed turns this way."""
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get(envelope) != 1 or not isinstance(data.get("messages"), list):
+        return None
+    return data["messages"]

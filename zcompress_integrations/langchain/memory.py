@@ -27,6 +27,7 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, HumanMessage, messages_from_dict, messages_to_dict
 from pydantic import ConfigDict, Field
 
+from zcompress_integrations._integration_common import envelope_messages
 from zcompress_integrations.errors import CorruptCodeError
 from zcompress_integrations.langchain._common import ZCompressBackend, check_fingerprint, parse_code
 from zcompress_integrations.langchain.formatting import ZCODE_PATTERN
@@ -83,18 +84,10 @@ def encode_messages(messages: Sequence[BaseMessage], *, keep_ids: bool = True) -
 
 def decode_memory(text: str) -> list[BaseMessage] | None:
     """The messages in a memory envelope, or ``None`` when ``text`` is not one."""
-    if not text.startswith("{"):
+    items = envelope_messages(text, _ENVELOPE)
+    if items is None:
         return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get(_ENVELOPE) != 1 or not isinstance(data.get("messages"), list):
-        return None
-    entries = [
-        {"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item
-        for item in data["messages"]
-    ]
+    entries = [{"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item for item in items]
     return messages_from_dict(entries)
 
 

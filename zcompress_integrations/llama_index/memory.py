@@ -10,6 +10,7 @@ from llama_index.core.base.llms.types import ChatMessage, TextBlock
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.memory import BaseMemoryBlock
 
+from zcompress_integrations._integration_common import envelope_messages
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import CorruptCodeError
 from zcompress_integrations.llama_index._common import CompressorSettings
@@ -39,19 +40,12 @@ def encode_chat_messages(messages: list[ChatMessage]) -> str:
 
 def decode_chat_messages(text: str) -> list[ChatMessage] | None:
     """The messages of a memory entry's text, or ``None`` when ``text`` is not one."""
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get(_ENVELOPE) != 1 or not isinstance(data.get("messages"), list):
+    items = envelope_messages(text, _ENVELOPE)
+    if items is None:
         return None
     return [
-        ChatMessage(role=item[0], content=item[1])
-        if isinstance(item, list)
-        else ChatMessage.model_validate(item)
-        for item in data["messages"]
+        ChatMessage(role=item[0], content=item[1]) if isinstance(item, list) else ChatMessage.model_validate(item)
+        for item in items
     ]
 
 
