@@ -87,6 +87,9 @@ def test_parts_roundtrip_and_resume_bookkeeping(tmp_path: Path, tiny_compressor)
     assert len(parts.finished_parts(out)) == 2
     assert sorted(parts.done_ids(out).to_pylist()) == ["a", "a", "b", "b", "c", "c"]
     assert parts.clear_tmp(out) == 1
+    read = parts.read_codes(out)
+    assert sorted(read) == ids and isinstance(read["a"], bytes | str)
+    assert [tiny_compressor.decompress(read[i]) for i in ids] == texts
 
     with pytest.raises(ConfigError, match="not empty"):
         parts.check_manifest(tmp_path, settings)  # a folder with other files and no manifest

@@ -9,6 +9,7 @@ Importing this package loads neither Ray nor torch; :func:`compress_corpus` impo
 
 from __future__ import annotations
 
+from zcompress_integrations.corpus.parts import read_codes
 from zcompress_integrations.corpus.pipeline import CompressWorker, CorpusReport, compress_corpus
 
-__all__ = ["compress_corpus", "CorpusReport", "CompressWorker"]
+__all__ = ["compress_corpus", "read_codes", "CorpusReport", "CompressWorker"]

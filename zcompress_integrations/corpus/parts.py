@@ -42,6 +42,7 @@ __all__ = [
     "done_ids",
     "check_manifest",
     "clear_tmp",
+    "read_codes",
 ]
 
 MANIFEST_NAME = "_zcompress_corpus.json"
@@ -151,3 +152,15 @@ def clear_tmp(out: str | os.PathLike[str]) -> int:
             leftover.unlink()
             count += 1
     return count
+
+
+def read_codes(out: str | os.PathLike[str]) -> dict[str, bytes | str]:
+    """``{id: code}`` over every finished part (``bytes`` or ``zc1:`` strings, as the run wrote them); what an
+    integration reads back after handing a batch to :func:`compress_corpus`. ``ZCode.load`` parses either form."""
+    import pyarrow.parquet as pq
+
+    codes: dict[str, bytes | str] = {}
+    for path in finished_parts(out):
+        table = pq.read_table(path, columns=["id", "code"])
+        codes.update(zip(table.column("id").to_pylist(), table.column("code").to_pylist(), strict=True))
+    return codes
