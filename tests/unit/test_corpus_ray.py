@@ -104,6 +104,22 @@ def test_settings_are_checked_before_ray_starts(tmp_path: Path) -> None:
         compress_corpus(str(tmp_path / "in.jsonl"), tmp_path / "out", num_cpus_per_worker=0)
 
 
+def test_a_pool_that_takes_every_cpu_is_refused_instead_of_hanging() -> None:
+    from zcompress_integrations.corpus.pipeline import _check_room
+
+    class FakeRay:  # a 2-CPU cluster
+        @staticmethod
+        def cluster_resources() -> dict[str, float]:
+            return {"CPU": 2.0}
+
+    with pytest.raises(ConfigError, match="take all 2 CPUs"):
+        _check_room(FakeRay, workers=2, num_cpus=1)
+    _check_room(FakeRay, workers=2, num_cpus=0.5)
+    _check_room(FakeRay, workers=2, num_cpus=0)  # GPU actors that reserve no CPU
+    with pytest.raises(ConfigError):
+        _check_room(FakeRay, workers=1, num_cpus=2)  # GPU actors' reserved CPUs starve the reads too
+
+
 # ---- crash and resume on a local Ray cluster --------------------------------------------------------------------
 def _command(src: Path, out: Path, model: Path) -> list[str]:
     return [

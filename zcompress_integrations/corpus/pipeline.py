@@ -98,10 +98,16 @@ class CompressWorker:
         self.compressor.backbone  # noqa: B018 - load once per actor, before the first batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
 
         start = time.perf_counter()
-        ids = [str(v) for v in batch.column(self.id_column).to_pylist()]
+        if batch.num_rows == 0:  # a block emptied by the resume filter: no part
+            return _stats([], [], [], [], [])
+        raw_ids = batch.column(self.id_column).to_pylist()
+        if any(v is None for v in raw_ids):
+            raise ConfigError(
+                f"some documents have no id in column {self.id_column!r}; every document needs one"
+            )
+        ids = [str(v) for v in raw_ids]
         texts = batch.column(self.text_column).to_pylist()
         bad = [i for i, t in zip(ids, texts, strict=True) if not isinstance(t, str | bytes)]
         if bad:
@@ -111,15 +117,30 @@ class CompressWorker:
         codes = self.compressor.compress_batch(texts, batch_size=max(1, len(texts)), **self.compress)
         name = parts.part_name(ids)
         parts.write_part(self.output, parts.codes_table(ids, codes, code_format=self.code_format), name)
-        return pa.table(
-            {
-                "part": [name],
-                "docs": [len(ids)],
-                "text_tokens": [sum(c.text_tokens for c in codes)],
-                "z_tokens": [sum(c.z_tokens for c in codes)],
-                "seconds": [time.perf_counter() - start],
-            }
+        return _stats(
+            [name],
+            [len(ids)],
+            [sum(c.text_tokens for c in codes)],
+            [sum(c.z_tokens for c in codes)],
+            [time.perf_counter() - start],
         )
+
+
+def _stats(
+    names: list[str], docs: list[int], text_tokens: list[int], z_tokens: list[int], seconds: list[float]
+) -> pa.Table:
+    """The stats rows a worker returns: one per part written."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "part": pa.array(names, pa.string()),
+            "docs": pa.array(docs, pa.int64()),
+            "text_tokens": pa.array(text_tokens, pa.int64()),
+            "z_tokens": pa.array(z_tokens, pa.int64()),
+            "seconds": pa.array(seconds, pa.float64()),
+        }
+    )
 
 
 def _drop_done(batch: pa.Table, id_column: str, done: Any) -> pa.Table:
@@ -242,7 +263,7 @@ def compress_corpus(
     if started:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     try:
-        _check_room(ray, workers, num_cpus_per_worker, num_gpus_per_worker)
+        _check_room(ray, workers, num_cpus_per_worker)
         table = _run(
             ray,
             source,
@@ -275,11 +296,12 @@ def compress_corpus(
     return report
 
 
-def _check_room(ray: Any, workers: int, num_cpus: float, num_gpus: float) -> None:
+def _check_room(ray: Any, workers: int, num_cpus: float) -> None:
     """Refuse a CPU pool that takes every CPU of the cluster: Ray Data's read tasks would never get one and the
-    run would hang (a real risk on a laptop: 2 workers x 1 CPU on 2 cores)."""
+    run would hang (a real risk on a laptop: 2 workers x 1 CPU on 2 cores). GPU actors count the CPUs
+    they reserve too."""
     total = ray.cluster_resources().get("CPU", 0)
-    if num_gpus == 0 and workers * num_cpus >= total:
+    if workers * num_cpus >= total:
         raise ConfigError(
             f"{workers} workers x {num_cpus} CPUs take all {total:g} CPUs of the Ray cluster, leaving none to read "
             f"the input; use fewer workers or a fractional num_cpus_per_worker (e.g. {total / (workers + 1):.2g})"
@@ -342,7 +364,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     import pyarrow as pa
 
     tables = [t for t in tables if t.num_rows]
-    return pa.concat_tables(tables) if tables else pa.table({"docs": pa.array([], pa.int64())})
+    return pa.concat_tables(tables) if tables else _stats([], [], [], [], [])
 
 
 def _sum(table: pa.Table, column: str) -> int:
