@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone: local dir or cached HF id (default: embedded)",
     )
     p.add_argument(
-        "--adapters", default="default", metavar="DIR", help="latent adapters (default: the shipped ones)"
+        "--adapters",
+        default="default",
+        metavar="DIR",
+        help="latent adapters (default: the shipped ones; none: no adapters)",
     )
     p.add_argument("--k", type=int, default=4096, help="Z vocabulary size of the exact codec (default: 4096)")
     p.add_argument("--window", type=int, default=256, help="tokens per coded window (default: 256)")
