@@ -315,6 +315,7 @@ COMMANDS: dict[str, Command] = {
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("zcompress_integrations.core.training.cli", "train latent-codec adapters"),
     "eval": ("zcompress_integrations.eval.cli", "run the evaluation suites"),
+    "compress-dataset": ("zcompress_integrations.corpus.cli", "compress a jsonl/parquet corpus on Ray Data (resumable)"),
 }
 
 

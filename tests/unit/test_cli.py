@@ -129,7 +129,7 @@ def test_wrong_model_exits_2(
 
 def test_subcommand_table_and_external_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
     assert {"compress", "decompress", "info", "demo"} <= set(COMMANDS)
-    assert set(EXTERNAL_COMMANDS) == {"train", "eval"}
+    assert set(EXTERNAL_COMMANDS) == {"train", "eval", "compress-dataset"}
     for name, (module, _) in EXTERNAL_COMMANDS.items():
         try:
             __import__(module)
