@@ -48,7 +48,9 @@ def measure(adapters: str, limit: int, seed: int) -> dict:
             }
             for name, context in contexts.items():
                 sums[name] += float(answer_loss(zc, context, example))
-                fed[name] += sum(c.z_tokens if hasattr(c, "z_tokens") else zc.count_tokens(c) for c in context)
+                fed[name] += sum(
+                    c.z_tokens if hasattr(c, "z_tokens") else zc.count_tokens(c) for c in context
+                )
             sums["none"] += float(answer_loss(zc, [], AnswerExample(q.question, (), q.answer)))
     n = len(questions)
     training = codec.config.training or {}
@@ -65,7 +67,9 @@ def measure(adapters: str, limit: int, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapters", default="default")
     parser.add_argument("--label", required=True)
     parser.add_argument("--limit", type=int, default=30)

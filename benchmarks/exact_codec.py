@@ -55,10 +55,14 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=100, help="first N paragraphs (default 100)")
-    parser.add_argument("--single", type=int, default=0, help="index of the paragraph timed alone (default 0)")
+    parser.add_argument(
+        "--single", type=int, default=0, help="index of the paragraph timed alone (default 0)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="texts coded side by side (default 32)")
     parser.add_argument(
-        "--decode-limit", type=int, default=None,
+        "--decode-limit",
+        type=int,
+        default=None,
         help="decompress only the codes of the last N texts in length order (default: all; a loaded CPU needs fewer)",
     )
     parser.add_argument("--out", default="benchmarks/results/exact_codec")
@@ -84,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     dec_tokens = sum(codes[i].text_tokens for i in chosen)
     decoded, dec_s = _timed(zc.decompress_batch, [codes[i] for i in chosen], batch_size=args.batch_size)
     exact = sum(d == texts[i] for d, i in zip(decoded, chosen, strict=True))
-    print(f"decompress: {dec_tokens} tokens of {len(chosen)} texts in {dec_s:.1f}s, exact {exact}", flush=True)
+    print(
+        f"decompress: {dec_tokens} tokens of {len(chosen)} texts in {dec_s:.1f}s, exact {exact}", flush=True
+    )
 
     # 2. One paragraph alone (one lane).
     single = texts[args.single]
@@ -150,8 +156,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "decompress_single": one.text_tokens / one_dec_s,
             "cross_entropy_parallel": n_tokens / ce_s,
         },
-        "seconds": {"compress_batch": enc_s, "decompress_batch": dec_s, "compress_single": one_enc_s,
-                    "decompress_single": one_dec_s, "cross_entropy": ce_s, "model_load": load_s},
+        "seconds": {
+            "compress_batch": enc_s,
+            "decompress_batch": dec_s,
+            "compress_single": one_enc_s,
+            "decompress_single": one_dec_s,
+            "cross_entropy": ce_s,
+            "model_load": load_s,
+        },
         "single_tokens": one.text_tokens,
         "lanes_batch": codes[0].params.get("lanes"),
     }
@@ -168,23 +180,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         "batch_size": args.batch_size,
     }
     command = "python benchmarks/exact_codec.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report.write_json({"command": command, "machine": machine, "summary": summary, "per_text": per_text},
-                      f"{args.out}.json")
+    report.write_json(
+        {"command": command, "machine": machine, "summary": summary, "per_text": per_text}, f"{args.out}.json"
+    )
 
     bpc = summary["bits_per_char"]
-    size_rows = [{"method": m, "bits/char": v, "x model CE": v / bpc["model cross-entropy"]} for m, v in bpc.items()]
+    size_rows = [
+        {"method": m, "bits/char": v, "x model CE": v / bpc["model cross-entropy"]} for m, v in bpc.items()
+    ]
     tp = summary["throughput_tokens_per_s"]
     sec = summary["seconds"]
     speed_rows = [
-        {"run": f"compress_batch ({len(texts)} texts)", "tokens": n_tokens, "seconds": sec["compress_batch"], "tokens/s": tp["compress_batch"]},
-        {"run": f"decompress_batch ({len(chosen)} texts)", "tokens": dec_tokens, "seconds": sec["decompress_batch"],
-         "tokens/s": tp["decompress_batch"]},
-        {"run": "compress one paragraph", "tokens": one.text_tokens, "seconds": sec["compress_single"],
-         "tokens/s": tp["compress_single"]},
-        {"run": "decompress one paragraph", "tokens": one.text_tokens, "seconds": sec["decompress_single"],
-         "tokens/s": tp["decompress_single"]},
-        {"run": "cross-entropy (parallel forward, not a codec)", "tokens": n_tokens, "seconds": sec["cross_entropy"],
-         "tokens/s": tp["cross_entropy_parallel"]},
+        {
+            "run": f"compress_batch ({len(texts)} texts)",
+            "tokens": n_tokens,
+            "seconds": sec["compress_batch"],
+            "tokens/s": tp["compress_batch"],
+        },
+        {
+            "run": f"decompress_batch ({len(chosen)} texts)",
+            "tokens": dec_tokens,
+            "seconds": sec["decompress_batch"],
+            "tokens/s": tp["decompress_batch"],
+        },
+        {
+            "run": "compress one paragraph",
+            "tokens": one.text_tokens,
+            "seconds": sec["compress_single"],
+            "tokens/s": tp["compress_single"],
+        },
+        {
+            "run": "decompress one paragraph",
+            "tokens": one.text_tokens,
+            "seconds": sec["decompress_single"],
+            "tokens/s": tp["decompress_single"],
+        },
+        {
+            "run": "cross-entropy (parallel forward, not a codec)",
+            "tokens": n_tokens,
+            "seconds": sec["cross_entropy"],
+            "tokens/s": tp["cross_entropy_parallel"],
+        },
     ]
     md = f"""# Exact codec on the default model
 

@@ -96,13 +96,17 @@ def worker(length: int, mode: str, ratio: float, new_tokens: int, threads: int) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", default="512,1024,2048,4096")
     parser.add_argument("--ratios", default="4")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/generation_latency")
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown table from a results JSON")
+    parser.add_argument(
+        "--render", metavar="JSON", help="only rewrite the Markdown table from a results JSON"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("LENGTH", "MODE", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
@@ -116,10 +120,21 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     rows = []
     for length in [int(v) for v in args.lengths.split(",")]:
-        plan = [("full", 0.0)] + [(m, float(r)) for r in args.ratios.split(",") for m in ("z precompressed", "z on the fly")]
+        plan = [("full", 0.0)] + [
+            (m, float(r)) for r in args.ratios.split(",") for m in ("z precompressed", "z on the fly")
+        ]
         for mode, ratio in plan:
-            cmd = [sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
-            done = subprocess.run([*cmd, "--worker", str(length), mode, str(ratio)], capture_output=True, text=True)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--new-tokens",
+                str(args.new_tokens),
+                "--threads",
+                str(args.threads),
+            ]
+            done = subprocess.run(
+                [*cmd, "--worker", str(length), mode, str(ratio)], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise SystemExit(f"worker {length} {mode} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -127,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     meta = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
         f"{args.threads} threads, load average at end {os.getloadavg()[0]:.2f}",
         "seconds": round(time.time() - t_start),
@@ -157,7 +173,11 @@ def render(meta: dict, rows: list[dict], out: Path) -> None:
     for r in rows:
         mode = r["mode"] + (f" {r['ratio']:g}x" if r["ratio"] else "")
         comp = r.get("compress_s", r.get("compress_s_at_ingestion"))
-        comp_cell = "" if comp is None else (f"{comp} (ingestion, not in e2e)" if "compress_s_at_ingestion" in r else f"{comp}")
+        comp_cell = (
+            ""
+            if comp is None
+            else (f"{comp} (ingestion, not in e2e)" if "compress_s_at_ingestion" in r else f"{comp}")
+        )
         lines.append(
             f"| {r['text_tokens']} | {mode} | {r['prompt_tokens']} | {comp_cell} | {r['first_token_s']} | "
             f"{r['total_s']} | {r['completion_tokens']} | {_mb(r['peak_extra_mb'])} |"
@@ -168,7 +188,6 @@ def render(meta: dict, rows: list[dict], out: Path) -> None:
 
 def _mb(value: float) -> str:
     return "< 1" if value < 1 else f"{value:.0f}"
-
 
 
 if __name__ == "__main__":

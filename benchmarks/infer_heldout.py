@@ -20,9 +20,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapters", nargs="+", required=True)
-    parser.add_argument("--data", required=True, help="a training-split jsonl the adapters were not trained on")
+    parser.add_argument(
+        "--data", required=True, help="a training-split jsonl the adapters were not trained on"
+    )
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--model", default=None)
@@ -35,13 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     from zcompress_integrations.core.training import group_infer_loss, prepare_segments
 
     backbone = load_backbone(args.model, device="cpu")
-    windows = prepare_segments(backbone.tokenizer, [args.data], args.width, max_tokens=args.width * args.windows * 4)
+    windows = prepare_segments(
+        backbone.tokenizer, [args.data], args.width, max_tokens=args.width * args.windows * 4
+    )
     windows = windows[np.random.default_rng(0).permutation(len(windows))[: args.windows]]
     for directory in args.adapters:
         codec = load_latent_codec(load_backbone(args.model, device="cpu"), directory)  # a bare backbone each
         row = {"adapters": directory, "windows": len(windows), "infer": codec.config.training.get("infer")}
         for size in (2, 4):
-            row[f"groups_of_{size}"] = {k: round(v, 4) for k, v in group_infer_loss(codec, windows, size).items()}
+            row[f"groups_of_{size}"] = {
+                k: round(v, 4) for k, v in group_infer_loss(codec, windows, size).items()
+            }
         print(json.dumps(row), flush=True)
 
 

@@ -48,8 +48,12 @@ def reader_bits(codec: object, code: object) -> tuple[float, float]:
             start += count
             tokens = torch.tensor([[t for g in codec.code.groups(z_ids) for t in g]])
             x, pos, mask = codec.reader_inputs(tokens, [z_ids])
-            target = torch.tensor([*tokens[0].tolist(), codec.end_token])  # the residual codes each segment's end too
-            hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state[0]
+            target = torch.tensor(
+                [*tokens[0].tolist(), codec.end_token]
+            )  # the residual codes each segment's end too
+            hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state[
+                0
+            ]
             hidden = hidden[-len(target) :].float()
             logits = torch.nn.functional.linear(hidden, runner.head_weight)
             ce_bits += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum")) / math.log(2)
@@ -68,20 +72,32 @@ def length_correlations(counts: list[int], nll: list[float], lengths: list[int])
     keep = [i for i, n in enumerate(lengths) if n == full]
     return {
         "spearman_z_vs_nll": float(spearman(counts, nll)),
-        "spearman_z_vs_total_nll": float(spearman(counts, [a * n for a, n in zip(nll, lengths, strict=True)])),
-        "spearman_z_per_token_vs_nll": float(spearman([c / n for c, n in zip(counts, lengths, strict=True)], nll)),
+        "spearman_z_vs_total_nll": float(
+            spearman(counts, [a * n for a, n in zip(nll, lengths, strict=True)])
+        ),
+        "spearman_z_per_token_vs_nll": float(
+            spearman([c / n for c, n in zip(counts, lengths, strict=True)], nll)
+        ),
         "spearman_z_vs_nll_full_segments": float(spearman([counts[i] for i in keep], [nll[i] for i in keep])),
         "full_segments": len(keep),
     }
 
 
-def write_counts(args: argparse.Namespace, argv: list[str] | None, codec: object, segs: list, nll: list, h_bits: float) -> None:
+def write_counts(
+    args: argparse.Namespace, argv: list[str] | None, codec: object, segs: list, nll: list, h_bits: float
+) -> None:
     """``--counts-only``: Z counts per segment at each ratio (``codec.slot_count``, what ``compress_batch`` uses)."""
     lengths = [len(s) for s in segs]
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         counts = [codec.slot_count(n, x, ratio) for n, x in zip(lengths, nll, strict=True)]
-        rows.append({"target_ratio": ratio, "achieved_ratio": sum(lengths) / sum(counts), **length_correlations(counts, nll, lengths)})
+        rows.append(
+            {
+                "target_ratio": ratio,
+                "achieved_ratio": sum(lengths) / sum(counts),
+                **length_correlations(counts, nll, lengths),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])])
@@ -107,20 +123,27 @@ def write_counts(args: argparse.Namespace, argv: list[str] | None, codec: object
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ratios", default="2,4")
     parser.add_argument("--adapters", default="default")
     parser.add_argument("--out", default="benchmarks/results/latent_default")
-    parser.add_argument("--verify", type=int, default=20, help="paragraphs whose exact=True codes are decoded")
+    parser.add_argument(
+        "--verify", type=int, default=20, help="paragraphs whose exact=True codes are decoded"
+    )
     parser.add_argument(
         "--counts-only",
         action="store_true",
         help="only Z counts vs NLL (no encoder or decoder run: counts come from the codec's own slot_count)",
     )
     parser.add_argument(
-        "--residual-limit", type=int, default=0, help="paragraphs coded with exact=True (0: all; it is the slow part)"
+        "--residual-limit",
+        type=int,
+        default=0,
+        help="paragraphs coded with exact=True (0: all; it is the slow part)",
     )
     args = parser.parse_args(argv)
 
@@ -173,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
                 "bound_log2Keff_over_H": bound,
                 "residual_bits_per_token": residual_bits / exact_tokens,
                 "residual_paragraphs": len(exact_codes),
-                "ideal_residual_bits_per_token": sum(ideal) / sum(c.text_tokens for c in codes) if ideal else None,
+                "ideal_residual_bits_per_token": sum(ideal) / sum(c.text_tokens for c in codes)
+                if ideal
+                else None,
                 "ideal_residual_bits_per_token_coded_paragraphs": (
                     sum(ideal[: len(exact_codes)]) / exact_tokens if ideal else None
                 ),

@@ -53,13 +53,24 @@ def _case(mode: str, chars: int, queue: mp.Queue) -> None:
     t0 = time.time()
     code = zc.compress(text, mode=mode)
     seconds = time.time() - t0
-    queue.put({"mode": mode, "chars": len(text), "text_tokens": code.text_tokens, "z_tokens": code.z_tokens,
-               "model_peak_mib": round(before), "peak_mib": round(_peak_mib()),
-               "document_mib": round(_peak_mib() - before), "seconds": round(seconds, 1)})
+    queue.put(
+        {
+            "mode": mode,
+            "chars": len(text),
+            "text_tokens": code.text_tokens,
+            "z_tokens": code.z_tokens,
+            "model_peak_mib": round(before),
+            "peak_mib": round(_peak_mib()),
+            "document_mib": round(_peak_mib() - before),
+            "seconds": round(seconds, 1),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--chars", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--modes", nargs="+", default=["latent"], choices=["latent", "exact"])
     parser.add_argument("--out", default="benchmarks/results/memory")
@@ -83,13 +94,21 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["# Peak memory of compressing one long document", "", f"Command: `{meta['command']}`  ",
-             f"Machine: {meta['machine']}", "",
-             "| mode | characters | text tokens | Z-tokens | model + warm-up peak (MiB) | peak (MiB) | "
-             "the document's own (MiB) | seconds |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Peak memory of compressing one long document",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}",
+        "",
+        "| mode | characters | text tokens | Z-tokens | model + warm-up peak (MiB) | peak (MiB) | "
+        "the document's own (MiB) | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['chars']:,} | {r['text_tokens']:,} | {r['z_tokens']:,} | "
-                     f"{r['model_peak_mib']:,} | {r['peak_mib']:,} | {r['document_mib']:,} | {r['seconds']} |")
+        lines.append(
+            f"| {r['mode']} | {r['chars']:,} | {r['text_tokens']:,} | {r['z_tokens']:,} | "
+            f"{r['model_peak_mib']:,} | {r['peak_mib']:,} | {r['document_mib']:,} | {r['seconds']} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

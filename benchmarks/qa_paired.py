@@ -32,7 +32,9 @@ def paired_rows(qa: dict, pairs: list[tuple[str, str]], draws: int = 10_000, see
             diff = np.array(
                 [
                     score(pa, g) - score(pb, g)
-                    for pa, pb, g in zip(methods[a]["predictions"], methods[b]["predictions"], golds, strict=True)
+                    for pa, pb, g in zip(
+                        methods[a]["predictions"], methods[b]["predictions"], golds, strict=True
+                    )
                 ]
             )
             lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
@@ -42,13 +44,17 @@ def paired_rows(qa: dict, pairs: list[tuple[str, str]], draws: int = 10_000, see
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", help="results.json of a zcompress eval run with the qa suite")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
     args = parser.parse_args()
     qa = json.loads(Path(args.results).read_text())["suites"]["qa"]
     ok = [m for m, row in qa["methods"].items() if "predictions" in row]
-    pairs = [(z, other) for z in ok if z.startswith("latent") for other in ok if not other.startswith("latent")]
+    pairs = [
+        (z, other) for z in ok if z.startswith("latent") for other in ok if not other.startswith("latent")
+    ]
     rows = paired_rows(qa, pairs)
     cols = list(rows[0])
     lines = [

@@ -60,7 +60,9 @@ def measure(adapters: str, limit: int, seed: int, ratios: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapters", help="an adapters directory written by a zcompress train reader run")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, help="the run's log.jsonl (held-out CE per step)")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument(
-        "--import-default", type=Path, help="add the point measured by benchmarks/latent_default.py (its .json)"
+        "--import-default",
+        type=Path,
+        help="add the point measured by benchmarks/latent_default.py (its .json)",
     )
     parser.add_argument("--out", default="benchmarks/results/token_code_curve")
     args = parser.parse_args(argv)
@@ -80,15 +84,21 @@ def main(argv: list[str] | None = None) -> None:
         point = measure(args.adapters, args.limit, args.seed, [float(r) for r in args.ratios.split(",")])
         point["command"] = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])])
         point["machine"] = f"{os.cpu_count()} CPUs ({platform.machine()})"
-        data["points"] = [p for p in data["points"] if p["step"] != point["step"] or p["paragraphs"] != point["paragraphs"]]
+        data["points"] = [
+            p for p in data["points"] if p["step"] != point["step"] or p["paragraphs"] != point["paragraphs"]
+        ]
         data["points"] = sorted([*data["points"], point], key=lambda p: (p["paragraphs"], p["step"]))
     if args.import_default:
         point = from_latent_default(json.loads(args.import_default.read_text()))
-        data["points"] = [p for p in data["points"] if p["step"] != point["step"] or p["paragraphs"] != point["paragraphs"]]
+        data["points"] = [
+            p for p in data["points"] if p["step"] != point["step"] or p["paragraphs"] != point["paragraphs"]
+        ]
         data["points"] = sorted([*data["points"], point], key=lambda p: (p["paragraphs"], p["step"]))
     if args.log:
         rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
-        data["ce"] = list({r["step"]: r for r in rows}.values())  # a resumed run re-logs its first step: keep the last
+        data["ce"] = list(
+            {r["step"]: r for r in rows}.values()
+        )  # a resumed run re-logs its first step: keep the last
     out.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     write_report(data, out)
@@ -111,7 +121,10 @@ def from_latent_default(result: dict) -> dict:
         point[f"ratio_{key}"] = row["achieved_ratio"]
         point[f"bleu_{key}"] = row["bleu4"]
         point[f"exact_match_{key}"] = row["exact_match"]
-        point[f"sample_{key}"] = {"ref": row["samples"][0]["ref"][:240], "hyp": row["samples"][0]["hyp"][:240]}
+        point[f"sample_{key}"] = {
+            "ref": row["samples"][0]["ref"][:240],
+            "hyp": row["samples"][0]["hyp"][:240],
+        }
     return point
 
 
@@ -120,7 +133,7 @@ def write_report(data: dict, out: Path) -> None:
         "# Token-group code: learning curve of the decoder",
         "",
         "Free-running greedy reconstruction of WikiText-2 test paragraphs (`text_detok`, seed 0) from Z-tokens that",
-        "each stand for 1-4 text tokens (`z_embedding=\"tokens\"`); commands in `benchmarks/token_code_curve.py`.",
+        'each stand for 1-4 text tokens (`z_embedding="tokens"`); commands in `benchmarks/token_code_curve.py`.',
         "",
         "| step | text tokens seen | train s | paragraphs | 2x ratio | 2x BLEU-4 | 2x exact | 4x ratio | 4x BLEU-4 "
         "| 4x exact |",
@@ -153,7 +166,10 @@ def write_report(data: dict, out: Path) -> None:
     for p in data["points"][-1:]:
         for key in ("2x", "4x"):
             if f"sample_{key}" in p:
-                lines += [f"- {key} ref: {p[f'sample_{key}']['ref']!r}", f"  hyp: {p[f'sample_{key}']['hyp']!r}"]
+                lines += [
+                    f"- {key} ref: {p[f'sample_{key}']['ref']!r}",
+                    f"  hyp: {p[f'sample_{key}']['hyp']!r}",
+                ]
     lines += ["", "Commands:", ""] + [f"- `{p['command']}` ({p['machine']})" for p in data["points"]]
     (out.parent / f"{out.name}.md").write_text("\n".join(lines) + "\n")
     plot(data, out.parent / f"{out.name}.png")
@@ -169,8 +185,16 @@ def plot(data: dict, path: Path) -> None:
     if data["ce"]:
         x = [r["tokens"] for r in data["ce"]]
         for key, colour in (("2x", "tab:blue"), ("4x", "tab:orange")):
-            ax_ce.plot(x, [r[f"held_ce_{key}"] for r in data["ce"]], "-o", color=colour, label=f"{key} true Z")
-            ax_ce.plot(x, [r[f"held_ce_{key}_shuffled"] for r in data["ce"]], "--", color=colour, label=f"{key} shuffled")
+            ax_ce.plot(
+                x, [r[f"held_ce_{key}"] for r in data["ce"]], "-o", color=colour, label=f"{key} true Z"
+            )
+            ax_ce.plot(
+                x,
+                [r[f"held_ce_{key}_shuffled"] for r in data["ce"]],
+                "--",
+                color=colour,
+                label=f"{key} shuffled",
+            )
     ax_ce.set_xlabel("training text tokens")
     ax_ce.set_ylabel("held-out CE (nats/token)")
     ax_ce.legend(fontsize=8)
@@ -180,8 +204,12 @@ def plot(data: dict, path: Path) -> None:
     for n, points in by_size.items():
         for key, colour in (("2x", "tab:blue"), ("4x", "tab:orange")):
             ax_bleu.plot(
-                [p["tokens_seen"] for p in points], [p.get(f"bleu_{key}", 0) for p in points], "-o", color=colour,
-                label=f"{key}, {n} paragraphs", alpha=1.0 if n == max(by_size) else 0.5,
+                [p["tokens_seen"] for p in points],
+                [p.get(f"bleu_{key}", 0) for p in points],
+                "-o",
+                color=colour,
+                label=f"{key}, {n} paragraphs",
+                alpha=1.0 if n == max(by_size) else 0.5,
             )
     ax_bleu.axhline(90, color="grey", linestyle=":", label="goal at 2x (BLEU-4 90)")
     ax_bleu.set_xlabel("training text tokens")

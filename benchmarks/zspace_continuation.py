@@ -59,7 +59,9 @@ def _nll(codec: Any, context: list[int], cont: list[int]) -> float:
     ids = torch.tensor([context + cont], device=codec.backbone.device)
     with codec.peft_model.disable_adapter(), torch.inference_mode():
         logits = codec.lm(input_ids=ids).logits[0, len(context) - 1 : -1, : codec.backbone.text_vocab_size]
-        return float(torch.nn.functional.cross_entropy(logits.float(), ids[0, len(context) :], reduction="sum"))
+        return float(
+            torch.nn.functional.cross_entropy(logits.float(), ids[0, len(context) :], reduction="sum")
+        )
 
 
 def _greedy(codec: Any, context: list[int], n_tokens: int) -> list[int]:
@@ -97,7 +99,9 @@ def _paragraph_pool(data: str | None, tok: Any, length: int, vocab: int) -> list
     return pool
 
 
-def _score(codec: Any, start: list[int], prefixes: list, conts: list, truths: list, vocab: int) -> dict[str, Any]:
+def _score(
+    codec: Any, start: list[int], prefixes: list, conts: list, truths: list, vocab: int
+) -> dict[str, Any]:
     """Base-model perplexity given the true first segment, unigram F1 against the truth, distinct bigrams."""
     import numpy as np
 
@@ -121,7 +125,9 @@ def _score(codec: Any, start: list[int], prefixes: list, conts: list, truths: li
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="backbone name or path (default: the embedded default)")
     parser.add_argument("--adapters", default="default", help="latent adapters with an infer/ adapter")
     parser.add_argument("--limit", type=int, default=100)
@@ -132,12 +138,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="continue_z sampling (0: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument(
-        "--repetition-penalty", type=float, default=None, help="default: continue_z's own (1.1 for token groups)"
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="default: continue_z's own (1.1 for token groups)",
     )
-    parser.add_argument("--skip-greedy", action="store_true", help="no base-model greedy row (saves its time)")
+    parser.add_argument(
+        "--skip-greedy", action="store_true", help="no base-model greedy row (saves its time)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="a jsonl with a 'text' field instead of WikiText-2 test (e.g. a held-apart training-split file, to "
         "choose decoding settings without touching evaluation data)",
     )
@@ -217,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "model": zc.model_name,
         "adapters": str(args.adapters),
@@ -253,9 +266,14 @@ def main(argv: list[str] | None = None) -> None:
         f"Time: continue_z {meta['continue_z_s']} s for all paragraphs (whole Z path with compression and "
         f"decompression {meta['z_path_s']} s); the base model's greedy continuation {meta['greedy_s']} s.",
         "",
-        *(["Token-group code: a generated Z id names its token group, so the table shows the continuation both as "
-           "the decompress adapter renders it (`z continuation`) and as the ids name it (`z continuation as named`: "
-           "what the infer adapter wrote, before any reading).", ""]),
+        *(
+            [
+                "Token-group code: a generated Z id names its token group, so the table shows the continuation both as "
+                "the decompress adapter renders it (`z continuation`) and as the ids name it (`z continuation as named`: "
+                "what the infer adapter wrote, before any reading).",
+                "",
+            ]
+        ),
         "| continuation | perplexity | tokens (mean) | empty | unigram F1 vs true | distinct bigrams |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -265,7 +283,13 @@ def main(argv: list[str] | None = None) -> None:
             f"| {kind.replace('_', ' ')} | {r['perplexity']:.2f} | {r['tokens_mean']:.1f} | {r['empty']} | "
             f"{r['unigram_f1_vs_true']:.3f} | {r['distinct2']:.3f} |"
         )
-    lines += ["", f"Infer adapter training: `{json.dumps(cfg.training.get('infer', {}))}`", "", "## Samples", ""]
+    lines += [
+        "",
+        f"Infer adapter training: `{json.dumps(cfg.training.get('infer', {}))}`",
+        "",
+        "## Samples",
+        "",
+    ]
     for i, s in enumerate(samples, 1):
         lines.append(f"{i}.")
         for key in ("prefix", "recon", *kinds):

@@ -30,7 +30,9 @@ def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: i
 
     bpe = tokenizers.ByteLevelBPETokenizer()
     bpe.train_from_iterator([_CORPUS] * 20, vocab_size=512, min_frequency=1, special_tokens=["<s>", "</s>"])
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>"
+    )
     tok.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(

@@ -124,7 +124,10 @@ def _bound(k: int, ce_bits: float, text_tokens: int) -> tuple[float, float]:
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=None, metavar="PATH", help="backbone: local model dir or cached HF id (default: embedded)"
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="backbone: local model dir or cached HF id (default: embedded)",
     )
     parser.add_argument(
         "--adapters", default="default", metavar="DIR", help="latent adapters (default: the shipped ones)"
@@ -220,10 +223,16 @@ def _run_info(args: argparse.Namespace) -> int:
         ("params", " ".join(f"{k}={v}" for k, v in code.params.items()) or "-"),
     ]
     if args.bound:
-        zc = _compressor(args.model, k=code.k, window=max(2, code.params.get("window", 256)), adapters=args.adapters)
+        zc = _compressor(
+            args.model, k=code.k, window=max(2, code.params.get("window", 256)), adapters=args.adapters
+        )
         text = zc.decompress(code)
         h, bound = _bound(code.k, _cross_entropy_bits(zc, text), code.text_tokens)
-        rows += [("model", zc.model_name), ("H (bits/token)", f"{h:.3f}"), ("bound log2(K)/H", f"{bound:.2f}")]
+        rows += [
+            ("model", zc.model_name),
+            ("H (bits/token)", f"{h:.3f}"),
+            ("bound log2(K)/H", f"{bound:.2f}"),
+        ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -266,13 +275,19 @@ def _demo_exact(zc: Any, text: str, load_s: float) -> bool:
     back = zc.decompress(code)
     dec_s = time.perf_counter() - t0
     h, bound = _bound(code.k, _cross_entropy_bits(zc, text), code.text_tokens)
-    print(f"Z ids ({code.z_tokens}, {math.log2(code.k):.0f} bits each): {' '.join(map(str, code.z_ids[:12]))} ...")
+    print(
+        f"Z ids ({code.z_tokens}, {math.log2(code.k):.0f} bits each): {' '.join(map(str, code.z_ids[:12]))} ..."
+    )
     print(f"text tokens {code.text_tokens} -> Z-tokens {code.z_tokens}: ratio {code.ratio:.2f}")
-    print(f"bound log2(K)/H = {math.log2(code.k):.0f} / {h:.3f} = {bound:.2f}  (H: model bits per text token)")
+    print(
+        f"bound log2(K)/H = {math.log2(code.k):.0f} / {h:.3f} = {bound:.2f}  (H: model bits per text token)"
+    )
     print(f"bits/char {code.bits_per_char:.3f}; binary code {len(code.to_bytes())} bytes; string form:")
     print(f"  {code.to_string()}")
     print(f"round trip exact: {back == text}")
-    print(f"time: load {load_s:.1f}s, compress {enc_s:.1f}s, decompress {dec_s:.1f}s (one lane on this machine)")
+    print(
+        f"time: load {load_s:.1f}s, compress {enc_s:.1f}s, decompress {dec_s:.1f}s (one lane on this machine)"
+    )
     print()
     return back == text
 
@@ -307,7 +322,9 @@ def _demo_latent(zc: Any, text: str, question: str) -> None:
 
 COMMANDS: dict[str, Command] = {
     "compress": Command("compress a text file into a Z code", _configure_compress, _run_compress),
-    "decompress": Command("decompress a Z code back into the exact text", _configure_decompress, _run_decompress),
+    "decompress": Command(
+        "decompress a Z code back into the exact text", _configure_decompress, _run_decompress
+    ),
     "info": Command("describe a Z code (ratio, bits, model fingerprint)", _configure_info, _run_info),
     "demo": Command("show the exact and latent modes on the bundled paragraph", _configure_demo, _run_demo),
 }
@@ -315,7 +332,10 @@ COMMANDS: dict[str, Command] = {
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("zcompress_integrations.core.training.cli", "train latent-codec adapters"),
     "eval": ("zcompress_integrations.eval.cli", "run the evaluation suites"),
-    "compress-dataset": ("zcompress_integrations.corpus.cli", "compress a jsonl/parquet corpus on Ray Data (resumable)"),
+    "compress-dataset": (
+        "zcompress_integrations.corpus.cli",
+        "compress a jsonl/parquet corpus on Ray Data (resumable)",
+    ),
 }
 
 
@@ -328,7 +348,10 @@ def _run_external(name: str, argv: Sequence[str]) -> int:
         if missing and not module_name.startswith(missing) and missing != module_name:
             print(f"zcompress: error: '{name}' needs a package that is not installed: {exc}", file=sys.stderr)
         else:
-            print(f"zcompress: error: '{name}' is not available in this installation ({module_name})", file=sys.stderr)
+            print(
+                f"zcompress: error: '{name}' is not available in this installation ({module_name})",
+                file=sys.stderr,
+            )
         return EXIT_USAGE
     result = module.main(list(argv))
     return int(result or 0)

@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--adapters", required=True, help="token-group reader adapters without infer/")
     args = parser.parse_args(argv)
@@ -47,11 +49,23 @@ def main(argv: list[str] | None = None) -> None:
         add_infer_adapter(codec, seed=0, from_reader=from_reader)
         t0 = time.time()
         before = group_infer_loss(codec, held, 2)
-        records = train_infer(codec, train, steps=args.steps, batch_size=4, lr=1e-3, lr_head=2e-3, warmup_steps=5,
-                              log_every=5)
+        records = train_infer(
+            codec, train, steps=args.steps, batch_size=4, lr=1e-3, lr_head=2e-3, warmup_steps=5, log_every=5
+        )
         after = group_infer_loss(codec, held, 2)
-        print(json.dumps({"from_reader": from_reader, "steps": args.steps, "before": before, "after": after,
-                          "losses": [r["loss"] for r in records], "s": round(time.time() - t0)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "from_reader": from_reader,
+                    "steps": args.steps,
+                    "before": before,
+                    "after": after,
+                    "losses": [r["loss"] for r in records],
+                    "s": round(time.time() - t0),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

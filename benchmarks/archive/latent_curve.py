@@ -21,13 +21,21 @@ def load(path: Path) -> tuple[list[dict], list[dict]]:
     for r in rows:
         for prefix in ("val_bleu_", "bleu_"):
             if f"{prefix}2x" in r:
-                evals.append({"tokens_seen": r["tokens_seen"], "wall_s": r["wall_s"], "2x": r[f"{prefix}2x"],
-                              "4x": r.get(f"{prefix}4x")})
+                evals.append(
+                    {
+                        "tokens_seen": r["tokens_seen"],
+                        "wall_s": r["wall_s"],
+                        "2x": r[f"{prefix}2x"],
+                        "4x": r.get(f"{prefix}4x"),
+                    }
+                )
     return train, evals
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("logs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_curves.png"))
     args = parser.parse_args(argv)
@@ -48,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
             if pts:
                 ax_tok.plot([p[0] for p in pts], [p[2] for p in pts], style, label=f"{label} {ratio}")
                 ax_wall.plot([p[1] for p in pts], [p[2] for p in pts], style, label=f"{label} {ratio}")
-    ax_loss.set(xlabel="text tokens seen", ylabel="reconstruction cross-entropy (nats)", title="training loss")
+    ax_loss.set(
+        xlabel="text tokens seen", ylabel="reconstruction cross-entropy (nats)", title="training loss"
+    )
     ax_tok.set(xlabel="text tokens seen", ylabel="BLEU-4", title="free-running reconstruction")
     ax_wall.set(xlabel="wall minutes", ylabel="BLEU-4", title="free-running reconstruction")
     for ax in (ax_loss, ax_tok, ax_wall):

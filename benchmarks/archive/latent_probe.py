@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--segments", type=int, default=16)
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--data", default=str(ROOT / ".gpu2" / "segments.npy"))
@@ -51,12 +53,20 @@ def main(argv: list[str] | None = None) -> None:
         x = torch.cat([prefix, tokens], 1)
         with torch.inference_mode():
             logits = model(inputs_embeds=x).logits[:, prefix.shape[1] - 1 : -1].float()
-        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), segs.reshape(-1)))
+        return float(
+            torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), segs.reshape(-1))
+        )
 
     rows = [("no prefix (start token only)", "-", ce(emb(torch.zeros(n, 1, dtype=torch.long)).detach()))]
     rows.append(("exact token embeddings, then \\n\\n", "1x", ce(torch.cat([tokens, sep], 1))))
     for share in (0.25, 0.5, 1.0):
-        rows.append((f"token embeddings + noise {share:g} x embedding std", "1x", ce(torch.cat([tokens + share * noise, sep], 1))))
+        rows.append(
+            (
+                f"token embeddings + noise {share:g} x embedding std",
+                "1x",
+                ce(torch.cat([tokens + share * noise, sep], 1)),
+            )
+        )
     pairs = (tokens[:, 0::2] + tokens[:, 1::2]) / 2**0.5
     rows.append(("adjacent token pairs summed (/sqrt 2)", "2x", ce(torch.cat([pairs, sep], 1))))
     lines = [

@@ -77,9 +77,13 @@ def run_layout(layout: str, args: argparse.Namespace, train: object, held: objec
 
     def held_ce(shuffle: bool = False) -> float:
         with torch.no_grad():
-            return float(sum(loss_on(held[i : i + 8], shuffle) for i in range(0, len(held), 8)) / (len(held) / 8))
+            return float(
+                sum(loss_on(held[i : i + 8], shuffle) for i in range(0, len(held), 8)) / (len(held) / 8)
+            )
 
-    curve = [{"step": 0, "tokens": 0, "seconds": 0.0, "held_ce": held_ce(), "held_ce_shuffled": held_ce(True)}]
+    curve = [
+        {"step": 0, "tokens": 0, "seconds": 0.0, "held_ce": held_ce(), "held_ce_shuffled": held_ce(True)}
+    ]
     print(layout, curve[-1], flush=True)
     rng = np.random.default_rng(0)
     t0 = time.time()
@@ -106,7 +110,9 @@ def run_layout(layout: str, args: argparse.Namespace, train: object, held: objec
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
@@ -129,13 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     width = 576  # SmolLM2-135M hidden size; checked below
     # token i of a group is turned by rotation i (the first one by the identity), so order is in the code
     rotations = torch.stack(
-        [torch.eye(width)] + [torch.linalg.qr(torch.randn(width, width, generator=gen))[0] for _ in range(args.group - 1)]
+        [torch.eye(width)]
+        + [torch.linalg.qr(torch.randn(width, width, generator=gen))[0] for _ in range(args.group - 1)]
     )
     results = {layout: run_layout(layout, args, train, held, rotations) for layout in args.layouts.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python "
+        + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "seconds": round(time.time() - t_start),
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         "length": args.length,
         "lr": args.lr,
     }
-    (out.parent / f"{out.name}.json").write_text(json.dumps({"meta": meta, "curves": results}, indent=2) + "\n")
+    (out.parent / f"{out.name}.json").write_text(
+        json.dumps({"meta": meta, "curves": results}, indent=2) + "\n"
+    )
     lines = [
         f"# Latent read probe: can a decoder LoRA learn to read a fixed {args.group}x code?",
         "",
@@ -180,7 +190,9 @@ def plot(results: dict, path: Path, group: int = 2) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (layout, curve), colour in zip(results.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
+    for (layout, curve), colour in zip(
+        results.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False
+    ):
         x = [c["tokens"] for c in curve]
         ax.plot(x, [c["held_ce"] for c in curve], "-o", color=colour, label=f"{layout}: true Z")
         ax.plot(x, [c["held_ce_shuffled"] for c in curve], "--", color=colour, label=f"{layout}: shuffled Z")

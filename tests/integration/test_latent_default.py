@@ -41,7 +41,10 @@ def test_default_adapters_ship_and_round_trip(default_compressor: Any) -> None:
     own, other = zc.decompress_batch(zc.compress_batch([TEXT, OTHER], mode="latent", ratio=2.0))
     assert sentence_bleu(own, TEXT) > 15 and sentence_bleu(own, TEXT) > 4 * sentence_bleu(other, TEXT)
     exact = zc.compress_batch([TEXT, "naïve café ☕ \x04"], mode="latent", ratio=2.0, exact=True)
-    assert zc.decompress_batch([ZCode.from_string(c.to_string()) for c in exact]) == [TEXT, "naïve café ☕ \x04"]
+    assert zc.decompress_batch([ZCode.from_string(c.to_string()) for c in exact]) == [
+        TEXT,
+        "naïve café ☕ \x04",
+    ]
     assert exact[0].residual and exact[0].z_ids == zc.compress(TEXT, mode="latent", ratio=2.0).z_ids
 
 
@@ -63,7 +66,9 @@ def test_default_infer_adapter_continues_codes_in_z(default_compressor: Any) -> 
     read = id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group)
     size = round(sum(map(len, read)) / len(read))  # the code's mean group size
     groups = id_groups(cont.z_ids, codec.config.vocab_size, codec.config.max_group)
-    assert cont.segments == (-(-64 // size),) and sum(map(len, groups)) == 64 and max(map(len, groups)) == size
+    assert (
+        cont.segments == (-(-64 // size),) and sum(map(len, groups)) == 64 and max(map(len, groups)) == size
+    )
     assert isinstance(zc.decompress(cont), str)
     tokens = codec.backbone.tokenizer(TEXT + " " + OTHER, add_special_tokens=False)["input_ids"]
     window, sizes = tokens[: len(tokens) // 2 * 2], [2] * (len(tokens) // 2)

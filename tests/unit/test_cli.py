@@ -45,11 +45,17 @@ def test_stdin_stdout_pipe(tiny_model_dir: Path) -> None:
     cmd = [sys.executable, "-m", "zcompress_integrations.cli"]
     data = TEXT.encode("utf-8") + b"\xc3"  # ends with a broken UTF-8 sequence: coded as bytes
     code = subprocess.run(
-        [*cmd, "compress", "-", "-", "--model", str(tiny_model_dir)], input=data, capture_output=True, check=True
+        [*cmd, "compress", "-", "-", "--model", str(tiny_model_dir)],
+        input=data,
+        capture_output=True,
+        check=True,
     ).stdout
     assert code.startswith(b"ZC")
     back = subprocess.run(
-        [*cmd, "decompress", "-", "-", "--model", str(tiny_model_dir)], input=code, capture_output=True, check=True
+        [*cmd, "decompress", "-", "-", "--model", str(tiny_model_dir)],
+        input=code,
+        capture_output=True,
+        check=True,
     ).stdout
     assert back == data
 
@@ -71,7 +77,9 @@ def test_info(tmp_path: Path, model: list[str], capsys: pytest.CaptureFixture[st
 
 def test_demo_on_tiny_model(model: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert len(sample_text()) > 200
-    assert main(["demo", *model]) == 0  # the shipped adapters belong to another backbone: latent part explains
+    assert (
+        main(["demo", *model]) == 0
+    )  # the shipped adapters belong to another backbone: latent part explains
     out = capsys.readouterr().out
     assert "round trip exact: True" in out and "Z ids (" in out and "bound log2(K)/H" in out
     assert "latent mode unavailable" in out and "Traceback" not in out
@@ -116,7 +124,10 @@ def test_errors_exit_2(tmp_path: Path, model: list[str], capsys: pytest.CaptureF
 
 
 def test_wrong_model_exits_2(
-    tmp_path: Path, model: list[str], tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    model: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from conftest import build_tiny_model
 

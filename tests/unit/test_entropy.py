@@ -116,7 +116,9 @@ def test_every_valid_utf8_naughty_string_as_str(tiny_compressor: ZCompressor) ->
 
 
 # ---- property tests ----------------------------------------------------------------------------------------
-PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @PROPERTY
@@ -155,7 +157,9 @@ def other_compressor(tmp_path_factory: pytest.TempPathFactory) -> ZCompressor:
     return ZCompressor.from_pretrained(folder, adapters=None, window=64)
 
 
-def test_other_backbone_raises_model_mismatch(tiny_compressor: ZCompressor, other_compressor: ZCompressor) -> None:
+def test_other_backbone_raises_model_mismatch(
+    tiny_compressor: ZCompressor, other_compressor: ZCompressor
+) -> None:
     assert tiny_compressor.fingerprint != other_compressor.fingerprint
     code = tiny_compressor.compress("A code made by one model cannot be read by another.")
     with pytest.raises(ModelMismatchError):
@@ -199,7 +203,9 @@ def test_batch_codes_decode_alone_and_together(tiny_compressor: ZCompressor) -> 
     assert tiny_compressor.decompress_batch(codes[::-1]) == texts[::-1]
     assert [tiny_compressor.decompress(c) for c in codes] == texts
     assert tiny_compressor.decompress_batch([c.to_bytes() for c in codes[1:3]] + [codes[0].to_string()]) == [
-        texts[1], texts[2], texts[0]
+        texts[1],
+        texts[2],
+        texts[0],
     ]
 
 

@@ -89,7 +89,6 @@ def test_count_tokens_with_a_callable() -> None:
 # ------------------------------------------------------------------------------------- tiktoken offline
 
 
-
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     import tiktoken.load
@@ -133,6 +132,7 @@ def test_ensure_tiktoken_offline_refuses_disabled_cache(monkeypatch: pytest.Monk
 def _tiny_llama(vocab_size: int, **kwargs: int) -> Any:
     import torch
     import transformers
+
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=vocab_size,
@@ -150,6 +150,7 @@ def _tiny_llama(vocab_size: int, **kwargs: int) -> Any:
 def test_cache_conversion_keeps_the_prefix() -> None:
     """LLMLingua's list-of-pairs cache, converted back, gives the logits of one full pass (tol 1e-5)."""
     import torch
+
     model = _tiny_llama(100)
     cache_kwarg = (
         "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
@@ -171,6 +172,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama with a byte-level BPE tokenizer trained in the test (about 1 s)."""
     import tokenizers
     import transformers
+
     bpe = tokenizers.ByteLevelBPETokenizer()
     bpe.train_from_iterator([TEXT] * 20, vocab_size=400, min_frequency=1, special_tokens=["<s>", "</s>"])
     tok = transformers.PreTrainedTokenizerFast(

@@ -25,7 +25,9 @@ HEAVY = ("torch", "transformers", "langchain", "langchain_core", "llama_index", 
 )
 def test_import_is_light(statement: str) -> None:
     code = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & set(HEAVY), f"{statement!r} imported {sorted(loaded & set(HEAVY))}"
 

@@ -206,9 +206,7 @@ def test_default_model_rag_round_trip(default_compressor) -> None:
 def test_chat_model_pickles_as_its_settings(tiny_model_dir) -> None:
     import pickle
 
-    llm = ChatZCompress(
-        model=str(tiny_model_dir), adapters=None, window=64, max_tokens=3
-    )
+    llm = ChatZCompress(model=str(tiny_model_dir), adapters=None, window=64, max_tokens=3)
     clone = pickle.loads(pickle.dumps(llm))
     assert clone.model_dump() == llm.model_dump()
     assert clone.invoke("hi").content == llm.invoke("hi").content

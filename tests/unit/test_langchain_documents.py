@@ -228,9 +228,7 @@ def test_async_does_not_block_the_event_loop(compressor, docs) -> None:
 
 
 def test_pickles_and_rebuilds_from_fields(tiny_model_dir, docs) -> None:
-    comp = ZCompressDocumentCompressor(
-        model_name_or_path=str(tiny_model_dir), adapters=None, window=64
-    )
+    comp = ZCompressDocumentCompressor(model_name_or_path=str(tiny_model_dir), adapters=None, window=64)
     first = comp.compress_documents(docs[:2], "q")
     clone = pickle.loads(pickle.dumps(comp))
     assert clone.model_dump() == comp.model_dump()

@@ -31,7 +31,9 @@ def codec(tiny_model_dir: Path) -> LatentCodec:
     config = LatentConfig(segment_len=32, max_slots=32, lora_r=4, max_group=4)
     codec = LatentCodec.create(backbone, config)
     ids = backbone.tokenizer(TEXT * 4)["input_ids"]
-    codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + 32] for i in range(0, len(ids) - 32, 16)])))
+    codec.config.calib_nll = float(
+        np.mean(codec.segment_nll([ids[i : i + 32] for i in range(0, len(ids) - 32, 16)]))
+    )
     return codec
 
 
@@ -109,10 +111,15 @@ def test_free_running_and_exact_decoding_use_aligned_positions(codec: LatentCode
         x, pos, mask = codec.reader_inputs(seg, [code.z_ids[: code.segments[0]]])
         logits = codec.lm(inputs_embeds=x, position_ids=pos, attention_mask=mask).logits
     first = int(logits[0, -len(ids) - 1].argmax())
-    assert codec.backbone.tokenizer(free, add_special_tokens=False)["input_ids"][:1] == [first] or first == codec.end_token
+    assert (
+        codec.backbone.tokenizer(free, add_special_tokens=False)["input_ids"][:1] == [first]
+        or first == codec.end_token
+    )
 
 
-def test_generation_reads_token_codes_at_their_uncompressed_positions(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_generation_reads_token_codes_at_their_uncompressed_positions(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """In a prompt, each Z-token sits where its first token would and the prompt continues after the text's
     span; streaming and batched generation agree."""
     from zcompress_integrations import ZCompressor
@@ -170,9 +177,13 @@ def test_adapter_reads_the_z_context_and_the_base_model_answers(tiny_model_dir: 
             with latent.reading_inside_base():
                 lm(inputs_embeds=x[None, :head], position_ids=pos[None, :head], **cache_kwargs(lm, cache))
                 if not split:
-                    out = lm(inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache))
+                    out = lm(
+                        inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache)
+                    )
             if split:
-                out = lm(inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache))
+                out = lm(
+                    inputs_embeds=x[None, head:], position_ids=pos[None, head:], **cache_kwargs(lm, cache)
+                )
         return int(out.logits[0, -1, : zc.backbone.text_vocab_size].argmax())
 
     one = zc.generate("What is it?", context=context, max_new_tokens=4)
@@ -204,8 +215,6 @@ def test_benchmark_reader_bits_price_what_the_coder_spends(codec: LatentCodec) -
     tokens = exact.text_tokens + len(code.segments)
     # every codable token's +1 costs the likely ones a little (about V / 2^24 of their mass)
     assert table_bits <= ce_bits + tokens * 1e-2 and table_bits > 0
-
-
 
 
 # ---- the codec behind the facade ---------------------------------------------------------------------------
@@ -242,7 +251,10 @@ def test_saved_directory_holds_only_what_the_reader_reads(adapters: Path) -> Non
 
     names = {p.name for p in adapters.iterdir()} - {"README.md"}  # peft writes a README of its own
     assert names == {CONFIG_NAME, "decompress", MODULES_NAME}
-    assert sorted(load_file(str(adapters / MODULES_NAME))) == ["sep", "token_scale"]  # rotations come from a seed
+    assert sorted(load_file(str(adapters / MODULES_NAME))) == [
+        "sep",
+        "token_scale",
+    ]  # rotations come from a seed
 
 
 def test_facade_round_trips_and_saves(zc: ZCompressor, codec: LatentCodec, tmp_path: Path) -> None:
@@ -288,7 +300,9 @@ def test_generate_batch_answers_like_generate_one_by_one(zc: ZCompressor) -> Non
         ("What retrieves documents, and what do the models answer?", [TEXT], ["doc"]),
     ]
     for stop in (None, ["o"]):
-        one_by_one = [zc.generate(p, context=c, titles=t, max_new_tokens=6, stop=stop) for p, c, t in requests]
+        one_by_one = [
+            zc.generate(p, context=c, titles=t, max_new_tokens=6, stop=stop) for p, c, t in requests
+        ]
         batched = zc.generate_batch(
             [p for p, _, _ in requests],
             contexts=[c for _, c, _ in requests],
@@ -308,11 +322,21 @@ def test_generate_batch_samples_with_temperature_reproducibly(zc: ZCompressor) -
     first = zc.generate_batch(["What?", "Who?"], seed=3, **kwargs)
     assert zc.generate_batch(["What?", "Who?"], seed=3, **kwargs) == first
     greedy = zc.generate_batch(["What?", "Who?"], contexts=kwargs["contexts"], max_new_tokens=12)
-    assert [r.text for r in first] != [r.text for r in greedy]  # a random tiny model at 1.5 samples something else
+    assert [r.text for r in first] != [
+        r.text for r in greedy
+    ]  # a random tiny model at 1.5 samples something else
 
 
-@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"max_new_tokens": 2.5}, {"temperature": -1.0},
-                                 {"temperature": float("nan")}, {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 2.5},
+        {"temperature": -1.0},
+        {"temperature": float("nan")},
+        {"batch_size": 0},
+    ],
+)
 def test_generation_settings_are_checked(zc: ZCompressor, bad: dict) -> None:
     with pytest.raises(ConfigError):
         zc.generate_batch(["What?"], **bad)
@@ -342,8 +366,14 @@ def test_latent_config_validation_and_legacy_configs(adapters: Path, tmp_path: P
     import json
     import shutil
 
-    for bad in ({"segment_len": 0}, {"max_group": 0}, {"default_ratio": 9.0}, {"calib_nll": 0.0},
-                {"code": "fsq"}, {"lora_dropout": 1.5}):
+    for bad in (
+        {"segment_len": 0},
+        {"max_group": 0},
+        {"default_ratio": 9.0},
+        {"calib_nll": 0.0},
+        {"code": "fsq"},
+        {"lora_dropout": 1.5},
+    ):
         with pytest.raises(ConfigError):
             LatentConfig(**bad)
     # a version-2 token-group config (before the code kinds) loads as the token-group code

@@ -28,8 +28,14 @@ CODES = {
     "exact": _code(),
     "bytes": _code(is_bytes=True),
     "empty": _code(z_ids=(), text_tokens=0, text_chars=0),
-    "latent": _code(codec="latent", k=512, z_ids=(1, 511, 3), residual=b"\x00\xffres", segments=(2, 1),
-                    params={"ratio_x100": 400, "custom_name": 3}),
+    "latent": _code(
+        codec="latent",
+        k=512,
+        z_ids=(1, 511, 3),
+        residual=b"\x00\xffres",
+        segments=(2, 1),
+        params={"ratio_x100": 400, "custom_name": 3},
+    ),
     "k2": _code(k=2, z_ids=(0, 1, 1, 0, 1, 1, 1, 0, 1)),
     "big_k": _code(k=1 << 20, z_ids=(0, (1 << 20) - 1, 12345)),
 }
@@ -86,7 +92,14 @@ def test_every_truncation_raises(name: str) -> None:
 
 @pytest.mark.parametrize(
     "foreign",
-    [b"", b"hello world", b"ZC", b"ZC\x01\x00" + b"\x00" * 20, b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, bytes(range(256))],
+    [
+        b"",
+        b"hello world",
+        b"ZC",
+        b"ZC\x01\x00" + b"\x00" * 20,
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+        bytes(range(256)),
+    ],
 )
 def test_foreign_bytes_raise(foreign: bytes) -> None:
     with pytest.raises(CorruptCodeError):
@@ -95,8 +108,19 @@ def test_foreign_bytes_raise(foreign: bytes) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "zc1:", "zc1:@@@", "zc2:" + CODES["exact"].to_string()[4:], "hello", "{", "[]", '{"version": 1}',
-     '{"version": 99, "z_ids": []}', 42, None],
+    [
+        "",
+        "zc1:",
+        "zc1:@@@",
+        "zc2:" + CODES["exact"].to_string()[4:],
+        "hello",
+        "{",
+        "[]",
+        '{"version": 1}',
+        '{"version": 99, "z_ids": []}',
+        42,
+        None,
+    ],
 )
 def test_foreign_strings_and_objects_raise(value: object) -> None:
     with pytest.raises(CorruptCodeError):
@@ -113,8 +137,15 @@ def test_string_form_detects_damage() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"codec": "lossy"}, {"k": 1}, {"z_ids": (4096,)}, {"z_ids": (-1,)}, {"checksum": b"abc"},
-     {"fingerprint": b"abcde"}, {"params": {"": 1}}],
+    [
+        {"codec": "lossy"},
+        {"k": 1},
+        {"z_ids": (4096,)},
+        {"z_ids": (-1,)},
+        {"checksum": b"abc"},
+        {"fingerprint": b"abcde"},
+        {"params": {"": 1}},
+    ],
 )
 def test_invalid_fields_are_rejected(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):

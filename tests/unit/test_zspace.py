@@ -37,7 +37,9 @@ def _codec(tiny_model_dir: Path, adapters: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path, tiny_latent_adapters: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(
+    tiny_model_dir: Path, tiny_latent_adapters: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
     """The tiny codec with an infer adapter trained for a few steps, saved; loss on a fixed batch before/after."""
     torch.set_num_threads(1)
     codec = _codec(tiny_model_dir, tiny_latent_adapters)
@@ -107,14 +109,20 @@ def test_train_infer_leaves_the_codec_untouched(trained: dict) -> None:
     """Only infer/ and its head train: the fingerprint and the compress adapter's codes do not move."""
     codec = trained["codec"]
     assert codec.fingerprint == trained["fingerprint"]
-    assert [c.z_ids for c in codec.compress_batch(trained["probe"])] == [c.z_ids for c in trained["before_codes"]]
+    assert [c.z_ids for c in codec.compress_batch(trained["probe"])] == [
+        c.z_ids for c in trained["before_codes"]
+    ]
 
 
-def test_train_infer_is_deterministic(trained: dict, tiny_model_dir: Path, tiny_latent_adapters: Path) -> None:
+def test_train_infer_is_deterministic(
+    trained: dict, tiny_model_dir: Path, tiny_latent_adapters: Path
+) -> None:
     runs = []
     for _ in range(2):
         codec = _codec(tiny_model_dir, tiny_latent_adapters)
-        records = train_infer(codec, trained["windows"], InferConfig(steps=4, batch_size=4, lr=3e-3, log_every=1, seed=1))
+        records = train_infer(
+            codec, trained["windows"], InferConfig(steps=4, batch_size=4, lr=3e-3, log_every=1, seed=1)
+        )
         code = codec.compress_batch([TEXT])[0]
         runs.append(([r["loss"] for r in records], codec.continue_z(code, 2)))
     assert runs[0] == runs[1]
@@ -124,7 +132,9 @@ def test_save_load_round_trip_keeps_continue_z_identical(trained: dict, tiny_mod
     codec, out = trained["codec"], trained["dir"]
     assert (out / "infer" / "adapter_model.safetensors").is_file() and (out / INFER_HEAD_NAME).is_file()
     config = json.loads((out / "zcompress_config.json").read_text())
-    assert config["training"]["infer"]["steps"] == STEPS and config["training"]["infer"]["window_segments"] == 3
+    assert (
+        config["training"]["infer"]["steps"] == STEPS and config["training"]["infer"]["window_segments"] == 3
+    )
     reloaded = _codec(tiny_model_dir, out)
     assert reloaded.has_infer and reloaded.fingerprint == codec.fingerprint
     code = codec.compress_batch([TEXT * 3])[0]
@@ -145,7 +155,9 @@ def test_facade_continue_z_and_decompress(trained: dict, tiny_model_dir: Path) -
     assert isinstance(zc.decompress(cont.to_string()), str)
 
 
-def test_missing_infer_adapter_is_a_clear_error(tiny_latent_compressor: Any, tiny_latent_adapters: Path) -> None:
+def test_missing_infer_adapter_is_a_clear_error(
+    tiny_latent_compressor: Any, tiny_latent_adapters: Path
+) -> None:
     assert not (tiny_latent_adapters / "infer").exists()  # a directory from before generation in Z space
     code = tiny_latent_compressor.compress(TEXT, mode="latent")  # ... still loads and works
     assert isinstance(tiny_latent_compressor.decompress(code), str)

@@ -42,7 +42,9 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     config = LatentConfig(segment_len=L, max_slots=L, lora_r=4, max_group=4)
     codec = LatentCodec.create(backbone, config)
     ids = backbone.tokenizer(TEXT * 4)["input_ids"]
-    codec.config.calib_nll = float(np.mean(codec.segment_nll([ids[i : i + L] for i in range(0, len(ids) - L, 16)])))
+    codec.config.calib_nll = float(
+        np.mean(codec.segment_nll([ids[i : i + L] for i in range(0, len(ids) - L, 16)]))
+    )
     fingerprint = codec.fingerprint
     windows = _windows(codec)
     add_infer_adapter(codec, seed=0)
@@ -53,8 +55,17 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     after = group_infer_loss(codec, windows[:8])
     out = tmp_path_factory.mktemp("zspace_groups") / "adapters"
     codec.save_pretrained(out)
-    return {"codec": codec, "windows": windows, "before": before, "after": after, "records": records, "dir": out,
-            "start": start, "fingerprint": fingerprint, "tiny": tiny_model_dir}
+    return {
+        "codec": codec,
+        "windows": windows,
+        "before": before,
+        "after": after,
+        "records": records,
+        "dir": out,
+        "start": start,
+        "fingerprint": fingerprint,
+        "tiny": tiny_model_dir,
+    }
 
 
 def _random_reader(tiny_model_dir: Path) -> LatentCodec:
@@ -75,12 +86,16 @@ def test_infer_starts_as_the_backbone_or_the_reader_and_every_offset_as_the_next
     add_infer_adapter(codec, seed=0)
     params = dict(codec.peft_model.named_parameters())
     infer_b = [n for n in params if ".infer." in n and "lora_B" in n]
-    assert infer_b and all(not params[n].any() for n in infer_b)  # zero: the infer adapter starts as the backbone
+    assert infer_b and all(
+        not params[n].any() for n in infer_b
+    )  # zero: the infer adapter starts as the backbone
     reader = _random_reader(tiny_model_dir)
     add_infer_adapter(reader, seed=0, from_reader=True)
     params = dict(reader.peft_model.named_parameters())
     copied = [n for n in params if ".infer." in n]
-    assert copied and all(torch.equal(params[n], params[n.replace(".infer.", ".decompress.")]) for n in copied)
+    assert copied and all(
+        torch.equal(params[n], params[n.replace(".infer.", ".decompress.")]) for n in copied
+    )
     assert any(params[n].any() for n in copied if "lora_B" in n)
     backbone = codec.backbone
     h = torch.randn(3, backbone.model.config.hidden_size)
@@ -107,7 +122,11 @@ def test_training_lowers_the_loss_and_leaves_the_code_alone(trained: dict) -> No
     assert after["acc_offset0"] > before["acc_offset0"]
     codec = trained["codec"]
     assert codec.fingerprint == trained["fingerprint"]
-    moved = [n for n, p in codec.peft_model.named_parameters() if ".infer." in n and not torch.equal(p, trained["start"][n])]
+    moved = [
+        n
+        for n, p in codec.peft_model.named_parameters()
+        if ".infer." in n and not torch.equal(p, trained["start"][n])
+    ]
     assert moved  # the infer LoRA trained
     info = codec.config.training["infer"]
     assert info["steps"] == STEPS and "next token groups" in info["recipe"]
@@ -124,9 +143,13 @@ def test_continue_z_writes_whole_segments_of_token_groups(trained: dict) -> None
     assert sum(len(g) for g in new) == 2 * L and all(len(g) <= size for g in new)
     assert codec.end_token not in [t for g in new for t in g]
     four = codec.continue_z(code, 1, z_per_segment=L // 4)
-    assert four.segments == (L // 4,) and all(len(g) == 4 for g in id_groups(four.z_ids, codec.config.vocab_size, 4))
+    assert four.segments == (L // 4,) and all(
+        len(g) == 4 for g in id_groups(four.z_ids, codec.config.vocab_size, 4)
+    )
     assert codec.continue_z(code, 1, z_per_segment=L // 4) == four  # greedy: deterministic
-    assert codec.continue_z(code, 1, temperature=1.0, seed=3) == codec.continue_z(code, 1, temperature=1.0, seed=3)
+    assert codec.continue_z(code, 1, temperature=1.0, seed=3) == codec.continue_z(
+        code, 1, temperature=1.0, seed=3
+    )
     text = codec.decompress_batch([ZCode.from_bytes(cont.to_bytes())])[0]
     assert isinstance(text, str)
     assert len(codec.continue_z(cont, 1).segments) == 1  # a continuation continues too
@@ -152,13 +175,19 @@ def test_continue_z_decoding_options(trained: dict) -> None:
     codec = trained["codec"]
     code = codec.compress_batch([TEXT * 3], ratio=2.0)[0]
     assert DEFAULT_REPETITION_PENALTY > 1  # greedy token-group continuations loop without a penalty
-    assert codec.continue_z(code, 1) == codec.continue_z(code, 1, repetition_penalty=DEFAULT_REPETITION_PENALTY)
+    assert codec.continue_z(code, 1) == codec.continue_z(
+        code, 1, repetition_penalty=DEFAULT_REPETITION_PENALTY
+    )
     sampled = codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
     assert sampled == codec.continue_z(code, 1, temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=5)
     context = {t for g in id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group) for t in g}
 
     def reused(c: ZCode) -> int:
-        return sum(t in context for g in id_groups(c.z_ids, codec.config.vocab_size, codec.config.max_group) for t in g)
+        return sum(
+            t in context
+            for g in id_groups(c.z_ids, codec.config.vocab_size, codec.config.max_group)
+            for t in g
+        )
 
     # a huge penalty pushes the continuation off the context's tokens
     assert reused(codec.continue_z(code, 1, repetition_penalty=1e4)) < reused(codec.continue_z(code, 1))
@@ -195,8 +224,20 @@ def test_heldout_benchmark_runs_on_the_tiny_model(
 
     data = tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps({"text": TEXT * 12}) + "\n" for _ in range(3)))
-    infer_heldout.main(["--adapters", str(trained["dir"]), "--data", str(data), "--model", str(trained["tiny"]),
-                        "--windows", "4", "--width", "64"])
+    infer_heldout.main(
+        [
+            "--adapters",
+            str(trained["dir"]),
+            "--data",
+            str(data),
+            "--model",
+            str(trained["tiny"]),
+            "--windows",
+            "4",
+            "--width",
+            "64",
+        ]
+    )
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["windows"] == 4 and row["infer"]["steps"] == STEPS
     assert row["groups_of_2"]["loss"] < trained["before"]["loss"]  # the trained adapter, not a fresh one
@@ -213,11 +254,21 @@ def chained(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     plain_loss = group_infer_loss(codec, windows[:8])
     add_chain(codec, 8)
     added = {"loss": group_infer_loss(codec, windows[:8]), "cont": codec.continue_z(code, 1)}
-    train_infer(codec, windows, InferConfig(steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0))
+    train_infer(
+        codec, windows, InferConfig(steps=STEPS, batch_size=4, lr=3e-3, lr_head=1e-2, log_every=5, seed=0)
+    )
     out = tmp_path_factory.mktemp("zspace_chain") / "adapters"
     codec.save_pretrained(out)
-    return {"codec": codec, "code": code, "plain": plain, "plain_loss": plain_loss, "added": added, "dir": out,
-            "after": group_infer_loss(codec, windows[:8]), "tiny": trained["tiny"]}
+    return {
+        "codec": codec,
+        "code": code,
+        "plain": plain,
+        "plain_loss": plain_loss,
+        "added": added,
+        "dir": out,
+        "after": group_infer_loss(codec, windows[:8]),
+        "tiny": trained["tiny"],
+    }
 
 
 def test_a_new_chain_changes_nothing_until_trained(chained: dict) -> None:
@@ -234,7 +285,9 @@ def test_chained_offsets_read_the_token_before_them(chained: dict) -> None:
     weight = codec.backbone.model.lm_head.weight[: codec.backbone.text_vocab_size]
     emb = codec.lm.get_input_embeddings().weight
     h = torch.randn(2, H)
-    prev = emb[torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8]])]  # the rows differ in the token before offset 2 only
+    prev = emb[
+        torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8]])
+    ]  # the rows differ in the token before offset 2 only
     with torch.no_grad():
         logits = head(h[[0, 0]], weight, prev)
     assert torch.equal(logits[0, :2], logits[1, :2]) and not torch.allclose(logits[0, 2:], logits[1, 2:])
@@ -253,10 +306,14 @@ def test_a_chained_head_saves_loads_and_continues_identically(chained: dict) -> 
     assert reloaded.infer_head.chain_rank == 8
     code = chained["code"]
     assert reloaded.continue_z(code, 2) == codec.continue_z(code, 2)
-    assert reloaded.continue_z(code, 1, temperature=0.9, seed=1) == codec.continue_z(code, 1, temperature=0.9, seed=1)
+    assert reloaded.continue_z(code, 1, temperature=0.9, seed=1) == codec.continue_z(
+        code, 1, temperature=0.9, seed=1
+    )
 
 
-def test_continuation_benchmark_reads_a_jsonl_and_uses_the_default_penalty(chained: dict, tmp_path: Path) -> None:
+def test_continuation_benchmark_reads_a_jsonl_and_uses_the_default_penalty(
+    chained: dict, tmp_path: Path
+) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -265,8 +322,21 @@ def test_continuation_benchmark_reads_a_jsonl_and_uses_the_default_penalty(chain
     data = tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps({"text": f"{i} " + TEXT * 12}) + "\n" for i in range(3)))
     out = tmp_path / "bench"
-    zspace_continuation.main(["--model", str(chained["tiny"]), "--adapters", str(chained["dir"]), "--limit", "2",
-                              "--data", str(data), "--skip-greedy", "--out", str(out)])
+    zspace_continuation.main(
+        [
+            "--model",
+            str(chained["tiny"]),
+            "--adapters",
+            str(chained["dir"]),
+            "--limit",
+            "2",
+            "--data",
+            str(data),
+            "--skip-greedy",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["meta"]["data"] == str(data) and result["meta"]["paragraphs"] == 2
     assert result["meta"]["decoding"]["repetition_penalty"] == DEFAULT_REPETITION_PENALTY

@@ -85,9 +85,13 @@ def resolve_device(device: str | None = "auto") -> Any:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
+        raise ConfigError(
+            f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'"
+        )
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device={device!r} was requested but MPS is not available here; use 'cpu' or 'auto'")
+        raise ConfigError(
+            f"device={device!r} was requested but MPS is not available here; use 'cpu' or 'auto'"
+        )
     return dev
 
 
@@ -123,7 +127,14 @@ def model_fingerprint(model: Any, text_vocab_size: int) -> bytes:
 
     h = hashlib.blake2b(digest_size=4)
     config = model.config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "quantization_config", "vocab_size"):
+    for key in (
+        "_name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "quantization_config",
+        "vocab_size",
+    ):
         config.pop(key, None)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
@@ -232,7 +243,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def _checked_conversion(path: Path, target: Path) -> Path:
     if target.exists() and not manifest_ok(target):
-        logger.warning("the cached conversion in %s is damaged or incomplete; converting the model again", target)
+        logger.warning(
+            "the cached conversion in %s is damaged or incomplete; converting the model again", target
+        )
         stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
         try:
             target.rename(stale)  # out of the way first: another process may be reading the old files
@@ -333,7 +346,11 @@ def load_backbone(
     if quantization is None:
         model.to(dev)
     backbone = backbone_from_model(model, tokenizer, name=name, device=dev)
-    backbone.extra = {"dtype": str(dtype).replace("torch.", ""), "quantization": quantization, "source": str(source)}
+    backbone.extra = {
+        "dtype": str(dtype).replace("torch.", ""),
+        "quantization": quantization,
+        "source": str(source),
+    }
     return backbone
 
 
@@ -385,10 +402,22 @@ def read_prompt(
     if head:
         with head_context():
             mask = None if attention_mask is None else attention_mask[:, :head]
-            model(inputs_embeds=x[:, :head], attention_mask=mask, position_ids=positions[:, :head], use_cache=True,
-                  logits_to_keep=1, **ckw)
-    return model(inputs_embeds=x[:, head:], attention_mask=attention_mask, position_ids=positions[:, head:],
-                 use_cache=True, logits_to_keep=logits_to_keep, **ckw)
+            model(
+                inputs_embeds=x[:, :head],
+                attention_mask=mask,
+                position_ids=positions[:, :head],
+                use_cache=True,
+                logits_to_keep=1,
+                **ckw,
+            )
+    return model(
+        inputs_embeds=x[:, head:],
+        attention_mask=attention_mask,
+        position_ids=positions[:, head:],
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+        **ckw,
+    )
 
 
 def decode_batch(
@@ -465,6 +494,8 @@ def decode_batch(
         if all(done):
             break
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw)
+        out = model(
+            input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, use_cache=True, **ckw
+        )
         next_pos = next_pos + 1
     return tokens

@@ -95,12 +95,16 @@ class ZCompressor:
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs: Any) -> ZCompressor:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> ZCompressor:
         """Settings are checked now; the model itself loads on first use (see the class docstring for args)."""
         return cls(name_or_path, **kwargs)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, adapters: str | None = None, **kwargs: Any) -> ZCompressor:
+    def from_model(
+        cls, model: Any, tokenizer: Any, *, adapters: str | None = None, **kwargs: Any
+    ) -> ZCompressor:
         """Wrap a model and tokenizer already in memory (tests use tiny random models this way)."""
         from zcompress_integrations.core.backbone import backbone_from_model
 
@@ -133,7 +137,9 @@ class ZCompressor:
         if in_memory:
             from zcompress_integrations.core.backbone import backbone_from_model
 
-            self._backbone = backbone_from_model(state["model"], state["tokenizer"], name=settings["name_or_path"])
+            self._backbone = backbone_from_model(
+                state["model"], state["tokenizer"], name=settings["name_or_path"]
+            )
             self._settings["_in_memory"] = True
 
     def __repr__(self) -> str:
@@ -279,7 +285,9 @@ class ZCompressor:
     ) -> list[ZCode]:
         codec = self.latent_codec  # LatentUnavailableError when no adapters are installed
         with self._lock:
-            return codec.compress_batch(items, ratio=ratio, exact=exact, batch_size=batch_size, progress=progress)
+            return codec.compress_batch(
+                items, ratio=ratio, exact=exact, batch_size=batch_size, progress=progress
+            )
 
     def decompress(self, code: ZCode | bytes | str) -> str | bytes:
         """Text of a code (``bytes`` when the original was bytes). Raises rather than return wrong text."""

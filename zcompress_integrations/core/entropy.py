@@ -119,7 +119,9 @@ class LaneWindow:
     tokens: list[int] | None  # known when encoding; filled in when decoding
     length: int  # number of tokens to code
     slot: int  # global slot: run = slot // lanes, lane = slot % lanes
-    prefix_positions: list[int] | None = None  # position ids of the prefix (default: 0, 1, ...); tokens follow on
+    prefix_positions: list[int] | None = (
+        None  # position ids of the prefix (default: 0, 1, ...); tokens follow on
+    )
 
 
 class LaneRunner:
@@ -197,7 +199,9 @@ class LaneRunner:
                 for t in range(steps):
                     x = self._inputs(feed, by_lane, t, device)
                     if positioned:
-                        pos = torch.tensor([[self._position(by_lane.get(lane), t)] for lane in range(lanes)], device=device)
+                        pos = torch.tensor(
+                            [[self._position(by_lane.get(lane), t)] for lane in range(lanes)], device=device
+                        )
                         hidden = self.forward_hidden(x, cache, pos)
                     else:
                         hidden = self.forward_hidden(x, cache)
@@ -274,7 +278,9 @@ def decode_windows(
         total = int(cum[-1])
         sym = int(torch.searchsorted(cum, torch.tensor([dec.target(total)]), right=True)[0])
         if sym >= len(cum):
-            raise CorruptCodeError("the code's bits point outside the model's distribution: the code is damaged")
+            raise CorruptCodeError(
+                "the code's bits point outside the model's distribution: the code is damaged"
+            )
         dec.consume(int(cum[sym - 1]) if sym else 0, int(cum[sym]), total)
         if sym == end_token:
             ended.add(w.slot)
@@ -296,7 +302,9 @@ def place_windows(window_counts: Sequence[int], lane0s: Sequence[int], lanes: in
     slots: list[list[int]] = []
     for count, lane0 in zip(window_counts, lane0s, strict=True):
         base = 0
-        while any((lane0 + i) % lanes in occupied.get(base + (lane0 + i) // lanes, set()) for i in range(count)):
+        while any(
+            (lane0 + i) % lanes in occupied.get(base + (lane0 + i) // lanes, set()) for i in range(count)
+        ):
             base += 1
         mine = [base * lanes + lane0 + i for i in range(count)]
         for slot in mine:
@@ -477,7 +485,9 @@ class EntropyCodec:
                     feed = [self.start_token] + [t if t < vocab else self.start_token for t in toks[:-1]]
                     ids[r, : len(feed)] = torch.tensor(feed)
                     mask[r, : len(feed)] = 1
-                hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # [B, T, H]
+                hidden = body(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                ).last_hidden_state  # [B, T, H]
                 for r, (owner, toks) in enumerate(chunk):
                     # one row at a time: [T, V] logits in float64 (~100 MB for 256 tokens of a 49k vocabulary)
                     logits = torch.nn.functional.linear(hidden[r, : len(toks)].float(), runner.head_weight)
@@ -509,7 +519,9 @@ class EntropyCodec:
                 f"({self.backbone.text_vocab_size} tokens)"
             )
         if (1 << code.params["freq_bits"]) <= len(self.token_bytes.codable):
-            raise CorruptCodeError(f"exact code's frequency precision {code.params['freq_bits']} bits is too small")
+            raise CorruptCodeError(
+                f"exact code's frequency precision {code.params['freq_bits']} bits is too small"
+            )
         if not 1 <= code.params["lanes"] <= MAX_LANES or code.params["lane0"] >= code.params["lanes"]:
             raise CorruptCodeError(f"exact code has an impossible lane layout {code.params}")
 
@@ -524,9 +536,13 @@ class EntropyCodec:
                 results[i] = b""
                 continue
             p = code.params
-            groups.setdefault((p["window"], p["lanes"], p["threads"], p["freq_bits"], p["start"]), []).append(i)
+            groups.setdefault((p["window"], p["lanes"], p["threads"], p["freq_bits"], p["start"]), []).append(
+                i
+            )
         for (window, lanes, threads, freq_bits, start), members in groups.items():
-            self._decode_group([codes[i] for i in members], members, window, lanes, threads, freq_bits, start, results)
+            self._decode_group(
+                [codes[i] for i in members], members, window, lanes, threads, freq_bits, start, results
+            )
         return results  # type: ignore[return-value]
 
     def _decode_group(  # noqa: PLR0913

@@ -136,7 +136,9 @@ def _resolve_items(zc: ZCompressor, context: Sequence[ZCode | str | bytes]) -> l
         if isinstance(item, str) and item.startswith("zc1:"):
             item = ZCode.from_string(item)
         if not isinstance(item, ZCode | str):
-            raise UnsupportedTextError(f"context items must be ZCode, str or bytes; got {type(item).__name__}")
+            raise UnsupportedTextError(
+                f"context items must be ZCode, str or bytes; got {type(item).__name__}"
+            )
         items.append(item)
     exact = [i for i, it in enumerate(items) if isinstance(it, ZCode) and it.codec == "exact"]
     max_ctx = getattr(zc.backbone.model.config, "max_position_embeddings", None)
@@ -196,7 +198,9 @@ def build_prompt(
         )
     if template:
         extra = {"tools": list(tools)} if tools else {}
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **extra
+        )
     elif isinstance(prompt, str):
         rendered = "\n\n".join(m["content"] for m in messages) + "\nAnswer:"
     else:
@@ -284,7 +288,11 @@ def _check_decoding(max_new_tokens: Any, temperature: Any) -> None:
 
 
 def _eos_ids(tokenizer: Any) -> set[int]:
-    return {t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int)}
+    return {
+        t
+        for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        if isinstance(t, int)
+    }
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -344,7 +352,9 @@ def generate_batch(
             emb = model.get_input_embeddings()
             for s in range(0, len(todo), batch_size):
                 chunk = todo[s : s + batch_size]
-                prefixes, positions = zip(*(embed_pieces(emb, built[i][0], backbone.device) for i in chunk), strict=True)
+                prefixes, positions = zip(
+                    *(embed_pieces(emb, built[i][0], backbone.device) for i in chunk), strict=True
+                )
                 outs = decode_batch(
                     model,
                     list(prefixes),
@@ -442,8 +452,13 @@ def _generate_pieces(
                 if step:
                     feed = torch.tensor([[produced[-1]]], device=backbone.device)
                     step_pos = torch.tensor([[next_pos + step - 1]], device=backbone.device)
-                    out = model(input_ids=feed, position_ids=step_pos, use_cache=True, logits_to_keep=1,
-                                **cache_kwargs(model, cache))
+                    out = model(
+                        input_ids=feed,
+                        position_ids=step_pos,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **cache_kwargs(model, cache),
+                    )
                 logits = out.logits[0, -1].float()
                 logits = logits[: backbone.text_vocab_size]
                 if temperature > 0:
@@ -455,7 +470,9 @@ def _generate_pieces(
                     break
                 produced.append(nxt)
                 counter.completion_tokens = len(produced)
-                piece, emitted, stopped = _visible(tokenizer.decode(produced, skip_special_tokens=True), emitted, stops)
+                piece, emitted, stopped = _visible(
+                    tokenizer.decode(produced, skip_special_tokens=True), emitted, stops
+                )
                 if piece:
                     yield piece
                 if stopped:

@@ -154,7 +154,9 @@ class LatentConfig:
         data = json.loads((directory / CONFIG_NAME).read_text())
         if not isinstance(data, dict):
             raise ConfigError(f"{directory / CONFIG_NAME} is not a JSON object")
-        if int(data.get("version", 1)) < 3:  # before the code kinds: FSQ, "linear" and token groups in one file
+        if (
+            int(data.get("version", 1)) < 3
+        ):  # before the code kinds: FSQ, "linear" and token groups in one file
             if data.get("z_embedding") != "tokens":
                 raise ConfigError(
                     f"the adapters in {directory} use the FSQ/linear latent code, removed from zcompress; load "
@@ -202,7 +204,9 @@ class LatentCodec:
         infer_head: the ``infer`` adapter's Z head (``core/zspace.py``), when there is one.
     """
 
-    def __init__(self, backbone: Backbone, config: LatentConfig, peft_model: Any, code: CodeKind, sep: Any) -> None:
+    def __init__(
+        self, backbone: Backbone, config: LatentConfig, peft_model: Any, code: CodeKind, sep: Any
+    ) -> None:
         from zcompress_integrations.core.entropy import EntropyCodec
         from zcompress_integrations.core.tokenbytes import TokenBytes
 
@@ -238,7 +242,9 @@ class LatentCodec:
         for name in code.adapters:
             if name != READER:
                 peft_model.add_adapter(name, config.lora_config())
-        sep = torch.nn.Parameter(torch.randn(emb.shape[1], device=emb.device) * float(emb.detach().float().std()))
+        sep = torch.nn.Parameter(
+            torch.randn(emb.shape[1], device=emb.device) * float(emb.detach().float().std())
+        )
         return cls(backbone, config, peft_model, code, sep)
 
     def _fingerprint(self) -> bytes:
@@ -370,7 +376,9 @@ class LatentCodec:
             for length, members in groups.items():
                 for s in range(0, len(members), _NLL_BATCH):
                     idx = members[s : s + _NLL_BATCH]
-                    ids = torch.tensor([[self.start_token] + segments[i] for i in idx], device=self.backbone.device)
+                    ids = torch.tensor(
+                        [[self.start_token] + segments[i] for i in idx], device=self.backbone.device
+                    )
                     logits = self.lm(input_ids=ids).logits[:, :-1].float()
                     nll = torch.nn.functional.cross_entropy(
                         logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
@@ -501,11 +509,15 @@ class LatentCodec:
         with_residual = [i for i, c in enumerate(codes) if "threads" in c.params]
         free = [i for i, c in enumerate(codes) if "threads" not in c.params]
         if with_residual:
-            for i, data in zip(with_residual, self._decode_residuals([codes[i] for i in with_residual]), strict=True):
+            for i, data in zip(
+                with_residual, self._decode_residuals([codes[i] for i in with_residual]), strict=True
+            ):
                 try:
                     out[i] = data if codes[i].is_bytes else data.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise CorruptCodeError("the code says it holds text, but its decoded bytes are not UTF-8") from exc
+                    raise CorruptCodeError(
+                        "the code says it holds text, but its decoded bytes are not UTF-8"
+                    ) from exc
         if free:
             texts = self._free_running([codes[i] for i in free], batch_size, progress)
             for i, text in zip(free, texts, strict=True):
@@ -589,7 +601,9 @@ class LatentCodec:
                         windows.append(LaneWindow(owner, prefix, None, L + 1, slots[owner][j], positions))
                     else:
                         tokens = [*seg_lists[owner][j], self.end_token]
-                        windows.append(LaneWindow(owner, prefix, tokens, len(tokens), slots[owner][j], positions))
+                        windows.append(
+                            LaneWindow(owner, prefix, tokens, len(tokens), slots[owner][j], positions)
+                        )
         return windows
 
     def _add_residuals(self, codes: list[ZCode], seg_lists: list[list[list[int]]]) -> list[ZCode]:
@@ -627,7 +641,11 @@ class LatentCodec:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, code in enumerate(codes):
             p = code.params
-            if p.get("freq_bits") != MAX_TOTAL_BITS or not 1 <= p["lanes"] <= 64 or p.get("lane0", 0) >= p["lanes"]:
+            if (
+                p.get("freq_bits") != MAX_TOTAL_BITS
+                or not 1 <= p["lanes"] <= 64
+                or p.get("lane0", 0) >= p["lanes"]
+            ):
                 raise CorruptCodeError(f"latent residual has impossible parameters {p}")
             if code.text_tokens:
                 groups.setdefault((p["lanes"], p["threads"]), []).append(i)
@@ -637,7 +655,9 @@ class LatentCodec:
             with fixed_threads(threads), self.reading():
                 windows = self._residual_windows(group, slots, None)
                 bits = [_unpack_bits(c.residual) for c in group]
-                per_owner = decode_windows(self.residual_runner(), windows, lanes, bits, end_token=self.end_token)
+                per_owner = decode_windows(
+                    self.residual_runner(), windows, lanes, bits, end_token=self.end_token
+                )
             for owner, code in enumerate(group):
                 tokens = per_owner.get(owner, [])
                 data = b"" if len(tokens) != code.text_tokens else self.token_bytes.decode(tokens)

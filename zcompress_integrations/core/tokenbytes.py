@@ -27,7 +27,9 @@ _HEX_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 @lru_cache(maxsize=1)
 def _gpt2_unicode_to_byte() -> dict[str, int]:
     # The GPT-2 table: printable bytes map to themselves, the rest to code points from 256 up.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     chars = keep[:]
     extra = 0
     for byte in range(256):
@@ -65,7 +67,9 @@ class TokenBytes:
                     table.append(None)
             else:
                 match = _HEX_BYTE.match(tok)
-                table.append(bytes([int(match.group(1), 16)]) if match else tok.replace("▁", " ").encode("utf-8"))
+                table.append(
+                    bytes([int(match.group(1), 16)]) if match else tok.replace("▁", " ").encode("utf-8")
+                )
         byte_ids: list[int | None] = [None] * 256
         for i, raw in enumerate(table):
             if raw is not None and len(raw) == 1 and byte_ids[raw[0]] is None:
@@ -91,7 +95,10 @@ class TokenBytes:
         enc = self.tokenizer(run, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         ids = [int(i) for i in enc]
         raw = run.encode("utf-8")
-        if all(0 <= i < self.vocab_size and self.table[i] is not None for i in ids) and self.decode(ids) == raw:
+        if (
+            all(0 <= i < self.vocab_size and self.table[i] is not None for i in ids)
+            and self.decode(ids) == raw
+        ):
             return ids
         return [self.byte_ids[b] for b in raw]
 

@@ -141,8 +141,15 @@ def continue_z(
     if not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
         raise ConfigError(f"repetition_penalty must be a finite number > 0; got {repetition_penalty!r}")
     return continue_groups(
-        codec, code, n_segments, z_per_segment=z_per_segment, context_segments=context_segments,
-        temperature=temperature, seed=seed, top_p=top_p, repetition_penalty=repetition_penalty,
+        codec,
+        code,
+        n_segments,
+        z_per_segment=z_per_segment,
+        context_segments=context_segments,
+        temperature=temperature,
+        seed=seed,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
     )
 
 

@@ -55,7 +55,9 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
         def __init__(self) -> None:
             super().__init__()
             self.down = nn.Parameter(torch.randn(max_group, hidden, rank) * hidden**-0.5)
-            self.up = nn.Parameter(torch.zeros(max_group, rank, hidden))  # zero: every offset starts as h itself
+            self.up = nn.Parameter(
+                torch.zeros(max_group, rank, hidden)
+            )  # zero: every offset starts as h itself
             self.chain_rank = 0
             if chain_rank:
                 self.add_chain(chain_rank)
@@ -67,7 +69,9 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
             ``chain_up`` at the start: the head predicts exactly as before until the chain is trained."""
             dev = self.down.device
             self.chain_rank = r
-            self.chain_down = nn.Parameter(torch.randn(max_group, 2 * hidden, r, device=dev) * (2 * hidden) ** -0.5)
+            self.chain_down = nn.Parameter(
+                torch.randn(max_group, 2 * hidden, r, device=dev) * (2 * hidden) ** -0.5
+            )
             self.chain_up = nn.Parameter(torch.zeros(max_group, r, hidden, device=dev))
 
         def offset_state(self, k: int, h: Any, prev_embed: Any = None, carry: Any = None) -> tuple[Any, Any]:
@@ -97,7 +101,9 @@ def build_group_head(max_group: int, hidden: int, rank: int = HEAD_RANK, chain_r
             else:
                 h = h.float()
                 shifted = h.unsqueeze(-2) + torch.einsum("...h,ghr,grk->...gk", h, self.down, self.up)
-            flat = torch.nn.functional.linear(shifted.reshape(-1, h.shape[-1]), weight.float())  # 2-D: 10x faster
+            flat = torch.nn.functional.linear(
+                shifted.reshape(-1, h.shape[-1]), weight.float()
+            )  # 2-D: 10x faster
             return flat.view(*shifted.shape[:-1], weight.shape[0])
 
     return _GroupHead()
@@ -128,7 +134,9 @@ def group_window(codec: LatentCodec, tokens: Sequence[int], sizes: Sequence[int]
 
     cfg = codec.config
     starts = group_starts(sizes)
-    inputs = codec.code.group_embeddings([list(tokens[s : s + g]) for s, g in zip(starts, sizes, strict=True)])
+    inputs = codec.code.group_embeddings(
+        [list(tokens[s : s + g]) for s, g in zip(starts, sizes, strict=True)]
+    )
     targets = torch.full((len(sizes), cfg.max_group), IGNORE, dtype=torch.long)
     for i, (s, g) in enumerate(zip(starts, sizes, strict=True)):
         nxt = tokens[s + g : s + g + cfg.max_group]
@@ -143,7 +151,9 @@ def group_hidden(codec: LatentCodec, inputs: Any, positions: Any) -> Any:
     return codec.lm.model(inputs_embeds=inputs.to(dtype), position_ids=positions).last_hidden_state
 
 
-def group_loss(codec: LatentCodec, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+def group_loss(
+    codec: LatentCodec, windows: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]
+) -> tuple[Any, Any, Any]:
     """(mean CE over every predicted token, logits ``[B, T, G, V]``, targets ``[B, T, G]``) for a batch of windows,
     right-padded (causal attention never lets a real position see the padding after it)."""
     import torch
@@ -168,7 +178,9 @@ def group_loss(codec: LatentCodec, windows: Sequence[Sequence[int]], sizes: Sequ
         for b, (w, s) in enumerate(zip(windows, sizes, strict=True)):
             ends = list(accumulate(s))
             last[b, : len(ends), 0] = torch.as_tensor([w[e - 1] for e in ends], device=dev)
-        prev = torch.cat([last, targets[..., :-1].clamp(min=0)], -1)  # past the end: any token (no target there)
+        prev = torch.cat(
+            [last, targets[..., :-1].clamp(min=0)], -1
+        )  # past the end: any token (no target there)
         prev_embeds = _embed_tokens(codec, prev)
     logits = codec.infer_head(hidden, _text_head(codec), prev_embeds)
     loss = torch.nn.functional.cross_entropy(
@@ -215,12 +227,16 @@ def continue_groups(
     first = sum(counts[: len(counts) - keep])
     context = groups[first:]
     if not context:
-        raise ConfigError("continue_z needs a code with at least one Z-token to continue (context_segments >= 1)")
+        raise ConfigError(
+            "continue_z needs a code with at least one Z-token to continue (context_segments >= 1)"
+        )
     dev = codec.backbone.device
     lm = codec.lm
     weight = _text_head(codec)
     blocked = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-    blocked[codec.end_token] = True  # a continuation does not end inside a segment: the end token is never written
+    blocked[codec.end_token] = (
+        True  # a continuation does not end inside a segment: the end token is never written
+    )
     gen = torch.Generator(device=dev).manual_seed(seed) if temperature > 0 else None
     seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)  # for the repetition penalty
     seen[[t for g in context for t in g]] = True
@@ -239,10 +255,16 @@ def continue_groups(
                 hidden = lm.model(inputs_embeds=x.to(dtype), position_ids=position_ids, use_cache=True, **ckw)
                 h = hidden.last_hidden_state[0, -1]
                 group, carry = [], None
-                for k in range(g):  # offsets in order: the chain and the penalty see this group's earlier tokens
-                    prev_embed = _embed_tokens(codec, group[-1] if group else last_token) if head.chain_rank else None
+                for k in range(
+                    g
+                ):  # offsets in order: the chain and the penalty see this group's earlier tokens
+                    prev_embed = (
+                        _embed_tokens(codec, group[-1] if group else last_token) if head.chain_rank else None
+                    )
                     state, carry = head.offset_state(k, h, prev_embed, carry)
-                    row = torch.nn.functional.linear(state, weight.float()).masked_fill(blocked, float("-inf"))
+                    row = torch.nn.functional.linear(state, weight.float()).masked_fill(
+                        blocked, float("-inf")
+                    )
                     tok = _pick(row, seen, temperature, top_p, repetition_penalty, gen)
                     seen[tok] = True
                     group.append(tok)
@@ -265,7 +287,9 @@ def continue_groups(
     )
 
 
-def _pick(logits: Any, seen: Any, temperature: float, top_p: float, repetition_penalty: float, gen: Any) -> int:
+def _pick(
+    logits: Any, seen: Any, temperature: float, top_p: float, repetition_penalty: float, gen: Any
+) -> int:
     """One token from one offset's logits: repetition penalty (``transformers``' rule: seen tokens' logits
     divided by it when positive, multiplied when negative), then argmax or top-p sampling."""
     import torch
@@ -279,6 +303,8 @@ def _pick(logits: Any, seen: Any, temperature: float, top_p: float, repetition_p
     probs = torch.softmax(logits / temperature, -1)
     if top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep up to and including the one crossing top_p
+        drop = (
+            sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        )  # keep up to and including the one crossing top_p
         probs = probs.scatter(0, order[drop], 0.0)
     return int(torch.multinomial(probs, 1, generator=gen))

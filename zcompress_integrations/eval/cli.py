@@ -251,7 +251,9 @@ def run(
     results["seconds"]["total"] = time.perf_counter() - started
     results["machine"]["load_average_end"] = machine_info()["load_average"]
     results["model"] = next((p["model"] for p in parts if p["model"]), None)
-    results["latent_unavailable"] = next((p["latent_unavailable"] for p in parts if p["latent_unavailable"]), None)
+    results["latent_unavailable"] = next(
+        (p["latent_unavailable"] for p in parts if p["latent_unavailable"]), None
+    )
     report.write_json(results, out / "results.json")
     results["plots"] = [p.name for p in write_plots(results, out)]
     report.write_text(render_markdown(results), out / "results.md")
@@ -381,7 +383,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"GPU {m['gpu'] or 'none'}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}. "
         f"Load average at start {_load(m.get('load_average'))}, at end {_load(m.get('load_average_end'))}.",
         "",
-        "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items()) + "."
+        "Wall time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in results["seconds"].items())
+        + "."
         + (
             f" The quality suites ran in {results['jobs']} worker processes at once (one torch thread each), so "
             "their times overlap; speed ran alone after them."
@@ -416,7 +420,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             report.markdown_table(
                 _methods_rows(
                     res["methods"],
-                    {"em": "EM", "f1": "F1", "contains": "answer in prediction", "prompt_tokens": "prompt tokens"},
+                    {
+                        "em": "EM",
+                        "f1": "F1",
+                        "contains": "answer in prediction",
+                        "prompt_tokens": "prompt tokens",
+                    },
                 )
             ),
         ]
@@ -514,7 +523,9 @@ def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
     if "speed" in suites:
         curves = {}
         for r in (r for r in suites["speed"]["rows"] if _ok(r)):
-            curves.setdefault(f"{r['method']} compress", []).append((r["text_tokens"], r["compress_tokens_per_s"]))
+            curves.setdefault(f"{r['method']} compress", []).append(
+                (r["text_tokens"], r["compress_tokens_per_s"])
+            )
             curves.setdefault(f"{r['method']} decompress", []).append(
                 (r["text_tokens"], r["decompress_tokens_per_s"])
             )
@@ -528,7 +539,9 @@ def _reconstruction_plots(res: Mapping[str, Any], out: Path) -> list[Path]:
         d = res.get(name)
         if not d:
             continue
-        curves: dict[str, list[tuple[float, float]]] = {"exact": [(d["exact"]["ratio"], 100.0 * d["exact"]["exactness"])]}
+        curves: dict[str, list[tuple[float, float]]] = {
+            "exact": [(d["exact"]["ratio"], 100.0 * d["exact"]["exactness"])]
+        }
         latent = [(r["mean_ratio"], r["bleu"]) for r in d["latent"].values() if _ok(r)]
         if latent:
             curves["latent"] = latent

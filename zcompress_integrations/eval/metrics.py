@@ -190,7 +190,9 @@ def qa_contains(prediction: str, gold: str | Sequence[str]) -> float:
         1.0 or 0.0.
     """
     pred = f" {normalize_answer(prediction)} "
-    return max((float(bool(g) and f" {g} " in pred) for g in map(normalize_answer, _as_list(gold))), default=0.0)
+    return max(
+        (float(bool(g) and f" {g} " in pred) for g in map(normalize_answer, _as_list(gold))), default=0.0
+    )
 
 
 def qa_scores(predictions: Sequence[str], golds: Sequence[str | Sequence[str]]) -> dict[str, float]:

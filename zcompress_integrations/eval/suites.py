@@ -454,7 +454,9 @@ def run_qa(ctx: EvalContext) -> dict[str, Any]:
             for method, *_ in latent:
                 methods[method] = ctx.unavailable()
         bar.update(1)
-    order = ["full", "none"] + [f"{kind} x{r:g}" for r in cfg.ratios for kind in ("latent", "truncation", "llmlingua")]
+    order = ["full", "none"] + [
+        f"{kind} x{r:g}" for r in cfg.ratios for kind in ("latent", "truncation", "llmlingua")
+    ]
     summary = {m: qa_summary(methods[m], golds) for m in sorted(methods, key=order.index)}
     return {
         "n": len(examples),
@@ -617,7 +619,9 @@ def run_speed(ctx: EvalContext) -> dict[str, Any]:
                 bar.set_description(f"speed: {name} @ {length} tokens")
                 row: dict[str, Any] = {"method": name, "length": length}
                 timed = ctx.latent if mode == "latent" else (lambda fn: fn())
-                run = functools.partial(_timed, zc, lambda m=mode, r=ratio, t=text: zc.compress(t, mode=m, ratio=r))
+                run = functools.partial(
+                    _timed, zc, lambda m=mode, r=ratio, t=text: zc.compress(t, mode=m, ratio=r)
+                )
                 result = timed(run)
                 if result is None:  # latent codec unavailable or failed: recorded, the run goes on
                     rows.append({**row, **ctx.unavailable()})

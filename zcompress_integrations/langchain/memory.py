@@ -87,7 +87,9 @@ def decode_memory(text: str) -> list[BaseMessage] | None:
     items = envelope_messages(text, _ENVELOPE)
     if items is None:
         return None
-    entries = [{"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item for item in items]
+    entries = [
+        {"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item for item in items
+    ]
     return messages_from_dict(entries)
 
 

@@ -44,7 +44,9 @@ def decode_chat_messages(text: str) -> list[ChatMessage] | None:
     if items is None:
         return None
     return [
-        ChatMessage(role=item[0], content=item[1]) if isinstance(item, list) else ChatMessage.model_validate(item)
+        ChatMessage(role=item[0], content=item[1])
+        if isinstance(item, list)
+        else ChatMessage.model_validate(item)
         for item in items
     ]
 

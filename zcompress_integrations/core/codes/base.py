@@ -72,8 +72,7 @@ class CodeKind(Protocol):
         """The tensors to save (only what cannot be rebuilt from the config and the backbone)."""
         ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def fingerprint_parts(self) -> list[bytes]:
         """Bytes that identify this code's Z vocabulary (hashed into the codec fingerprint)."""

@@ -55,7 +55,9 @@ def id_groups(z_ids: Sequence[int], vocab: int, max_group: int) -> list[list[int
             offset += vocab**g
             g += 1
             if g > max_group:
-                raise CorruptCodeError(f"Z id {z} is outside the token-group code (groups of at most {max_group})")
+                raise CorruptCodeError(
+                    f"Z id {z} is outside the token-group code (groups of at most {max_group})"
+                )
         if z < 0:
             raise CorruptCodeError(f"Z id {z} is negative")
         x = z - offset
@@ -117,7 +119,9 @@ class TokenGroupCode:
     name = "token_groups"
     adapters = ("decompress",)
 
-    def __init__(self, embedding: Any, vocab_size: int, max_group: int, token_scale: float | None = None) -> None:
+    def __init__(
+        self, embedding: Any, vocab_size: int, max_group: int, token_scale: float | None = None
+    ) -> None:
         import torch
 
         self.embedding = embedding
@@ -129,7 +133,9 @@ class TokenGroupCode:
         self.token_scale = float(token_scale)
         hidden = weight.shape[1]
         gen = torch.Generator().manual_seed(ROTATION_SEED)
-        turns = [torch.linalg.qr(torch.randn(hidden, hidden, generator=gen))[0] for _ in range(self.max_group - 1)]
+        turns = [
+            torch.linalg.qr(torch.randn(hidden, hidden, generator=gen))[0] for _ in range(self.max_group - 1)
+        ]
         self.rotations = torch.stack([torch.eye(hidden), *turns]).to(weight.device)  # [G, H, H]
 
     @classmethod
@@ -172,7 +178,9 @@ class TokenGroupCode:
         dev = weight.device
         size = max((len(g) for g in groups), default=1)
         tok = torch.tensor([g + [0] * (size - len(g)) for g in groups], device=dev).view(-1, size)
-        present = torch.tensor([[1.0] * len(g) + [0.0] * (size - len(g)) for g in groups], device=dev).view(-1, size)
+        present = torch.tensor([[1.0] * len(g) + [0.0] * (size - len(g)) for g in groups], device=dev).view(
+            -1, size
+        )
         unit = torch.nn.functional.normalize(weight[tok].float(), dim=-1)  # [n, G, H]
         turned = torch.einsum("ngh,gkh->ngk", unit, self.rotations[:size].float())
         total = (turned * present.unsqueeze(-1)).sum(1) / present.sum(1, keepdim=True).sqrt()
