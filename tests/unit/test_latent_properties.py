@@ -104,7 +104,7 @@ def latent_exact_bytes(tiny_latent_compressor: Any) -> bytes:
     return tiny_latent_compressor.compress(DAMAGED_TEXT, mode="latent", exact=True).to_bytes()
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(position=st.integers(min_value=0), bit=st.integers(0, 7))
 def test_a_damaged_latent_code_is_refused_never_misread(
     tiny_latent_compressor: Any, latent_exact_bytes: bytes, position: int, bit: int
