@@ -40,7 +40,7 @@ def test_sample_round_trips_and_tracks_cross_entropy(default_compressor: Any) ->
     texts = _sample()
     codes = default_compressor.compress_batch(texts)
     assert default_compressor.decompress_batch(codes) == texts
-    ce = default_compressor._exact_codec().cross_entropy_bits_batch(texts[:5])
+    ce = default_compressor.exact_codec.cross_entropy_bits_batch(texts[:5])
     for code, h in zip(codes[:5], ce, strict=True):
         # the bound: 3% over the model's cross-entropy plus one Z-token of padding
         assert code.bits <= 1.03 * h + math.log2(code.k)

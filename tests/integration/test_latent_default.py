@@ -62,7 +62,7 @@ def test_default_infer_adapter_continues_codes_in_z(default_compressor: Any) -> 
     zc = default_compressor
     code = zc.compress(TEXT, mode="latent", ratio=2.0)
     cont = zc.continue_z(code)
-    codec = zc._latent_codec()
+    codec = zc.latent_codec
     read = id_groups(code.z_ids, codec.config.vocab_size, codec.config.max_group)
     size = round(sum(map(len, read)) / len(read))  # the code's mean group size
     groups = id_groups(cont.z_ids, codec.config.vocab_size, codec.config.max_group)

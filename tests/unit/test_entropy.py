@@ -229,7 +229,7 @@ def test_code_records_its_path_and_figures(tiny_compressor: ZCompressor) -> None
 
 
 def test_bits_track_the_model_cross_entropy(tiny_compressor: ZCompressor) -> None:
-    codec = tiny_compressor._exact_codec()
+    codec = tiny_compressor.exact_codec
     texts = ["The quick brown fox jumps over the lazy dog. " * 6, "hello \x04 world", b"\xff\xfe raw", ""]
     codes = tiny_compressor.compress_batch(texts)
     ce = codec.cross_entropy_bits_batch(texts)

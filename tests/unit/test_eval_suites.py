@@ -201,8 +201,9 @@ class _LatentStandIn:
     def compress(self, text: str, *, mode: str = "exact", ratio: float | None = None) -> Any:
         return self._zc.compress(text)
 
-    def _latent_codec(self) -> Any:
-        return SimpleNamespace(config=SimpleNamespace(k_eff=2**40))
+    @property
+    def latent_codec(self) -> Any:
+        return SimpleNamespace(code=SimpleNamespace(k=2**40))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._zc, name)
