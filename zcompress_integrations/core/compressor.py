@@ -34,6 +34,8 @@ __all__ = ["ZCompressor", "GenerationResult"]
 logger = logging.getLogger(__name__)
 
 Mode = Literal["exact", "latent"]
+EXACT_DECODE_BATCH = 32  # exact codes decoded side by side
+LATENT_DECODE_BATCH = 128  # latent segments read in one left-padded batch (the shipped figures use this)
 _MODES = ("exact", "latent")
 
 
@@ -294,13 +296,20 @@ class ZCompressor:
         return self.decompress_batch([code])[0]
 
     def decompress_batch(
-        self, codes: Sequence[ZCode | bytes | str], *, show_progress_bar: bool = False, batch_size: int = 32
+        self,
+        codes: Sequence[ZCode | bytes | str],
+        *,
+        show_progress_bar: bool = False,
+        batch_size: int | None = None,
     ) -> list[str | bytes]:
         """Decode many codes; codes compressed together decode together at the same speed.
 
-        ``batch_size``: exact codes decoded together, or latent segments read together."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        ``batch_size``: exact codes decoded together (default 32), or latent segments read together in one
+        left-padded batch (default 128)."""
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}")
         parsed = [ZCode.load(c) for c in codes]
         out: list[str | bytes | None] = [None] * len(parsed)
         exact = [i for i, c in enumerate(parsed) if c.codec == "exact"]
@@ -308,13 +317,16 @@ class ZCompressor:
         with self._lock:
             if exact:
                 codec = self.exact_codec
-                groups = [exact[s : s + batch_size] for s in range(0, len(exact), batch_size)]
+                size = batch_size or EXACT_DECODE_BATCH
+                groups = [exact[s : s + size] for s in range(0, len(exact), size)]
                 for group in _progress(groups, show_progress_bar, "decompress"):
                     for i, data in zip(group, codec.decode_batch([parsed[i] for i in group]), strict=True):
                         out[i] = data if parsed[i].is_bytes else _utf8(data)
             if latent:
                 texts = self.latent_codec.decompress_batch(
-                    [parsed[i] for i in latent], batch_size=batch_size, progress=show_progress_bar
+                    [parsed[i] for i in latent],
+                    batch_size=batch_size or LATENT_DECODE_BATCH,
+                    progress=show_progress_bar,
                 )
                 for i, text in zip(latent, texts, strict=True):
                     out[i] = text
