@@ -56,7 +56,7 @@ def test_default_infer_adapter_continues_codes_in_z(default_compressor: Any) -> 
 
     import torch
 
-    from zcompress_integrations.core.latent import id_groups
+    from zcompress_integrations.core.codes.token_groups import id_groups
     from zcompress_integrations.core.zspace_groups import group_loss
 
     zc = default_compressor
