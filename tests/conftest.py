@@ -22,8 +22,11 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """Save a random Llama with a byte-level BPE tokenizer (all 256 bytes + merges) to ``folder``."""
+def build_tiny_model(
+    folder: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0, arch: str = "llama"
+) -> Path:
+    """Save a random causal LM (``arch``: ``"llama"``, ``"qwen3"`` or ``"gemma3"``) with a byte-level BPE tokenizer
+    (all 256 bytes + merges) to ``folder``."""
     import tokenizers
     import torch
     import transformers
@@ -35,7 +38,13 @@ def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: i
     )
     tok.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+    }[arch]
+    extra = {"head_dim": hidden // 4} if arch != "llama" else {}
+    config = config_cls(
         vocab_size=len(tok),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -45,9 +54,11 @@ def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: i
         max_position_embeddings=1024,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
+        **extra,
     )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = model_cls(config).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -85,7 +85,7 @@ class LatentConfig:
     """Settings of a latent codec; saved as ``zcompress_config.json`` beside the adapters.
 
     Attributes:
-        code: the code kind (``core/codes/``).
+        code: the code kind (``core/codes/``): ``"token_groups"`` (the default) or ``"learned"``.
         segment_len: text tokens per segment.
         max_slots: most Z-tokens one segment may get.
         default_ratio: ratio used when ``compress(..., ratio=None)``.
@@ -94,11 +94,13 @@ class LatentConfig:
         backbone: name of the backbone; ``backbone_fingerprint``: its fingerprint (hex).
         max_decode_extra: decoding stops at the end token or after ``segment_len + max_decode_extra`` tokens.
         max_group: most text tokens one Z-token stands for (token-group code).
+        codebook_size / codebooks / max_span: the learned code's vocabulary (``codebook_size ** codebooks`` ids)
+            and most text tokens one of its Z-tokens stands for.
         vocab_size: text vocabulary size the token-group code is built on (set by :meth:`LatentCodec.create`).
         training: how the adapters were trained (free-form, for the model card).
     """
 
-    code: Literal["token_groups"] = "token_groups"
+    code: Literal["token_groups", "learned"] = "token_groups"
     segment_len: int = 64
     max_slots: int = 64
     default_ratio: float = 2.0
@@ -114,6 +116,9 @@ class LatentConfig:
     max_decode_extra: int = 8
     max_group: int = 4
     vocab_size: int = 0
+    codebook_size: int = 4096
+    codebooks: int = 1
+    max_span: int = 16
     version: int = LATENT_VERSION
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -122,7 +127,16 @@ class LatentConfig:
 
         if self.code not in CODE_KINDS:
             raise ConfigError(f"LatentConfig.code must be one of {sorted(CODE_KINDS)}; got {self.code!r}")
-        for name in ("segment_len", "max_slots", "lora_r", "max_group", "lora_alpha"):
+        for name in (
+            "segment_len",
+            "max_slots",
+            "lora_r",
+            "max_group",
+            "lora_alpha",
+            "codebook_size",
+            "codebooks",
+            "max_span",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"LatentConfig.{name} must be an integer >= 1; got {value!r}")
@@ -130,7 +144,9 @@ class LatentConfig:
             raise ConfigError("LatentConfig.max_decode_extra and vocab_size must be >= 0")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"LatentConfig.lora_dropout must be in [0, 1); got {self.lora_dropout!r}")
-        check_ratio(self.default_ratio, float(self.max_group))
+        from zcompress_integrations.core.codes import code_class
+
+        check_ratio(self.default_ratio, code_class(self.code).ratio_cap(self))
         if not math.isfinite(self.calib_nll) or self.calib_nll <= 0:
             raise ConfigError(f"LatentConfig.calib_nll must be > 0; got {self.calib_nll!r}")
 
@@ -443,11 +459,7 @@ class LatentCodec:
         datas = [as_bytes(x) for x in items]
         seg_lists = [self.segments(d) for d in datas]
         flat = [self.model_ids(seg) for segs in seg_lists for seg in segs]
-        token_nlls = self._nll_batches(flat, batch_size, progress)
-        ids_per_seg = [
-            self.code.encode(seg, nll, self.slot_count(len(seg), sum(nll) / len(nll), ratio))
-            for seg, nll in zip(flat, token_nlls, strict=True)
-        ]
+        ids_per_seg = self.code.write(self, flat, ratio, batch_size, progress)
         codes, pos = [], 0
         for i, item in enumerate(items):
             seg_ids = ids_per_seg[pos : pos + len(seg_lists[i])]
@@ -470,7 +482,7 @@ class LatentCodec:
             codes = self._add_residuals(codes, seg_lists)
         return codes
 
-    def _nll_batches(self, flat: list[list[int]], batch_size: int, progress: bool) -> list[list[float]]:
+    def nll_batches(self, flat: list[list[int]], batch_size: int, progress: bool) -> list[list[float]]:
         """:meth:`token_nll` of every segment, ``batch_size`` segments a step (with a progress bar on request)."""
         steps = [flat[s : s + batch_size] for s in range(0, len(flat), batch_size)]
         out: list[list[float]] = []

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from zcompress_integrations.core.latent import LatentCodec
+
 __all__ = ["CodeKind", "ZLayout"]
 
 
@@ -48,8 +50,11 @@ class CodeKind(Protocol):
         """The fewest Z-tokens a segment of ``length`` text tokens can take."""
         ...
 
-    def encode(self, tokens: Sequence[int], token_nll: Sequence[float], count: int) -> list[int]:
-        """Z ids (exactly ``count``) of one segment's text tokens, given their NLLs under the base model."""
+    def write(
+        self, codec: LatentCodec, segments: list[list[int]], ratio: float, batch_size: int, progress: bool
+    ) -> list[list[int]]:
+        """Z ids of each segment's text tokens at ``ratio`` (the codec gives access to the backbone: the base
+        model's NLLs, or an adapter with which the model writes Z itself); ``batch_size`` segments a forward."""
         ...
 
     def embeddings(self, z_ids: Sequence[int]) -> torch.Tensor:

@@ -29,6 +29,8 @@ from zcompress_integrations.errors import CorruptCodeError
 if TYPE_CHECKING:
     import torch
 
+    from zcompress_integrations.core.latent import LatentCodec
+
 __all__ = ["TokenGroupCode", "group_ids", "id_groups", "even_groups", "surprisal_groups", "ROTATION_SEED"]
 
 ROTATION_SEED = 1234
@@ -156,7 +158,21 @@ class TokenGroupCode:
     def fewest_z(self, length: int) -> int:
         return -(-length // self.max_group)
 
+    @staticmethod
+    def ratio_cap(config: Any) -> float:
+        return float(config.max_group)
+
     # ---- text -> Z ---------------------------------------------------------------------------------------
+    def write(
+        self, codec: LatentCodec, segments: list[list[int]], ratio: float, batch_size: int, progress: bool
+    ) -> list[list[int]]:
+        """Groups chosen from the base model's surprisal: ``codec.slot_count`` Z-tokens per segment."""
+        token_nlls = codec.nll_batches(segments, batch_size, progress)
+        return [
+            self.encode(seg, nll, codec.slot_count(len(seg), sum(nll) / len(nll), ratio))
+            for seg, nll in zip(segments, token_nlls, strict=True)
+        ]
+
     def encode(self, tokens: Sequence[int], token_nll: Sequence[float], count: int) -> list[int]:
         return group_ids(tokens, surprisal_groups(token_nll, count, self.max_group), self.vocab_size)
 

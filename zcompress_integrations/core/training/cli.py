@@ -3,6 +3,7 @@
     zcompress train prepare --data 'train/*.jsonl' --out segments.npy          # tokenise once
     zcompress train reader --data segments.npy --out runs/reader [--device cuda] [--resume]
     zcompress train infer --adapters runs/reader/adapters --data 'train/*.jsonl' --out runs/infer
+    zcompress train compressor --data segments.npy --out runs/compressor [--resume]   # the learned code
 
 Every field of the task's config dataclass (``core/training/config.py``) is a flag; ``--config FILE`` reads a
 YAML or JSON file of the same keys (flags on the command line win). ``--resume`` goes on from ``OUT/checkpoint.pt``
@@ -23,18 +24,23 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from zcompress_integrations.core.training.config import (
+    CompressorConfig,
     InferConfig,
     PrepareConfig,
     ReaderConfig,
     config_from_dict,
 )
-from zcompress_integrations.errors import ZCompressError
+from zcompress_integrations.errors import ConfigError, ZCompressError
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
 TASKS: dict[str, tuple[type, str]] = {
     "reader": (ReaderConfig, "train the token-group code's reader (the decompress adapter)"),
     "infer": (InferConfig, "train the infer adapter (generation in Z space) on top of trained adapters"),
+    "compressor": (
+        CompressorConfig,
+        "train the learned code: the compress adapter with which the model writes Z",
+    ),
     "prepare": (PrepareConfig, "tokenise jsonl files into the .npy of segments the reader trains on"),
 }
 EXIT_USAGE = 2
@@ -143,6 +149,12 @@ def run(args: argparse.Namespace) -> Path:
         from zcompress_integrations.core.training.reader import train_reader
 
         train_reader(cfg, resume=args.resume, init_from=args.init_from)
+    elif args.task == "compressor":
+        from zcompress_integrations.core.training.compressor import train_compressor
+
+        if args.init_from:
+            raise ConfigError("compressor: use --init-reader to choose the reader it starts from")
+        train_compressor(cfg, resume=args.resume)
     else:
         from zcompress_integrations.core.training.infer import run_infer
 

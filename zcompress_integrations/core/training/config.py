@@ -12,7 +12,15 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["ReaderConfig", "InferConfig", "PrepareConfig", "Device", "Decay", "config_from_dict"]
+__all__ = [
+    "ReaderConfig",
+    "InferConfig",
+    "PrepareConfig",
+    "CompressorConfig",
+    "Device",
+    "Decay",
+    "config_from_dict",
+]
 
 Device = Literal["cpu", "cuda", "auto"]
 Decay = Literal["constant", "linear", "cosine"]
@@ -192,6 +200,63 @@ class InferConfig:
         if self.lr_head <= 0:
             raise ConfigError(f"InferConfig.lr_head must be > 0; got {self.lr_head!r}")
         _check_probs(self, None)  # the code's max_group is known once the adapters are loaded
+
+
+@dataclass
+class CompressorConfig:
+    """Train the learned code (``core/codes/learned.py``): the ``compress`` LoRA with which the backbone writes its
+    own Z-tokens, its stop head and codebook, bootstrapped from a trained token-group reader."""
+
+    # jsonl files with a "text" field, or one .npy of segments [N, >= segment_len] (zcompress train prepare)
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/compressor"  # run folder: checkpoint.pt, log.jsonl, adapters/
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to train
+    # the token-group adapters whose reader starts the learned code's reader ("default": the shipped ones;
+    # "none": a fresh reader, for tests on tiny models)
+    init_reader: str = "default"
+    seed: int = 0  # adapter, head and codebook init; data order
+    segment_len: int = 64  # text tokens per segment
+    lora_r: int = 16  # LoRA rank of the compress adapter (and of a fresh reader)
+    codebook_size: int = 4096  # rows per codebook (K)
+    codebooks: int = 1  # codebooks per Z-token (residual VQ): a Z costs codebooks * log2(K) bits
+    max_span: int = 16  # most text tokens one Z-token stands for
+    ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # the ratio curriculum, in order
+    curriculum_every: int = 300  # one more ratio of the curriculum joins the mix every this many steps
+    vq_start: int = 100  # steps of continuous Z (matching the token-group embeddings) before quantising
+    reader_start: int = (
+        100  # the reader LoRA trains from this step on (before: frozen, the compressor adapts)
+    )
+    match_weight: float = 1.0  # weight of matching the token-group embedding of spans of <= 4 tokens
+    stop_weight: float = 1.0  # weight of the stop head's imitation of the surprisal-balanced span ends
+    budget_weight: float = 1.0  # weight of (mean stop probability - 1 / ratio)^2: the length budget
+    commit_weight: float = 0.25  # VQ commitment weight (the codebook loss has weight 1)
+    steps: int = 1000  # optimizer steps in all (a resumed run stops here too)
+    batch_size: int = 8  # segments per step
+    lr: float = 1e-3  # peak learning rate (AdamW, no weight decay)
+    warmup_steps: int = 20  # linear warm-up steps
+    decay: Decay = "constant"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
+    min_lr_frac: float = 0.05  # the decay ends at lr * min_lr_frac at ``steps``
+    grad_clip: float = 1.0  # gradient norm clip
+    held: int = 32  # the first ``held`` segments are held apart for the diagnostics
+    log_every: int = 5  # a train row in log.jsonl every this many steps
+    eval_every: int = 50  # a diagnostics row every this many steps
+    checkpoint_every: int = 25  # checkpoint.pt every this many steps
+    max_minutes: float = 0.0  # 0 = no limit; else stop (checkpoint, eval, export) after this many minutes
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 1, "segment_len", "lora_r", "codebooks", "max_span", "curriculum_every")
+        _at_least(self, 2, "codebook_size")
+        _at_least(self, 0, "held", "max_data_tokens", "vq_start", "reader_start")
+        _at_least(self, 0, "match_weight", "stop_weight", "budget_weight", "commit_weight")
+        _check_schedule(self)
+        if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):
+            raise ConfigError(
+                f"CompressorConfig.ratios must be numbers in [1, max_span={self.max_span}]; got {self.ratios!r}"
+            )
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""The learned code (core/codes/learned.py) and its trainer (core/training/compressor.py) on tiny random models of
+three architectures: plumbing and contracts (finite vocabulary, model-chosen lengths, consecutive positions, exact
+round trips, resumable training), not quality."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import _CORPUS, build_tiny_model
+
+TEXT = "The quick brown fox jumps over the lazy dog. Compression turns long text into a few tokens."
+
+
+def _segments(backbone: Any, length: int = 32) -> Any:
+    ids = backbone.tokenizer(_CORPUS * 10)["input_ids"]
+    return np.asarray([ids[i : i + length] for i in range(0, len(ids) - length, 3)][:48])
+
+
+def _config(out: Path, **over: Any) -> Any:
+    from zcompress_integrations.core.training import CompressorConfig
+
+    values = dict(
+        out=str(out),
+        init_reader="none",
+        segment_len=32,
+        lora_r=2,
+        codebook_size=16,
+        max_span=8,
+        ratios=[2.0, 4.0],
+        curriculum_every=2,
+        vq_start=2,
+        reader_start=1,
+        steps=4,
+        batch_size=4,
+        held=8,
+        eval_every=4,
+        checkpoint_every=2,
+        log_every=1,
+    )
+    values.update(over)
+    return CompressorConfig(**values)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3", "gemma3"])
+def trained(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, list]:
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import train_compressor
+
+    model_dir = build_tiny_model(tmp_path_factory.mktemp(f"tiny_{request.param}"), arch=request.param)
+    backbone = load_backbone(str(model_dir), device="cpu")
+    out = tmp_path_factory.mktemp(f"learned_{request.param}")
+    _, records = train_compressor(_config(out), backbone=backbone, segments=_segments(backbone))
+    return str(model_dir), out, records
+
+
+def test_training_logs_losses_and_diagnostics(trained: tuple[str, Path, list]) -> None:
+    _, out, records = trained
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["vq"] >= 0 for r in train)
+    assert train[0]["vq"] == 0 and train[-1]["vq"] > 0  # quantised from vq_start=2 on
+    (diag,) = [r for r in records if r["kind"] == "eval"]
+    for key in ("ratio_2x", "ce_true_2x", "ce_other_4x", "usage_ppl_2x", "spearman_4x"):
+        assert key in diag
+    assert 1 <= diag["usage_ppl_2x"] <= 16
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == records
+
+
+def test_codes_are_finite_vocabulary_and_round_trip(trained: tuple[str, Path, list]) -> None:
+    from zcompress_integrations import ZCompressor
+
+    model_dir, out, _ = trained
+    zc = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    assert zc.latent_codec.config.code == "learned"
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    assert code.k == 16 and all(0 <= z < 16 for z in code.z_ids)
+    # 4 bits per Z-token in the stored ids, whatever the text
+    assert code.z_ids and sum(code.segments) == len(code.z_ids)
+    assert isinstance(zc.decompress(code), str)
+    exact = zc.compress(TEXT, mode="latent", ratio=4.0, exact=True)
+    assert zc.decompress(exact) == TEXT
+    restored = type(code).from_bytes(exact.to_bytes())
+    assert zc.decompress(restored) == TEXT
+
+
+def test_z_positions_are_consecutive(trained: tuple[str, Path, list]) -> None:
+    from zcompress_integrations import ZCompressor
+
+    model_dir, out, _ = trained
+    zc = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    code = zc.compress(TEXT * 3, mode="latent", ratio=2.0)
+    offsets, span = zc.latent_codec.prompt_offsets(code)
+    assert offsets == list(range(len(code.z_ids))) and span == len(code.z_ids)
+
+
+def test_lengths_are_the_models_choice(trained: tuple[str, Path, list]) -> None:
+    """The stop head, not a formula, sets the Z count: a stop head pushed to always stop gives one Z per token, one
+    pushed never to stop gives one per ``max_span`` tokens."""
+    import torch
+
+    from zcompress_integrations import ZCompressor
+
+    model_dir, out, _ = trained
+    zc = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    code = zc.latent_codec.code
+    tokens = zc.latent_codec.segments(TEXT.encode())[0]
+    with torch.no_grad():
+        code.stop.bias.fill_(50.0)
+        always = code.write(zc.latent_codec, [tokens], 2.0, 8, False)[0]
+        code.stop.bias.fill_(-50.0)
+        code.stop.weight.zero_()
+        never = code.write(zc.latent_codec, [tokens], 2.0, 8, False)[0]
+    assert len(always) == len(tokens)
+    assert len(never) == -(-len(tokens) // 8)
+
+
+def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A run cut at step 2 and resumed ends where the uncut run ends (same weights, same log)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import train_compressor
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    rows = _segments(backbone)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train_compressor(_config(whole, eval_every=100), backbone=backbone, segments=rows)
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    train_compressor(_config(cut, steps=2, eval_every=100), backbone=backbone, segments=rows)
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    train_compressor(_config(cut, eval_every=100), resume=True, backbone=backbone, segments=rows)
+    a = load_file(str(whole / "adapters" / "latent_modules.safetensors"))
+    b = load_file(str(cut / "adapters" / "latent_modules.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    from zcompress_integrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ratios"):
+        _config(tmp_path, ratios=[32.0])
+    with pytest.raises(ConfigError, match="codebook_size"):
+        _config(tmp_path, codebook_size=1)

@@ -1,0 +1,483 @@
+"""Train the learned code (``zcompress train compressor``): the backbone writes its own Z-tokens.
+
+Every learned encoder tried here before collapsed: the reader learned to ignore Z. This recipe starts from a reader
+that already reads Z (the shipped token-group ``decompress`` adapter) and moves in stages, each logged:
+
+1. **Continuous Z that the reader already reads** (steps < ``vq_start``). The ``compress`` adapter reads a segment
+   after a ratio embedding; at the last token of each span the hidden state, through ``to_z``, must be an embedding
+   the frozen reader turns back into the span: loss = reader CE + ``match_weight`` x MSE to the span's token-group
+   embedding (spans of <= 4 tokens, what the reader was trained on).
+2. **Quantise**: at ``vq_start`` the codebook is initialised by k-means over the Z vectors of recent steps; from
+   then on Z goes through residual VQ (straight-through, codebook + commitment losses, unused rows restarted
+   from recent vectors), and from ``reader_start`` the reader LoRA trains on quantised inputs too.
+3. **Longer spans, higher ratios**: the ratio curriculum (``ratios``) adds 4x, then 8x, ... every
+   ``curriculum_every`` steps; spans may hold up to ``max_span`` tokens.
+
+Span ends. During training a segment's spans are the surprisal-balanced groups (``surprisal_groups`` over the base
+model's NLL, at the ratio's count); the stop head learns to predict them (``stop_weight``) under a length budget
+(``budget_weight`` x (mean stop probability - 1 / ratio)^2). At inference the stop head alone decides.
+
+Diagnostics (``log.jsonl`` eval rows, on held-apart segments, with the inference path: the model's own span ends
+and quantised ids): reader CE with the true Z vs with another segment's Z (must differ by >= 1 nat/token if Z
+carries information), codebook usage perplexity, achieved ratio, and Spearman(Z count, segment NLL) per ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from zcompress_integrations.core.codes.learned import COMPRESS, quantize
+from zcompress_integrations.core.codes.token_groups import TokenGroupCode, group_starts, surprisal_groups
+from zcompress_integrations.core.latent import READER, LatentCodec, LatentConfig
+from zcompress_integrations.core.training.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    make_state,
+    restore,
+    save_checkpoint,
+)
+from zcompress_integrations.core.training.config import CompressorConfig
+from zcompress_integrations.core.training.reader import log_row
+from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
+from zcompress_integrations.errors import ConfigError
+
+__all__ = ["train_compressor", "teacher_spans", "reader_ce", "diagnostics", "kmeans"]
+
+logger = logging.getLogger(__name__)
+
+TEACHER_GROUP = 4  # the token-group reader reads groups of at most 4 tokens
+KMEANS_ROWS = 256  # training rows whose Z vectors (at every curriculum ratio) initialise the codebook
+
+
+# ---- pieces of a step --------------------------------------------------------------------------------------
+def teacher_spans(codec: LatentCodec, seg: Any, ratio: float, max_span: int) -> list[list[int]]:
+    """Span sizes of each row of ``seg [B, n]``: surprisal-balanced groups of 1..``max_span`` tokens, as many as the
+    token-group codec would give at ``ratio`` (``slot_count``), with no group-size cap below ``max_span``."""
+    rows = seg.tolist()
+    out = []
+    for toks, nll in zip(rows, codec.token_nll(rows), strict=True):
+        n = len(toks)
+        count = round(n / ratio * (sum(nll) / n) / max(codec.config.calib_nll, 1e-6))
+        count = min(max(count, -(-n // max_span), 1), n)
+        out.append(surprisal_groups(nll, count, max_span))
+    return out
+
+
+def reader_ce(codec: LatentCodec, seg: Any, z_rows: list[Any]) -> Any:
+    """Mean CE (nats/token) of ``seg [B, n]`` plus its end token read after ``[Z rows[b] (m_b x H), sep]``, with Z at
+    consecutive positions (the learned code's layout: ``0 .. m-1``, the separator at 0, text token i at i + 1)."""
+    import torch
+
+    batch, n = seg.shape
+    m_max = max(len(z) for z in z_rows)
+    weight = codec.lm.get_input_embeddings().weight
+    dev = seg.device
+    x = torch.zeros(batch, m_max + 1 + n, weight.shape[1], dtype=weight.dtype, device=dev)
+    pos = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=dev)
+    mask = torch.zeros(batch, m_max + 1 + n, dtype=torch.long, device=dev)
+    rows = []
+    for b, z in enumerate(z_rows):
+        m = len(z)
+        rows.append(torch.cat([x.new_zeros(m_max - m, x.shape[-1]), codec.decoder_prefix(z.unsqueeze(0))[0]]))
+        pos[b, m_max - m : m_max] = torch.arange(m, device=dev)
+        mask[b, m_max - m :] = 1
+    x = torch.cat([torch.stack(rows), codec.embed(seg)], 1)  # keeps the graph to the Z vectors
+    pos[:, m_max + 1 :] = torch.arange(1, n + 1, device=dev)
+    hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state
+    logits = codec.lm.lm_head(hidden[:, -n - 1 :]).float()  # [B, n + 1, V]
+    end = torch.full((batch, 1), codec.end_token, dtype=seg.dtype, device=dev)
+    target = torch.cat([seg, end], 1)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def kmeans(vectors: Any, k: int, iters: int = 10, seed: int = 0) -> Any:
+    """``[k, H]`` centres of ``vectors [N, H]`` (Lloyd's algorithm from a random sample; empty clusters keep their
+    centre). With fewer vectors than ``k`` the sample repeats with a little noise."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    data = vectors.detach().float().cpu()
+    pick = (
+        torch.randint(0, len(data), (k,), generator=gen)
+        if len(data) < k
+        else torch.randperm(len(data), generator=gen)[:k]
+    )
+    centres = data[pick].clone()
+    if len(data) < k:
+        centres += 0.01 * data.std() * torch.randn(centres.shape, generator=gen)
+    for _ in range(iters):
+        assign = torch.cdist(data, centres).argmin(-1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, data)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(-1)
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+# ---- diagnostics -------------------------------------------------------------------------------------------
+def diagnostics(codec: LatentCodec, held: Any, ratios: list[float], batch: int = 8) -> dict[str, Any]:
+    """The inference path on held-apart segments ``[N, n]``, per ratio: achieved ratio, reader CE with the true Z
+    and with the next segment's Z, codebook usage perplexity, Spearman(Z count, segment NLL)."""
+    import torch
+
+    code = codec.code
+    rows = held.tolist()
+    seg_nll = codec.segment_nll(rows)
+    out: dict[str, Any] = {"kind": "eval"}
+    for ratio in ratios:
+        ids = code.write(codec, rows, ratio, batch, False)
+        counts = [len(z) for z in ids]
+        usage = torch.bincount(
+            torch.tensor([row[0] for z in ids for row in code.indices_of(z)] or [0]),
+            minlength=code.codebook_size,
+        ).float()
+        p = usage / usage.sum()
+        ce, ce_other = [], []
+        with torch.no_grad(), codec.reading():
+            for s in range(0, len(rows), batch):
+                seg = held[s : s + batch]
+                z = [code.embeddings(ids[i]).float() for i in range(s, s + len(seg))]
+                ce.append(float(reader_ce(codec, seg, z)))
+                ce_other.append(float(reader_ce(codec, seg, z[1:] + z[:1])))
+        tag = f"{ratio:g}x"
+        out[f"ratio_{tag}"] = round(held.numel() / max(sum(counts), 1), 3)
+        out[f"ce_true_{tag}"] = round(sum(ce) / len(ce), 4)
+        out[f"ce_other_{tag}"] = round(sum(ce_other) / len(ce_other), 4)
+        out[f"usage_ppl_{tag}"] = round(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())), 1)
+        out[f"spearman_{tag}"] = round(_spearman([float(c) for c in counts], seg_nll), 3)
+    return out
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+def _setup(cfg: CompressorConfig, backbone: Any) -> tuple[Any, LatentCodec, TokenGroupCode]:
+    """The backbone, the learned codec (reader from ``cfg.init_reader``, fresh compress adapter and code) and the
+    token-group code whose embeddings the continuous Z first matches."""
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.codes.learned import LearnedCode
+    from zcompress_integrations.core.latent import load_latent_codec
+
+    torch.manual_seed(cfg.seed)
+    if backbone is None:
+        backbone = load_backbone(cfg.model, device=cfg.device, dtype="float32")
+    config = LatentConfig(
+        code="learned",
+        segment_len=cfg.segment_len,
+        max_slots=cfg.segment_len,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        codebook_size=cfg.codebook_size,
+        codebooks=cfg.codebooks,
+        max_span=cfg.max_span,
+        default_ratio=min(cfg.ratios),
+    )
+    if cfg.init_reader == "none":
+        codec = LatentCodec.create(backbone, config, seed=cfg.seed)
+    else:
+        start = load_latent_codec(backbone, cfg.init_reader)
+        if start.config.code != "token_groups":
+            raise ConfigError(
+                f"init_reader must hold token-group adapters; {cfg.init_reader} holds {start.config.code!r}"
+            )
+        peft_model = start.peft_model
+        if "infer" in peft_model.peft_config:  # the learned code has no generation in Z space yet
+            peft_model.delete_adapter("infer")
+        lora = start.config.lora_config()
+        lora.r, lora.lora_alpha = cfg.lora_r, 2 * cfg.lora_r
+        peft_model.add_adapter(COMPRESS, lora)
+        config.vocab_size, config.calib_nll = start.config.vocab_size, start.config.calib_nll
+        config.backbone, config.backbone_fingerprint = (
+            start.config.backbone,
+            start.config.backbone_fingerprint,
+        )
+        config.lora_r, config.lora_alpha = start.config.lora_r, start.config.lora_alpha
+        code = LearnedCode.from_config(config, backbone.model.get_input_embeddings())
+        codec = LatentCodec(backbone, config, peft_model, code, start.sep.detach().clone())
+    teacher = TokenGroupCode(backbone.model.get_input_embeddings(), backbone.text_vocab_size, TEACHER_GROUP)
+    codec.sep.requires_grad_(False)
+    return backbone, codec, teacher
+
+
+def _lora(codec: LatentCodec, adapter: str) -> dict[str, Any]:
+    return {n: p for n, p in codec.peft_model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def _weights(codec: LatentCodec) -> dict[str, Any]:
+    out = {n: p.detach().cpu().clone() for a in (READER, COMPRESS) for n, p in _lora(codec, a).items()}
+    out.update({f"code.{k}": v.detach().cpu().clone() for k, v in codec.code.state_dict().items()})
+    return out
+
+
+def _apply(codec: LatentCodec, weights: dict[str, Any]) -> None:
+    import torch
+
+    live = {**_lora(codec, READER), **_lora(codec, COMPRESS)}
+    with torch.no_grad():
+        for name, value in weights.items():
+            if name in live:
+                live[name].copy_(value)
+    codec.code.load_state_dict({k[5:]: v for k, v in weights.items() if k.startswith("code.")})
+    codec.refresh_fingerprint()
+
+
+def _rows(cfg: CompressorConfig, backbone: Any, segments: Any) -> tuple[Any, Any]:
+    import numpy as np
+    import torch
+
+    from zcompress_integrations.core.training.data import load_rows
+
+    L = cfg.segment_len
+    if segments is None:
+        segments = load_rows(backbone.tokenizer, cfg.data, L, cfg.max_data_tokens)
+    rows = np.asarray(segments)
+    if rows.ndim != 2 or rows.shape[1] < L or len(rows) <= cfg.held:
+        raise ConfigError(
+            f"compressor data: need more than held={cfg.held} rows of >= {L} tokens; got {rows.shape}"
+        )
+    rows = rows[:, :L].astype(np.int64)
+    return torch.as_tensor(rows[: cfg.held], device=backbone.device), rows[cfg.held :]
+
+
+class _Step:
+    """One training step's forward: compress pass, Z vectors (continuous or quantised), losses."""
+
+    def __init__(self, codec: LatentCodec, teacher: TokenGroupCode, cfg: CompressorConfig) -> None:
+        self.codec, self.teacher, self.cfg = codec, teacher, cfg
+        self.code = codec.code
+        self.buffer: list[Any] = []
+        self.used: Any = None
+
+    def __call__(self, seg: Any, ratio: float, quantised: bool) -> tuple[Any, dict[str, float]]:
+        import torch
+        import torch.nn.functional as F
+
+        codec, code, cfg = self.codec, self.code, self.cfg
+        spans = teacher_spans(codec, seg, ratio, cfg.max_span)  # [B] lists of sizes
+        with codec.adapter(COMPRESS, train=True):
+            hidden = code.compress_hidden(codec, seg, ratio)  # [B, n, H]
+        stops = code.stop(hidden).squeeze(-1)  # [B, n]
+        target = torch.zeros_like(stops)
+        for b, sizes in enumerate(spans):
+            target[b, [s + g - 1 for s, g in zip(group_starts(sizes), sizes, strict=True)]] = 1.0
+        stop_loss = F.binary_cross_entropy_with_logits(stops, target)
+        budget = (torch.sigmoid(stops).mean() - 1.0 / ratio) ** 2
+        z_rows, match, vq = [], [], []
+        self.buffer = []
+        for b, sizes in enumerate(spans):
+            ends = [s + g - 1 for s, g in zip(group_starts(sizes), sizes, strict=True)]
+            e = code.to_z(hidden[b, ends])  # [m, H]
+            self.buffer.append(e.detach().cpu())  # this step's vectors: unused rows restart from them
+            short = [j for j, g in enumerate(sizes) if g <= TEACHER_GROUP]
+            if short and cfg.match_weight > 0:
+                groups = [
+                    seg[b, group_starts(sizes)[j] : group_starts(sizes)[j] + sizes[j]].tolist() for j in short
+                ]
+                goal = self.teacher.group_embeddings(groups).float()
+                match.append(F.mse_loss(e[short], goal) / goal.pow(2).mean())
+            if quantised:
+                q, idx = quantize(e, code.codebook)
+                vq.append(F.mse_loss(q, e.detach()) + cfg.commit_weight * F.mse_loss(e, q.detach()))
+                self._count(idx[:, 0])
+                e = e + (q - e).detach()  # straight-through
+            z_rows.append(e)
+        with codec.adapter(READER, train=True):
+            ce = reader_ce(codec, seg, z_rows)
+        parts = {
+            "ce": ce,
+            "stop": cfg.stop_weight * stop_loss,
+            "budget": cfg.budget_weight * budget,
+            "match": cfg.match_weight * torch.stack(match).mean() if match else ce.new_zeros(()),
+            "vq": torch.stack(vq).mean() if vq else ce.new_zeros(()),
+        }
+        loss = sum(parts.values())
+        return loss, {k: round(float(v.detach()), 4) for k, v in parts.items()} | {
+            "z_per_seg": sum(map(len, spans)) / len(spans)
+        }
+
+    def _count(self, idx: Any) -> None:
+        import torch
+
+        if self.used is None:
+            self.used = torch.zeros(self.code.codebook_size)
+        self.used += torch.bincount(idx.cpu(), minlength=self.code.codebook_size).float()
+
+    def init_codebook(self, rows: Any, seed: int) -> None:
+        """k-means over the Z vectors of fixed training ``rows [N, n]`` at every curriculum ratio, codebook by
+        codebook (each on what the previous left). Deterministic from the weights, so a resumed run repeats it."""
+        import torch
+
+        codec, code = self.codec, self.code
+        vectors = []
+        with torch.no_grad(), codec.adapter(COMPRESS):
+            for ratio in self.cfg.ratios:
+                for s in range(0, len(rows), 16):
+                    seg = rows[s : s + 16]
+                    hidden = code.compress_hidden(codec, seg, ratio)
+                    for b, sizes in enumerate(teacher_spans(codec, seg, ratio, self.cfg.max_span)):
+                        ends = [a + g - 1 for a, g in zip(group_starts(sizes), sizes, strict=True)]
+                        vectors.append(code.to_z(hidden[b, ends]).cpu())
+        data = torch.cat(vectors)
+        with torch.no_grad():
+            for c in range(code.codebooks):
+                centres = kmeans(data, code.codebook_size, seed=seed + c)
+                code.codebook[c].copy_(centres.to(code.codebook))
+                data = data - centres[torch.cdist(data, centres).argmin(-1)]
+        logger.info("codebook initialised by k-means over %d Z vectors", len(data))
+
+    def restart_unused(self) -> int:
+        """Rows of codebook 1 unused since the last call take recent Z vectors; returns how many."""
+        import torch
+
+        if self.used is None or not self.buffer:
+            return 0
+        dead = (self.used == 0).nonzero().flatten()
+        data = torch.cat(self.buffer)
+        if len(dead):
+            pick = torch.randint(0, len(data), (len(dead),))
+            with torch.no_grad():
+                self.code.codebook[0, dead] = data[pick].to(self.code.codebook)
+        self.used = None
+        return len(dead)
+
+
+def _bookkeeping(
+    cfg: CompressorConfig,
+    codec: LatentCodec,
+    step_fn: _Step,
+    opt: Any,
+    rng: Any,
+    progress: dict[str, Any],
+    held: Any,
+    row: dict[str, Any],
+    records: list[dict[str, Any]],
+) -> bool:
+    """Log, restart unused codebook rows, checkpoint and run the diagnostics when due; True when out of time."""
+    out, step = Path(cfg.out), progress["step"]
+    stop = out_of_time(cfg, progress)
+    last = step == cfg.steps or stop
+    if step == 1 or due(step, cfg.log_every, last):
+        log_row(out, row | {"seconds": round(progress["seconds"], 1)}, records)
+    if due(step, cfg.checkpoint_every, last):
+        if step > cfg.vq_start:
+            logger.info("step %d: %d unused codebook rows restarted", step, step_fn.restart_unused())
+        state = make_state("compressor", step, cfg, _weights(codec), opt, rng, progress)
+        save_checkpoint(out / CHECKPOINT_NAME, state)
+    if due(step, cfg.eval_every, last) and len(held):
+        codec.peft_model.eval()
+        log_row(out, diagnostics(codec, held, cfg.ratios) | {"step": step}, records)
+        codec.peft_model.train()
+    return stop
+
+
+def _optimizer(codec: LatentCodec, cfg: CompressorConfig) -> tuple[list[Any], Any]:
+    import torch
+
+    for name, p in codec.peft_model.named_parameters():
+        p.requires_grad_("lora_" in name and (f".{READER}." in name or f".{COMPRESS}." in name))
+    params = (
+        list(_lora(codec, COMPRESS).values()) + list(_lora(codec, READER).values()) + codec.code.parameters()
+    )
+    for p in codec.code.parameters():
+        p.requires_grad_(True)
+    return params, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+
+def train_compressor(
+    cfg: CompressorConfig, *, resume: bool = False, backbone: Any = None, segments: Any = None
+) -> tuple[LatentCodec, list[dict[str, Any]]]:
+    """Train (or, with ``resume``, go on from ``cfg.out/checkpoint.pt``) the learned code; writes
+    ``cfg.out/{checkpoint.pt, log.jsonl, adapters/}``. Returns the codec and the logged rows."""
+    import numpy as np
+    import torch
+
+    # 1. run folder, backbone, codec (reader from init_reader, fresh compress adapter and code)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone, codec, teacher = _setup(cfg, backbone)
+
+    # 2. data: rows [N, L]; the first cfg.held rows are held apart for the diagnostics
+    held, train_rows = _rows(cfg, backbone, segments)
+    kmeans_rows = torch.as_tensor(train_rows[:KMEANS_ROWS], device=backbone.device)
+
+    # 3. what trains and the optimizer; the data stream
+    params, opt = _optimizer(codec, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    progress = {"step": 0, "tokens": 0, "seconds": 0.0}
+    step_fn = _Step(codec, teacher, cfg)
+
+    # 4. resume from this run's checkpoint
+    ckpt = out / CHECKPOINT_NAME
+    if resume and ckpt.is_file():
+        state = load_checkpoint(ckpt, task="compressor")
+        _apply(codec, state["trainable"])
+        progress = restore(state, opt, rng, progress)
+        logger.info("resumed %s at step %d", ckpt, progress["step"])
+    records: list[dict[str, Any]] = []
+
+    # 5. the loop
+    codec.peft_model.train()
+    if cfg.vq_start == 0 and progress["step"] == 0:
+        step_fn.init_codebook(kmeans_rows, cfg.seed)
+    while progress["step"] < cfg.steps:
+        t0 = time.time()
+        step = progress["step"]
+        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # 5a. a batch and a ratio from the curriculum
+        seg = torch.as_tensor(
+            train_rows[rng.integers(0, len(train_rows), cfg.batch_size)], device=backbone.device
+        )
+        allowed = cfg.ratios[: 1 + step // cfg.curriculum_every]
+        ratio = float(allowed[int(rng.integers(0, len(allowed)))])
+        # 5b. forward (quantised from vq_start), backward (the reader from reader_start), clip, step
+        loss, parts = step_fn(seg, ratio, step >= cfg.vq_start)
+        loss.backward()
+        if step < cfg.reader_start:  # the reader stays as it was (peft turns every adapter's grads on)
+            for p in _lora(codec, READER).values():
+                p.grad = None
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        progress["step"] += 1
+        progress["tokens"] += seg.numel()
+        progress["seconds"] += time.time() - t0
+        # 5c. the codebook's k-means init right after the last continuous step; log, checkpoint, diagnostics
+        if progress["step"] == cfg.vq_start:
+            step_fn.init_codebook(kmeans_rows, cfg.seed)
+        row = {
+            "kind": "train",
+            "step": progress["step"],
+            "ratio": ratio,
+            "loss": round(float(loss), 4),
+            "lr": lr,
+        }
+        if _bookkeeping(cfg, codec, step_fn, opt, rng, progress, held, row | parts, records):
+            break
+
+    # 6. the adapters directory
+    codec.peft_model.eval()
+    codec.config.training = {
+        "recipe": "learned code bootstrapped from the token-group reader (zcompress train compressor)",
+        "init_reader": cfg.init_reader,
+        "steps": progress["step"],
+        "batch": cfg.batch_size,
+        "ratios": cfg.ratios,
+        "tokens_seen": progress["tokens"],
+        "wall_s": round(progress["seconds"]),
+        "data": [str(d) for d in cfg.data],
+    }
+    codec.refresh_fingerprint()
+    codec.save_pretrained(out / "adapters")
+    return codec, records
