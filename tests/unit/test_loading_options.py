@@ -85,6 +85,21 @@ def test_good_values_are_kept_normalised(given: dict[str, Any], device: str, dty
     assert pickle.loads(pickle.dumps(zc)).settings == zc.settings
 
 
+def test_checking_settings_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom zcompress_integrations import ZCompressor\n"
+        "ZCompressor.from_pretrained(device='cuda', dtype='bfloat16', quantization='4bit')\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_a_torch_dtype_is_accepted_by_name() -> None:
     import torch
 
@@ -245,7 +260,9 @@ def test_precision_of_a_quantized_model_and_the_check(tiny_model_dir: Path) -> N
     model.config.quantization_config = BitsAndBytesConfig(load_in_4bit=True)  # as a bitsandbytes load sets it
     assert precision_name(model) == ("cpu", "float32", "4bit") and precision_params(model) == {"quant": 1}
     check_precision({"quant": 1}, model)
-    with pytest.raises(ModelMismatchError, match=r"made with float32 on cpu.*runs 4bit weights computing in float32"):
+    with pytest.raises(
+        ModelMismatchError, match=r"made with float32 on cpu.*runs 4bit weights computing in float32"
+    ):
         check_precision({}, model)  # a plain code on a quantized model
     plain = load_backbone(str(tiny_model_dir), device="cpu").model
     with pytest.raises(ModelMismatchError, match=r"quantization='4bit'"):

@@ -258,7 +258,7 @@ def load_backbone(
     Args:
         name_or_path: a local model directory or a Hugging Face id already in the local cache.
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        dtype: ``"auto"`` (bf16 on a CUDA GPU with native bf16, else fp32: bf16 is many times slower on CPUs),
+        dtype: ``"auto"`` (bf16 on a CUDA GPU with native bf16, else fp32, what the shipped adapters use),
             ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or that ``torch.dtype``).
         quantization: ``"4bit"`` (nf4) or ``"8bit"`` (bitsandbytes, CUDA only).
         model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` last, so they override the above

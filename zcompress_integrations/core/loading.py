@@ -9,9 +9,10 @@ Three steps, each a small function, so that a wrong setting fails before any mod
 3. :func:`model_load_kwargs` builds the ``AutoModelForCausalLM.from_pretrained`` keyword arguments (a pure
    function: it builds a ``BitsAndBytesConfig`` only when quantization is asked for).
 
-``dtype="auto"`` is bf16 on a CUDA GPU that computes bf16 natively (compute capability 8.0 and up), else fp32: on a
-CPU fp32 is the fast path (bf16 matmuls are many times slower there). Quantized weights compute in bf16 (fp16 on a
-GPU without native bf16, or when ``dtype="float16"``).
+``dtype="auto"`` is bf16 on a CUDA GPU that computes bf16 natively (compute capability 8.0 and up), else fp32:
+on a CPU, fp32 is the arithmetic the shipped adapters were trained in and every published figure was measured in,
+and fp32 CPU codes are the portable kind (below). Quantized weights compute in bf16 (fp16 on a GPU without native
+bf16, or with ``dtype="float16"``).
 
 Exact codes and determinism. The exact codec (and a latent code's residual) decodes only where the model computes
 bit-identical probabilities, so a code has to be decoded with the device and dtype it was made with.
@@ -91,7 +92,7 @@ class LoadOptions:
             if device in ("cpu", "mps"):
                 raise ConfigError(
                     f"quantization={self.quantization!r} runs on CUDA GPUs only (bitsandbytes), but device="
-                    f"{device!r}; drop quantization= (fp32 on a CPU is the fast path) or use device='cuda'"
+                    f"{device!r}; drop quantization= on a CPU, or use device='cuda'"
                 )
             if dtype == "float32":
                 raise ConfigError(
@@ -113,7 +114,7 @@ def resolve(options: LoadOptions) -> tuple[Any, Any]:
         if dev.type != "cuda":
             raise ConfigError(
                 f"quantization={options.quantization!r} needs a CUDA GPU (bitsandbytes), but this machine runs on "
-                f"{dev.type}; drop quantization= here (fp32 on a CPU is the fast path), or on a GPU machine: "
+                f"{dev.type}; drop quantization= here, or on a GPU machine: "
                 f"{GPU_INSTALL}"
             )
         if not has_bitsandbytes():
