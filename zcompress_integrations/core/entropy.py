@@ -38,6 +38,7 @@ from zcompress_integrations.core.arithmetic import (
     bits_to_ids,
     ids_to_bits,
 )
+from zcompress_integrations.core.loading import check_precision, precision_params
 from zcompress_integrations.core.tokenbytes import TokenBytes
 from zcompress_integrations.core.zcode import ZCode, text_checksum
 from zcompress_integrations.errors import (
@@ -419,6 +420,7 @@ class EntropyCodec:
                 slot += 1
         with fixed_threads(threads), self.disable_adapters():
             bit_lists = encode_windows(self.runner(), windows, lanes, len(items))
+        precision = precision_params(self.backbone.model)
         codes = []
         for owner, item in enumerate(items):
             bits = bit_lists[owner] if token_lists[owner] else []
@@ -439,6 +441,7 @@ class EntropyCodec:
                         "threads": threads,
                         "freq_bits": self.total_bits,
                         "start": self.start_token,
+                        **precision,  # device/dtype/quant; none for fp32 on a CPU (core/loading.py)
                     },
                 )
             )
@@ -524,6 +527,7 @@ class EntropyCodec:
             )
         if not 1 <= code.params["lanes"] <= MAX_LANES or code.params["lane0"] >= code.params["lanes"]:
             raise CorruptCodeError(f"exact code has an impossible lane layout {code.params}")
+        check_precision(code.params, self.backbone.model)
 
     def decode_batch(self, codes: Sequence[ZCode]) -> list[bytes]:
         """Decode codes, sharing runs between codes whose lanes do not collide. Raises on any mismatch."""
