@@ -279,3 +279,14 @@ def test_unknown_arithmetic_is_recorded_but_not_checked(tiny_model_dir: Path) ->
     model = load_backbone(str(tiny_model_dir), device="cpu", model_kwargs={"dtype": torch.float64}).model
     assert precision_params(model) == {"dtype": loading.OTHER}
     check_precision({"dtype": loading.OTHER}, model)
+
+
+def test_bf16_latent_residual_records_its_arithmetic(
+    bf16_compressor: ZCompressor, tiny_latent_compressor: ZCompressor
+) -> None:
+    code = bf16_compressor.compress(TEXT, mode="latent", ratio=2.0, exact=True)
+    assert code.params["dtype"] == 1
+    with pytest.raises(ModelMismatchError, match=r"bfloat16 on cpu.*float32 on cpu"):
+        tiny_latent_compressor.decompress(code)  # refused before the residual is decoded
+    plain = tiny_latent_compressor.compress(TEXT, mode="latent", ratio=2.0, exact=True)
+    assert not {"device", "dtype", "quant"} & set(plain.params)

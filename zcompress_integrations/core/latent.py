@@ -502,6 +502,10 @@ class LatentCodec:
         if code.k != self.code.k or sum(code.segments) != len(code.z_ids):
             raise CorruptCodeError("latent code's Z vocabulary or segment counts do not match its Z ids")
         self.code.check_ids(code.z_ids)
+        if "threads" in code.params:  # a residual decodes only under the arithmetic that wrote it
+            from zcompress_integrations.core.loading import check_precision
+
+            check_precision(code.params, self.backbone.model)
 
     def _segment_ids(self, code: ZCode) -> list[list[int]]:
         out, pos = [], 0
@@ -627,7 +631,10 @@ class LatentCodec:
             fixed_threads,
         )
 
+        from zcompress_integrations.core.loading import precision_params
+
         threads = default_codec_threads()
+        precision = precision_params(self.backbone.model)  # device/dtype/quant; none for fp32 on a CPU
         lanes = choose_lanes(sum(len(s) for s in seg_lists))
         slots, lane0s, slot = [], [], 0
         for segs in seg_lists:
@@ -640,7 +647,7 @@ class LatentCodec:
         out = []
         for owner, code in enumerate(codes):
             bits = bit_lists[owner] if code.text_tokens else []
-            params = {**code.params, "lanes": lanes, "lane0": lane0s[owner], "threads": threads}
+            params = {**code.params, "lanes": lanes, "lane0": lane0s[owner], "threads": threads, **precision}
             params["freq_bits"] = MAX_TOTAL_BITS
             out.append(dataclasses.replace(code, residual=_pack_bits(bits), params=params))
         return out
