@@ -630,7 +630,6 @@ class LatentCodec:
             encode_windows,
             fixed_threads,
         )
-
         from zcompress_integrations.core.loading import precision_params
 
         threads = default_codec_threads()
