@@ -153,3 +153,30 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         _config(tmp_path, ratios=[32.0])
     with pytest.raises(ConfigError, match="codebook_size"):
         _config(tmp_path, codebook_size=1)
+
+
+def test_compressed_documents_fit_where_their_text_does_not(trained: tuple[str, Path, list]) -> None:
+    """Documents whose text overflows the backbone's window (1,024 positions) fit as learned codes at >= 4x: a
+    code of n Z-tokens takes n positions. The same documents as text are refused before any forward pass."""
+    import torch
+
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.errors import ConfigError
+
+    model_dir, out, _ = trained
+    zc = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    window = zc.backbone.model.config.max_position_embeddings
+    docs = [f"Document {i}. " + _CORPUS * 2 for i in range(12)]
+    assert sum(zc.count_tokens(d) for d in docs) > window
+    with pytest.raises(ConfigError, match="context"):
+        zc.generate("What are these about?", context=docs, max_new_tokens=4)
+    with (
+        torch.no_grad()
+    ):  # long spans, whatever the 4-step stop head learned: this tests positions, not quality
+        zc.latent_codec.code.stop.bias.fill_(-50.0)
+        zc.latent_codec.code.stop.weight.zero_()
+    codes = zc.compress_batch(docs, mode="latent", ratio=4.0)
+    assert sum(c.text_tokens for c in codes) / sum(c.z_tokens for c in codes) >= 4
+    assert sum(zc.latent_codec.prompt_offsets(c)[1] for c in codes) < window
+    answer = zc.generate("What are these about?", context=codes, max_new_tokens=4)
+    assert isinstance(answer.text, str)

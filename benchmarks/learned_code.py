@@ -1,0 +1,161 @@
+"""Measure a learned-code adapter directory (``zcompress train compressor``) against the issue-23 checks.
+
+    python benchmarks/learned_code.py --adapters runs/learned/run1/adapters --limit 50 --ratios 2,4,6,8 \
+        --out benchmarks/results/learned_code
+
+On WikiText-2 test paragraphs (evaluation data: nothing here feeds back into training), per requested ratio:
+the achieved ratio (text tokens / Z-tokens), BLEU-4 and exact match of free-running greedy reconstruction from
+the stored code (each code goes through ``to_bytes()`` and back first), the size of that whole container in bits
+per character (brotli-11 on the same texts beside it), bits per Z, and the segment-level Spearman correlation of
+Z count with the segment's NLL under the base model. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
+BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
+lossless point at its measured ratio from ``benchmarks/results/exact_codec.json`` when those files exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def brotli_bits_per_char(texts: list[str]) -> float | None:
+    try:
+        import brotli
+    except ImportError:
+        return None
+    return 8 * sum(len(brotli.compress(t.encode(), quality=11)) for t in texts) / sum(len(t) for t in texts)
+
+
+def measure(zc: object, texts: list[str], ratio: float) -> dict:
+    from scipy.stats import spearmanr
+
+    from zcompress_integrations.core.zcode import ZCode
+    from zcompress_integrations.eval.metrics import bleu
+
+    codec = zc.latent_codec
+    t0 = time.time()
+    codes = zc.compress_batch(texts, mode="latent", ratio=ratio)
+    stored = [ZCode.from_bytes(c.to_bytes()) for c in codes]
+    t1 = time.time()
+    hyps = zc.decompress_batch(stored)
+    t2 = time.time()
+    segs = [codec.model_ids(s) for t in texts for s in codec.segments(t.encode("utf-8"))]
+    counts = [n for c in codes for n in c.segments]
+    nll = codec.segment_nll(segs)
+    rho = spearmanr(counts, nll).statistic if len(set(counts)) > 1 else 0.0
+    return {
+        "target_ratio": ratio,
+        "achieved_ratio": sum(c.text_tokens for c in codes) / max(1, sum(c.z_tokens for c in codes)),
+        "bleu4": float(bleu(hyps, texts)),
+        "exact_match": sum(h == t for h, t in zip(hyps, texts, strict=True)) / len(texts),
+        "bits_per_char": 8 * sum(len(c.to_bytes()) for c in codes) / sum(len(t) for t in texts),
+        "spearman_z_count_vs_segment_nll": float(rho),
+        "compress_s": round(t1 - t0, 1),
+        "decompress_s": round(t2 - t1, 1),
+        "samples": [{"ref": texts[i][:300], "hyp": hyps[i][:300]} for i in range(2)],
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["achieved_ratio"] for r in rows], [r["bleu4"] for r in rows], "o-", label="learned code")
+    tg = ROOT / "benchmarks/results/latent_default.json"
+    if tg.is_file():
+        t = json.loads(tg.read_text())["rows"]
+        ax.plot([r["achieved_ratio"] for r in t], [r["bleu4"] for r in t], "s--", label="token-group code")
+    ex = ROOT / "benchmarks/results/exact_codec.json"
+    if ex.is_file():
+        summary = json.loads(ex.read_text()).get("summary", {})
+        ratio = summary.get("ratio_total") or summary.get("mean_ratio")
+        if ratio:
+            ax.plot([ratio], [100], "k*", markersize=10, label="exact codec (lossless)")
+    ax.set_xlabel("achieved prompt ratio (text tokens / Z-token)")
+    ax.set_ylabel("BLEU-4 (free-running reconstruction)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--adapters", required=True)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ratios", default="2,4,6,8")
+    parser.add_argument("--out", default="benchmarks/results/learned_code")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.eval.datasets import load_wikitext_paragraphs
+
+    texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=args.seed)]
+    zc = ZCompressor.from_pretrained(adapters=args.adapters)
+    cfg = zc.latent_codec.config
+    rows = []
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        rows.append(measure(zc, texts, ratio))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "samples"}), flush=True)
+    meta = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "adapters": args.adapters,
+        "code": cfg.code,
+        "codebook_size": cfg.codebook_size,
+        "codebooks": cfg.codebooks,
+        "bits_per_z": math.log2(zc.latent_codec.code.k),
+        "training": cfg.training,
+        "paragraphs": len(texts),
+        "brotli11_bits_per_char": brotli_bits_per_char(texts),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    brotli = meta["brotli11_bits_per_char"]
+    lines = [
+        "# Learned code on WikiText-2 test paragraphs",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; adapters: {args.adapters}; K = {cfg.codebook_size} x {cfg.codebooks} "
+        f"codebook(s) = {meta['bits_per_z']:.0f} bits per Z; training: {json.dumps(cfg.training)}",
+        "",
+        f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}); brotli-11 on the same texts: "
+        + (f"{brotli:.2f} bits/char." if brotli else "not installed."),
+        "",
+        "| target | achieved ratio | BLEU-4 | exact match | bits/char (whole code) | Spearman(Z count, segment NLL) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target_ratio']:g}x | {r['achieved_ratio']:.2f} | {r['bleu4']:.2f} | {r['exact_match']:.3f} | "
+            f"{r['bits_per_char']:.2f} | {r['spearman_z_count_vs_segment_nll']:.3f} |"
+        )
+    lines += ["", f"![ratio vs BLEU-4]({out.name}.png)", "", "Samples (first 300 characters):", ""]
+    for r in rows:
+        for s in r["samples"]:
+            lines += [f"- {r['target_ratio']:g}x ref: {s['ref']!r}", f"  hyp: {s['hyp']!r}"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
