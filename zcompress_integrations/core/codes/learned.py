@@ -95,8 +95,12 @@ class LearnedCode:
         book = book / book.norm(dim=-1, keepdim=True) * scale / math.sqrt(self.codebooks)
         self.codebook = torch.nn.Parameter(book.to(dev))  # [C, K, H]
         self.to_z = torch.nn.Linear(hidden, hidden).to(dev)
+        with torch.no_grad():  # final hidden states are far larger than token embeddings: start Z small
+            self.to_z.weight.mul_(0.1)
         self.stop = torch.nn.Linear(hidden, 1).to(dev)
-        self.ratio_embed = torch.nn.Parameter(torch.zeros(2, hidden, device=dev))
+        # a zero input embedding gives non-finite gradients through the first RMSNorm: start at token scale
+        start = torch.randn(2, hidden, generator=gen) * float(weight.detach().float().std())
+        self.ratio_embed = torch.nn.Parameter(start.to(dev))
 
     @classmethod
     def from_config(cls, config: Any, embedding: Any, state: dict[str, Any] | None = None) -> LearnedCode:
