@@ -63,6 +63,11 @@ LATENT_VERSION = 3
 LAST_FSQ_COMMIT = "995f8bc"
 _NLL_MEMO_SIZE = 20_000  # segments whose base-model NLL is remembered (per-token float32: about 7 MB)
 _NLL_BATCH = 16  # segments per base-model forward when measuring NLL: bounds memory for any document size
+# Segments shorter than this run one per forward. A forward's rows are bit-identical whatever else is in the batch
+# only when the matrix products see enough rows (measured on a CPU: >= 4 rows on 1 thread, >= 12 on 2; fewer pick
+# other kernels), so a short segment's NLL, and the Z-tokens chosen from it, would depend on which other texts
+# share its batch (docs/concurrency.md). Only a text's last segment can be this short, so this costs little.
+_NLL_ALONE_BELOW = 16
 
 
 def check_ratio(ratio: float, cap: float) -> float:
@@ -378,8 +383,8 @@ class LatentCodec:
 
     def token_nll(self, segments: list[list[int]]) -> list[list[float]]:
         """Per-token NLL (nats) of each segment under the base model (adapters off), a bounded batch of equal-length
-        segments per forward. Remembered per segment (the base model never changes), so compressing the same text
-        again, e.g. at another ratio, skips this forward."""
+        segments per forward (a short one alone: see ``_NLL_ALONE_BELOW``). Remembered per segment (the base model
+        never changes), so compressing the same text again, e.g. at another ratio, skips this forward."""
         import torch
 
         keys = [_segment_key(seg) for seg in segments]
@@ -390,8 +395,9 @@ class LatentCodec:
                 groups.setdefault(len(seg), []).append(i)
         with self.peft_model.disable_adapter(), torch.inference_mode():
             for length, members in groups.items():
-                for s in range(0, len(members), _NLL_BATCH):
-                    idx = members[s : s + _NLL_BATCH]
+                step = _NLL_BATCH if length >= _NLL_ALONE_BELOW else 1
+                for s in range(0, len(members), step):
+                    idx = members[s : s + step]
                     ids = torch.tensor(
                         [[self.start_token] + segments[i] for i in idx], device=self.backbone.device
                     )
