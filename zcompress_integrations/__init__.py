@@ -15,6 +15,7 @@ from zcompress_integrations.errors import (
     CorruptCodeError,
     LatentUnavailableError,
     ModelMismatchError,
+    SchedulerBusyError,
     UnsupportedTextError,
     ZCompressError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ChecksumMismatchError",
     "UnsupportedTextError",
     "LatentUnavailableError",
+    "SchedulerBusyError",
     "__version__",
 ]
 

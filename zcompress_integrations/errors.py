@@ -11,6 +11,7 @@ __all__ = [
     "LatentUnavailableError",
     "BackboneLoadError",
     "ConfigError",
+    "SchedulerBusyError",
 ]
 
 
@@ -55,3 +56,7 @@ class LatentUnavailableError(ZCompressError):
 
 class BackboneLoadError(ZCompressError):
     """The backbone model could not be loaded (missing package, unsupported option, offline without weights)."""
+
+
+class SchedulerBusyError(ZCompressError):
+    """A compressor's request queue stayed full for longer than ``SchedulerConfig.queue_timeout_s``."""

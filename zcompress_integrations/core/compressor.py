@@ -5,9 +5,11 @@
     assert zc.decompress(code) == "some long text"
     codes = zc.compress_batch(texts, show_progress_bar=True)
 
-The model loads on first use, once, behind a lock; calls are serialised by that lock, so one instance can be shared
-by threads (and by asyncio code through ``asyncio.to_thread``). Instances pickle as their settings and reload the
-model lazily in the receiving process.
+The model loads on first use, once, behind a lock. One instance is meant to be shared: concurrent ``compress``,
+``decompress`` and ``generate`` calls from threads, and their awaitable twins (``acompress``, ``adecompress``,
+``agenerate``, ...) from asyncio code, go through a batching scheduler that gathers them into shared batches with
+results identical to serial calls (``core/scheduler.py``); the ``*_batch`` methods run directly, under the lock.
+Instances pickle as their settings and reload the model lazily in the receiving process.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from zcompress_integrations.core.generation import GenerationResult
+from zcompress_integrations.core.scheduler import BatchScheduler, SchedulerConfig
 from zcompress_integrations.core.zcode import ZCode
 from zcompress_integrations.errors import ConfigError, CorruptCodeError, UnsupportedTextError
 
@@ -63,6 +66,8 @@ class ZCompressor:
         window: tokens per independently coded window of the exact codec.
         model_kwargs: extra keyword arguments for ``AutoModelForCausalLM.from_pretrained`` (they override the
             options above).
+        scheduler: how concurrent calls are gathered into shared batches (:class:`SchedulerConfig`; ``None``: the
+            defaults, batch sizes by device).
 
     Exact codes (and latent residuals) decode only with the device kind, dtype and quantization that made them:
     an exact code records them and another setting refuses it with :class:`ModelMismatchError` (see
@@ -80,11 +85,14 @@ class ZCompressor:
         k: int = 4096,
         window: int = 256,
         model_kwargs: dict[str, Any] | None = None,
+        scheduler: SchedulerConfig | None = None,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2 or k & (k - 1) or k > 2**32:
             raise ConfigError(f"k must be an integer power of two in [2, 2**32]; got {k!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ConfigError(f"window must be an integer >= 2 tokens; got {window!r}")
+        if scheduler is not None and not isinstance(scheduler, SchedulerConfig):
+            raise ConfigError(f"scheduler must be a SchedulerConfig or None; got {scheduler!r}")
         from zcompress_integrations.core.loading import LoadOptions
 
         options = LoadOptions(device=device, dtype=dtype, quantization=quantization)  # values only: no torch
@@ -97,8 +105,11 @@ class ZCompressor:
             "k": k,
             "window": window,
             "model_kwargs": dict(model_kwargs or {}),
+            "scheduler": scheduler,
         }
         self._lock = threading.RLock()
+        self._scheduler: BatchScheduler | None = None
+        self._scheduler_lock = threading.Lock()
         self._backbone: Any = None
         self._exact: Any = None
         self._latent: Any = None
@@ -182,6 +193,15 @@ class ZCompressor:
         return self._lock
 
     @property
+    def scheduler(self) -> BatchScheduler:
+        """The batching scheduler single calls go through (its ``stats`` and ``pending`` show what it does)."""
+        if self._scheduler is None:
+            with self._scheduler_lock:
+                if self._scheduler is None:
+                    self._scheduler = BatchScheduler(self, self._settings["scheduler"] or SchedulerConfig())
+        return self._scheduler
+
+    @property
     def backbone(self) -> Backbone:
         """The loaded backbone (loads it on first access)."""
         if self._backbone is None:
@@ -254,8 +274,55 @@ class ZCompressor:
         self, text: str | bytes, *, mode: Mode = "exact", ratio: float | None = None, exact: bool = False
     ) -> ZCode:
         """Compress one text. ``mode="exact"`` is lossless; ``mode="latent"`` gives Z-tokens the model can read,
-        and with ``exact=True`` also a residual that makes its decompression byte-exact."""
-        return self.compress_batch([text], mode=mode, ratio=ratio, exact=exact)[0]
+        and with ``exact=True`` also a residual that makes its decompression byte-exact.
+
+        Concurrent calls share batches where that changes no result (see ``core/scheduler.py``); the code is the
+        one ``compress_batch([text], ...)`` makes."""
+        items = self._check_compress([text], mode, ratio, exact, 32)
+        options = {"mode": mode, "ratio": ratio, "exact": exact}
+        return self.scheduler.call("compress", items, options)[0]
+
+    async def acompress(
+        self, text: str | bytes, *, mode: Mode = "exact", ratio: float | None = None, exact: bool = False
+    ) -> ZCode:
+        """Awaitable :meth:`compress`: queued on the scheduler; the event loop never waits on the model."""
+        items = self._check_compress([text], mode, ratio, exact, 32)
+        options = {"mode": mode, "ratio": ratio, "exact": exact}
+        return (await self.scheduler.acall("compress", items, options))[0]
+
+    async def acompress_batch(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        mode: Mode = "exact",
+        ratio: float | None = None,
+        exact: bool = False,
+        batch_size: int = 32,
+    ) -> list[ZCode]:
+        """Awaitable :meth:`compress_batch`: one request on the scheduler, with the codes ``compress_batch`` makes
+        (latent texts may share a batch with other callers'; exact ones are coded as one call, their lanes laid
+        out over ``texts``)."""
+        items = self._check_compress(texts, mode, ratio, exact, batch_size)
+        options = {"mode": mode, "ratio": ratio, "exact": exact, "batch_size": batch_size}
+        return await self.scheduler.acall("compress", items, options)
+
+    def _check_compress(
+        self, texts: Sequence[str | bytes], mode: Any, ratio: Any, exact: Any, batch_size: Any
+    ) -> list[str | bytes]:
+        """The texts of a compress call, checked (the same errors wherever the call runs)."""
+        if isinstance(texts, str | bytes):
+            raise UnsupportedTextError("compress_batch takes a list of texts; use compress() for one text")
+        items = [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        if mode not in _MODES:
+            raise ConfigError(f"mode must be one of {_MODES}; got {mode!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        if mode == "exact" and (ratio is not None or exact):
+            raise ConfigError(
+                "ratio= and exact= apply to mode='latent'; the exact codec is always lossless and its ratio is set "
+                "by the text itself"
+            )
+        return items
 
     def compress_batch(
         self,
@@ -268,21 +335,10 @@ class ZCompressor:
         show_progress_bar: bool = False,
     ) -> list[ZCode]:
         """Compress many texts; windows of several texts are coded side by side (``batch_size`` texts a group)."""
-        if isinstance(texts, str | bytes):
-            raise UnsupportedTextError("compress_batch takes a list of texts; use compress() for one text")
-        items = [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        if mode not in _MODES:
-            raise ConfigError(f"mode must be one of {_MODES}; got {mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        items = self._check_compress(texts, mode, ratio, exact, batch_size)
         if mode == "latent":
             return self._compress_latent(
                 items, ratio=ratio, exact=exact, batch_size=batch_size, progress=show_progress_bar
-            )
-        if ratio is not None or exact:
-            raise ConfigError(
-                "ratio= and exact= apply to mode='latent'; the exact codec is always lossless and its ratio is set "
-                "by the text itself"
             )
         codec = self.exact_codec
         order = sorted(range(len(items)), key=lambda i: len(items[i]), reverse=True)
@@ -304,8 +360,22 @@ class ZCompressor:
             )
 
     def decompress(self, code: ZCode | bytes | str) -> str | bytes:
-        """Text of a code (``bytes`` when the original was bytes). Raises rather than return wrong text."""
-        return self.decompress_batch([code])[0]
+        """Text of a code (``bytes`` when the original was bytes). Raises rather than return wrong text.
+
+        Concurrent calls share batches where that changes no result (see ``core/scheduler.py``)."""
+        return self.scheduler.call("decompress", [ZCode.load(code)], {})[0]
+
+    async def adecompress(self, code: ZCode | bytes | str) -> str | bytes:
+        """Awaitable :meth:`decompress`: queued on the scheduler; the event loop never waits on the model."""
+        return (await self.scheduler.acall("decompress", [ZCode.load(code)], {}))[0]
+
+    async def adecompress_batch(
+        self, codes: Sequence[ZCode | bytes | str], *, batch_size: int | None = None
+    ) -> list[str | bytes]:
+        """Awaitable :meth:`decompress_batch`: one request on the scheduler, with the texts it returns."""
+        _check_decode_batch_size(batch_size)
+        parsed = [ZCode.load(c) for c in codes]
+        return await self.scheduler.acall("decompress", parsed, {"batch_size": batch_size})
 
     def decompress_batch(
         self,
@@ -318,10 +388,7 @@ class ZCompressor:
 
         ``batch_size``: exact codes decoded together (default 32), or latent segments read together in one
         left-padded batch (default 128)."""
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ConfigError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}")
+        _check_decode_batch_size(batch_size)
         parsed = [ZCode.load(c) for c in codes]
         out: list[str | bytes | None] = [None] * len(parsed)
         exact = [i for i, c in enumerate(parsed) if c.codec == "exact"]
@@ -392,19 +459,40 @@ class ZCompressor:
 
         ``prompt`` is a question or a conversation (``[{"role": ..., "content": ...}, ...]``, rendered with the
         backbone's chat template, the context in the last user turn); ``system`` replaces the default system turn.
+        Concurrent calls queue on the scheduler, each answered as alone (``stream=True`` runs in this thread,
+        holding the lock while the stream is read).
         """
         from zcompress_integrations.core.generation import generate
 
-        return generate(
-            self,
-            _with_system(prompt, system),
-            context=context,
-            titles=titles,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop=stop,
-            stream=stream,
-        )
+        if stream:
+            return generate(
+                self,
+                _with_system(prompt, system),
+                context=context,
+                titles=titles,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                stop=stop,
+                stream=True,
+            )
+        options = _generate_options(context, titles, max_new_tokens, temperature, stop)
+        return self.scheduler.call("generate", [_with_system(prompt, system)], options)
+
+    async def agenerate(
+        self,
+        prompt: str | Sequence[dict[str, Any]],
+        *,
+        context: Sequence[ZCode | str | bytes] = (),
+        titles: Sequence[str | None] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        system: str | None = None,
+    ) -> GenerationResult:
+        """Awaitable :meth:`generate` (no streaming): queued on the scheduler; the event loop never waits on the
+        model."""
+        options = _generate_options(context, titles, max_new_tokens, temperature, stop)
+        return await self.scheduler.acall("generate", [_with_system(prompt, system)], options)
 
     def generate_batch(
         self,
@@ -458,6 +546,29 @@ class ZCompressor:
             "text_vocab_size": b.text_vocab_size,
             "k": self.k,
         }
+
+
+def _generate_options(
+    context: Any, titles: Any, max_new_tokens: Any, temperature: Any, stop: Any
+) -> dict[str, Any]:
+    """The keyword arguments of a scheduled ``generate`` call, its decoding settings checked."""
+    from zcompress_integrations.core.generation import _check_decoding
+
+    _check_decoding(max_new_tokens, temperature)
+    return {
+        "context": list(context),
+        "titles": titles,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "stop": None if stop is None else list(stop),
+    }
+
+
+def _check_decode_batch_size(batch_size: Any) -> None:
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ConfigError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}")
 
 
 def _with_system(prompt: Any, system: str | None) -> Any:
