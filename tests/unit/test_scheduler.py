@@ -438,3 +438,41 @@ def test_scheduler_setting_is_checked_and_pickled(tiny_model_dir) -> None:
 def test_gather_window_still_answers(tiny_model_dir, adapters, codes) -> None:
     zc = _compressor(tiny_model_dir, adapters, gather_ms=5.0)
     assert zc.compress(TEXTS[0], mode="latent") == codes["latent"][0]
+
+
+# ---- the integrations' async paths use it ------------------------------------------------------------------------
+def test_langchain_async_paths_queue_on_the_scheduler(zc, codes) -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from zcompress_integrations.langchain import ChatZCompress, ZCompressDocumentCompressor
+
+    chat = ChatZCompress(compressor=zc, max_tokens=4)
+    prompt = f"Context: {codes['latent'][0].to_string()}\nQuestion: what?"
+    docs = [Document(page_content=t) for t in TEXTS[:3]]
+    compressor = ZCompressDocumentCompressor(compressor=zc, mode="latent")
+    before = zc.scheduler.stats["requests"]
+    msg = asyncio.run(chat.ainvoke(prompt))
+    out = asyncio.run(compressor.acompress_documents(docs, "q"))
+    assert zc.scheduler.stats["requests"] - before == 2
+    sync = chat.invoke(prompt)
+    assert (msg.content, msg.usage_metadata) == (sync.content, sync.usage_metadata)
+    assert out == compressor.compress_documents(docs, "q")
+
+
+def test_llamaindex_async_paths_queue_on_the_scheduler(zc, codes) -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from zcompress_integrations.llama_index import ZCompressLLM, ZCompressNodePostprocessor
+
+    llm = ZCompressLLM(compressor=zc, num_output=4)
+    prompt = f"{codes['exact'][0].to_string()}\nwhat?"
+    post = ZCompressNodePostprocessor(compressor=zc, mode="latent", content_form="code")
+    nodes = [NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=1.0) for i, t in enumerate(TEXTS[:3])]
+    before = zc.scheduler.stats["requests"]
+    got = asyncio.run(llm.acomplete(prompt))
+    processed = asyncio.run(post.apostprocess_nodes(nodes))
+    assert zc.scheduler.stats["requests"] - before >= 2
+    assert got.text == llm.complete(prompt).text
+    assert [n.node.get_content() for n in processed] == [c.to_string() for c in codes["latent"][:3]]

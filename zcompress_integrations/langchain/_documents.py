@@ -10,11 +10,13 @@ Rules, in order, for each input document (one output per input, same order, ``id
    ``metadata["zcompress_replaced_code"]``; when the text is not there to recompress, a clear
    :class:`CorruptCodeError` / :class:`ModelMismatchError` names the document.
 3. Empty documents and documents shorter than ``min_chars`` are left as text, marked ``zcompress_skipped``.
-4. Everything else is compressed together.
+4. Everything else is compressed together (the async variant: one request on the compressor's batching
+   scheduler, with the same codes).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
     from zcompress_integrations.core.zcode import ZCode
 
-__all__ = ["compress_documents", "code_metadata"]
+__all__ = ["compress_documents", "acompress_documents", "code_metadata"]
 
 _PREFIX = "zc1:"
 ContentFn = Callable[["ZCode", str | None], str]
@@ -181,13 +183,41 @@ def compress_documents(
         return []
     _check_documents(docs)
     plans, todo = _plan(docs, opts)
-    fresh: dict[int, ZCode] = {}
+    codes: list[ZCode] = []
     if todo:
-        zc = opts.zcompressor
-        codes = zc.compress_batch(
-            [plans[i][1] for i in todo], mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
-        )
-        fresh = dict(zip(todo, codes, strict=True))
+        texts = [plans[i][1] for i in todo]
+        codes = opts.zcompressor.compress_batch(
+            texts, mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
+        )  # type: ignore[arg-type]
+    return _outputs(docs, plans, dict(zip(todo, codes, strict=True)), content, store_text)
+
+
+async def acompress_documents(
+    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
+) -> list[Document]:
+    """:func:`compress_documents` for asyncio: the planning (which may load the model) in a worker thread, the
+    compression one awaitable request on the compressor's scheduler (``acompress_batch``), same codes."""
+    docs = list(documents)
+    if not docs:
+        return []
+    _check_documents(docs)
+    plans, todo = await asyncio.to_thread(_plan, docs, opts)
+    codes: list[ZCode] = []
+    if todo:
+        texts = [plans[i][1] for i in todo]
+        codes = await opts.zcompressor.acompress_batch(
+            texts, mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
+        )  # type: ignore[arg-type]
+    return _outputs(docs, plans, dict(zip(todo, codes, strict=True)), content, store_text)
+
+
+def _outputs(
+    docs: list[Document],
+    plans: list[tuple[ZCode | None, str | None, dict[str, Any]]],
+    fresh: dict[int, ZCode],
+    content: ContentFn,
+    store_text: bool,
+) -> list[Document]:
     return [
         _output_document(doc, fresh.get(i, code), text, extra, content, store_text)
         for i, (doc, (code, text, extra)) in enumerate(zip(docs, plans, strict=True))

@@ -108,7 +108,7 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
     Async:
         .. code-block:: python
 
-            msg = await llm.ainvoke("...")                   # generation runs in a worker thread
+            msg = await llm.ainvoke("...")                   # queued on the compressor's batching scheduler
             async for chunk in llm.astream("..."):
                 ...
     """
@@ -295,6 +295,35 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
             "stop": stops or None,
         }
 
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Any, list[ZCode | str], dict[str, Any]]:
+        """(prompt, context items, ``generate`` settings) of a call."""
+        prompt, context = self._prepare(messages)
+        prompt = _with_tools(prompt, kwargs.get("tools"), kwargs.get("response_schema"))
+        return prompt, context, self._params(stop, kwargs)
+
+    def _info(
+        self, text: str, fed: int, uncompressed: int, params: dict[str, Any], tools: Any
+    ) -> dict[str, Any]:
+        """The last stream item: token accounting, finish reason and (with tools bound) the parsed tool calls."""
+        output = self.zcompressor.count_tokens(text) if text else 0
+        calls: dict[str, Any] = {}
+        if tools:
+            content, tool_calls, invalid = parse_tool_calls(text)
+            calls = {"content": content, "tool_calls": tool_calls, "invalid_tool_calls": invalid}
+        finish = "length" if output >= params["max_new_tokens"] else "stop"
+        return {
+            **calls,
+            "usage": UsageMetadata(input_tokens=fed, output_tokens=output, total_tokens=fed + output),
+            "response": {
+                "model_name": self._model_label,
+                "model_provider": "zcompress",
+                "uncompressed_input_tokens": uncompressed,
+                "finish_reason": "tool_calls" if calls.get("tool_calls") else finish,
+            },
+        }
+
     def _pieces(
         self,
         messages: list[BaseMessage],
@@ -304,10 +333,8 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
     ) -> Iterator[str | dict[str, Any]]:
         """Text pieces, then one dict with the token accounting. Runs wholly in the calling thread."""
         start = time.monotonic()
-        prompt, context = self._prepare(messages)
-        params = self._params(stop, kwargs)
+        prompt, context, params = self._request(messages, stop, kwargs)
         tools = kwargs.get("tools")
-        prompt = _with_tools(prompt, tools, kwargs.get("response_schema"))
         zc = self.zcompressor
         stream = zc.generate(prompt, context=context, stream=True, **params)
         fed, uncompressed = stream.prompt_tokens, stream.uncompressed_prompt_tokens  # type: ignore[union-attr]
@@ -323,23 +350,7 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
                     yield piece
         finally:
             stream.close()  # type: ignore[union-attr]  # releases the compressor's lock at once
-        text = "".join(parts)
-        output = zc.count_tokens(text) if text else 0
-        calls: dict[str, Any] = {}
-        if tools:
-            content, tool_calls, invalid = parse_tool_calls(text)
-            calls = {"content": content, "tool_calls": tool_calls, "invalid_tool_calls": invalid}
-        finish = "length" if output >= params["max_new_tokens"] else "stop"
-        yield {
-            **calls,
-            "usage": UsageMetadata(input_tokens=fed, output_tokens=output, total_tokens=fed + output),
-            "response": {
-                "model_name": self._model_label,
-                "model_provider": "zcompress",
-                "uncompressed_input_tokens": uncompressed,
-                "finish_reason": "tool_calls" if calls.get("tool_calls") else finish,
-            },
-        }
+        yield self._info("".join(parts), fed, uncompressed, params, tools)
 
     # ---- LangChain hooks ----------------------------------------------------------------------------------
     def _generate(
@@ -356,8 +367,37 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
                 info = item
             else:
                 parts.append(item)
+        return self._result("".join(parts), info)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """One request on the compressor's batching scheduler (``ZCompressor.agenerate``): concurrent calls share
+        its queue, and the event loop never waits on the model. Same result as :meth:`_generate`."""
+
+        async def run() -> ChatResult:
+            prompt, context, params = await asyncio.to_thread(self._request, messages, stop, kwargs)
+            result = await self.zcompressor.agenerate(prompt, context=context, **params)
+            info = await asyncio.to_thread(
+                self._info,
+                result.text,
+                result.prompt_tokens,
+                result.uncompressed_prompt_tokens,
+                params,
+                kwargs.get("tools"),
+            )
+            return self._result(result.text, info)
+
+        return await (run() if self.timeout is None else asyncio.wait_for(run(), self.timeout))
+
+    @staticmethod
+    def _result(text: str, info: dict[str, Any]) -> ChatResult:
         message = AIMessage(
-            content=info.get("content", "".join(parts)),
+            content=info.get("content", text),
             tool_calls=info.get("tool_calls", []),
             invalid_tool_calls=info.get("invalid_tool_calls", []),
             usage_metadata=info["usage"],

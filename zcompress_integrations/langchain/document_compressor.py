@@ -9,7 +9,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import Field
 
 from zcompress_integrations.langchain._common import ZCompressOptions
-from zcompress_integrations.langchain._documents import compress_documents
+from zcompress_integrations.langchain._documents import acompress_documents, compress_documents
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import Callbacks
@@ -63,7 +63,7 @@ class ZCompressDocumentCompressor(ZCompressOptions, BaseDocumentCompressor):
     Async:
         .. code-block:: python
 
-            docs = await compressor.acompress_documents(docs, query)  # model runs in a worker thread
+            docs = await compressor.acompress_documents(docs, query)  # on the compressor's batching scheduler
     """
 
     keep_text: bool = False
@@ -83,3 +83,12 @@ class ZCompressDocumentCompressor(ZCompressOptions, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Compress ``documents`` (``query`` is not used; see the class docstring)."""
         return compress_documents(self, documents, _query_time_content, store_text=self.keep_text)
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """:meth:`compress_documents` as one request on the compressor's batching scheduler (same codes)."""
+        return await acompress_documents(self, documents, _query_time_content, store_text=self.keep_text)

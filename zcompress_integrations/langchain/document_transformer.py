@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.documents import BaseDocumentTransformer, Document
 
 from zcompress_integrations.langchain._common import ZCompressOptions
-from zcompress_integrations.langchain._documents import compress_documents
+from zcompress_integrations.langchain._documents import acompress_documents, compress_documents
 
 if TYPE_CHECKING:
     from zcompress_integrations.core.zcode import ZCode
@@ -56,3 +56,7 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
         """Compress ``documents``; extra keyword arguments are accepted and ignored."""
         return compress_documents(self, documents, self._content, store_text=False)
+
+    async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        """:meth:`transform_documents` as one request on the compressor's batching scheduler (same codes)."""
+        return await acompress_documents(self, documents, self._content, store_text=False)

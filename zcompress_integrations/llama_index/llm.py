@@ -53,8 +53,8 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     ``total_tokens``, which LlamaIndex's ``TokenCountingHandler`` reads as they are, plus
     ``uncompressed_prompt_tokens`` (the same prompt with every code as plain text); ``additional_kwargs`` repeats
     them with ``z_codes`` (how many codes the prompt held). In streams the counts arrive with the last chunk (an
-    empty delta). Every ``a*`` method runs the model in a worker thread and never blocks the event loop (calls on
-    one compressor are serialised by its lock).
+    empty delta). No ``a*`` method blocks the event loop: ``acomplete``/``achat`` queue on the compressor's batching
+    scheduler, the streams run in a worker thread.
 
     Setup:
         ``pip install "zcompress-integrations[llamaindex]"``
@@ -173,11 +173,14 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     def _complete(
         self, prompt: str | list[dict[str, Any]], context: list[ZCode | str], **kwargs: Any
     ) -> CompletionResponse:
-        result = self.compressor.generate(prompt, context=context, **self._params(kwargs))
-        usage = _usage(result.prompt_tokens, result.completion_tokens, result.uncompressed_prompt_tokens)
-        return CompletionResponse(
-            text=result.text, raw={"usage": usage}, additional_kwargs={**usage, "z_codes": len(context)}
-        )
+        return _completion(self.compressor.generate(prompt, context=context, **self._params(kwargs)), context)
+
+    async def _acomplete(
+        self, prompt: str | list[dict[str, Any]], context: list[ZCode | str], **kwargs: Any
+    ) -> CompletionResponse:
+        """:meth:`_complete` as one request on the compressor's batching scheduler (the loop never waits)."""
+        result = await self.compressor.agenerate(prompt, context=context, **self._params(kwargs))
+        return _completion(result, context)
 
     def _stream(
         self,
@@ -243,7 +246,7 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(lambda: self._complete(*self._prompt(prompt, formatted), **kwargs))
+        return await self._acomplete(*await asyncio.to_thread(self._prompt, prompt, formatted), **kwargs)
 
     @llm_completion_callback()
     async def astream_complete(
@@ -262,7 +265,7 @@ class ZCompressLLM(CompressorSettings, CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return _chat_response(
-            await asyncio.to_thread(lambda: self._complete(*self._chat_context(messages), **kwargs))
+            await self._acomplete(*await asyncio.to_thread(self._chat_context, messages), **kwargs)
         )
 
     @llm_chat_callback()
@@ -284,6 +287,13 @@ def _usage(prompt_tokens: int, completion_tokens: int, uncompressed: int) -> dic
         "total_tokens": prompt_tokens + completion_tokens,
         "uncompressed_prompt_tokens": uncompressed,
     }
+
+
+def _completion(result: Any, context: list[ZCode | str]) -> CompletionResponse:
+    usage = _usage(result.prompt_tokens, result.completion_tokens, result.uncompressed_prompt_tokens)
+    return CompletionResponse(
+        text=result.text, raw={"usage": usage}, additional_kwargs={**usage, "z_codes": len(context)}
+    )
 
 
 def _chat_response(completion: CompletionResponse) -> ChatResponse:

@@ -133,7 +133,7 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
         if not messages:
             return
         text = encode_chat_messages(list(messages))
-        code = (await asyncio.to_thread(self.compressor.compress_batch, [text], mode="exact"))[0]
+        code = (await self.compressor.acompress_batch([text], mode="exact"))[0]
         self.entries.append({"code": code.to_string(), "messages": len(messages)})
 
     def _shown(self) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Literal
 
@@ -90,7 +91,34 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        out = list(nodes)
+        codes, todo = self._plan(nodes)
+        if todo:
+            made = self.compressor.compress_batch(
+                [t for _, t in todo],
+                mode=self.mode,
+                ratio=self.ratio if self.mode == "latent" else None,
+                batch_size=self.batch_size,
+            )
+            codes.update({i: code for (i, _), code in zip(todo, made, strict=True)})
+        return self._replaced(nodes, codes)
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """:meth:`_postprocess_nodes` as one request on the compressor's batching scheduler (same codes)."""
+        codes, todo = await asyncio.to_thread(self._plan, nodes)  # the fingerprint check may load the model
+        if todo:
+            made = await self.compressor.acompress_batch(
+                [t for _, t in todo],
+                mode=self.mode,
+                ratio=self.ratio if self.mode == "latent" else None,
+                batch_size=self.batch_size,
+            )
+            codes.update({i: code for (i, _), code in zip(todo, made, strict=True)})
+        return self._replaced(nodes, codes)
+
+    def _plan(self, nodes: list[NodeWithScore]) -> tuple[dict[int, ZCode], list[tuple[int, str]]]:
+        """(stored codes to reuse by position, (position, text) of the nodes to compress)."""
         todo: list[tuple[int, str]] = []  # (position, text)
         codes: dict[int, ZCode] = {}
         # exact codes carry the backbone's fingerprint; latent ones the adapters' too (checked when decoded)
@@ -105,14 +133,10 @@ class ZCompressNodePostprocessor(CompressorSettings, BaseNodePostprocessor):
                 codes[i] = code
             else:
                 todo.append((i, text))
-        if todo:
-            made = self.compressor.compress_batch(
-                [t for _, t in todo],
-                mode=self.mode,
-                ratio=self.ratio if self.mode == "latent" else None,
-                batch_size=self.batch_size,
-            )
-            codes.update({i: code for (i, _), code in zip(todo, made, strict=True)})
+        return codes, todo
+
+    def _replaced(self, nodes: list[NodeWithScore], codes: dict[int, ZCode]) -> list[NodeWithScore]:
+        out = list(nodes)
         for i, code in codes.items():
             out[i] = NodeWithScore(node=self._compressed_copy(nodes[i].node, code), score=nodes[i].score)
         return out

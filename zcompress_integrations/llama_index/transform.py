@@ -34,7 +34,7 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
     Every setting is a plain JSON field, so ``IngestionPipeline``'s cache key (built from ``to_dict()``) is stable:
     running the pipeline again on the same documents is a cache hit. The component pickles as its settings, so
     ``pipeline.run(num_workers=N)`` rebuilds it in each worker process from ``model_name_or_path`` (an in-memory
-    model is pickled whole instead). ``acall`` runs in a worker thread and never blocks the event loop.
+    model is pickled whole instead). ``acall`` queues on the compressor's batching scheduler and never blocks the event loop.
 
     Nodes without text, empty nodes and nodes shorter than ``min_chars`` pass through without a code; a node whose
     metadata already holds a valid code for its text keeps it.
@@ -82,14 +82,7 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
         return "ZCompressTransform"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
-        texts = [self._text_of(node) for node in nodes]
-        if not any(t is not None for t in texts):
-            return nodes
-        fingerprint = self.compressor.fingerprint if self.mode == "exact" else None
-        todo = []
-        for node, text in zip(nodes, texts, strict=True):
-            if text is not None and stored_code(node, text, mode=self.mode, fingerprint=fingerprint) is None:
-                todo.append((node, text))
+        todo = self._todo(nodes)
         if todo:
             codes = self.compressor.compress_batch(
                 [t for _, t in todo],
@@ -103,7 +96,30 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
         return nodes
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
-        return await asyncio.to_thread(self.__call__, nodes, **kwargs)
+        """:meth:`__call__` as one request on the compressor's batching scheduler (same codes)."""
+        todo = await asyncio.to_thread(self._todo, nodes)  # the fingerprint check may load the model
+        if todo:
+            codes = await self.compressor.acompress_batch(
+                [t for _, t in todo],
+                mode=self.mode,
+                ratio=self.ratio if self.mode == "latent" else None,
+                batch_size=self.batch_size,
+            )
+            for (node, _), code in zip(todo, codes, strict=True):
+                add_code_metadata(node, code)
+        return nodes
+
+    def _todo(self, nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
+        """(node, text) of the nodes that need a code (none stored, or a stale one)."""
+        texts = [self._text_of(node) for node in nodes]
+        if not any(t is not None for t in texts):
+            return []
+        fingerprint = self.compressor.fingerprint if self.mode == "exact" else None
+        return [
+            (node, text)
+            for node, text in zip(nodes, texts, strict=True)
+            if text is not None and stored_code(node, text, mode=self.mode, fingerprint=fingerprint) is None
+        ]
 
     def _text_of(self, node: BaseNode) -> str | None:
         return node_text(node, self.min_chars)
