@@ -242,6 +242,25 @@ def test_asyncio_gives_the_serial_results_without_blocking_the_loop(zc, serial, 
     assert ticks > 0  # the loop ran while the model worked
 
 
+def test_learned_code_compressions_run_one_request_at_a_time(tiny_model_dir, tmp_path) -> None:
+    """Code kinds not known to be batch-invariant (BATCH_INVARIANT_CODES) share the queue but not a batch."""
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.latent import LatentCodec, LatentConfig
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    config = LatentConfig(code="learned", segment_len=32, max_slots=32, lora_r=2)
+    adapters = LatentCodec.create(backbone, config).save_pretrained(tmp_path / "learned")
+    zc = _compressor(tiny_model_dir, adapters)
+    calls = [lambda t=t: zc.compress(t, mode="latent") for t in TEXTS[:4]]
+    calls_made: list[int] = []
+    real = zc.compress_batch
+    zc.compress_batch = lambda texts, **kw: calls_made.append(len(texts)) or real(texts, **kw)  # type: ignore[method-assign]
+    got = _gathered(zc, calls)
+    assert zc.scheduler.stats["largest"] == 4  # taken together...
+    assert calls_made == [1, 1, 1, 1, 1]  # ...coded one text per call (the blocker first)
+    assert got == [real([t], mode="latent")[0] for t in TEXTS[:4]]
+
+
 # ---- errors stay with their caller -----------------------------------------------------------------------------
 def test_a_bad_input_fails_only_its_caller(zc, serial, codes) -> None:
     bad_code = dataclasses.replace(

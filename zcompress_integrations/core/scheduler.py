@@ -16,9 +16,10 @@ window for bursts that reach an idle worker. A batch runs through the facade's o
 Results are identical to serial calls, so only batch-invariant work is merged (measurements in
 ``docs/concurrency.md``):
 
-* **latent compression** (``exact=False``, same ratio): merged. Its model work is one parallel forward per group
-  of equal-length segments, and a row of such a forward is bit-identical whatever else is in the batch (segments
-  too short for that run alone: ``core/latent.py``).
+* **latent compression** (``exact=False``, same ratio, token-group code): merged. Its model work is one parallel
+  forward per group of equal-length segments, and a row of such a forward is bit-identical whatever else is in the
+  batch (segments too short for that run alone: ``core/latent.py``). Other code kinds run one request at a time
+  (:data:`BATCH_INVARIANT_CODES`).
 * **decompression** of exact codes and of latent codes with a residual: merged. Each code keeps the lane layout it
   records (``core/entropy.py``), so it runs on the same rows as alone, and its checksum is verified.
 * **everything else runs one request at a time, as its serial call.** An exact code's lanes (and a residual's) are
@@ -52,11 +53,22 @@ from zcompress_integrations.errors import ConfigError, SchedulerBusyError
 if TYPE_CHECKING:
     from zcompress_integrations.core.compressor import ZCompressor
 
-__all__ = ["BatchLimits", "BatchScheduler", "DEVICE_LIMITS", "Request", "SchedulerConfig"]
+__all__ = [
+    "BATCH_INVARIANT_CODES",
+    "BatchLimits",
+    "BatchScheduler",
+    "DEVICE_LIMITS",
+    "Request",
+    "SchedulerConfig",
+]
 
 logger = logging.getLogger(__name__)
 
 Op = Literal["compress", "decompress", "generate"]
+# Latent code kinds whose Z ids for a text do not depend on the other texts of a compress_batch call: token groups
+# (parallel NLL forwards of equal-length segments, short ones alone; core/latent.py). Other kinds' texts run one
+# request at a time until shown to be batch-invariant (benchmarks/batch_invariance.py).
+BATCH_INVARIANT_CODES = frozenset({"token_groups"})
 # An idle worker thread ends after this (and lets its compressor be freed); the next call starts another.
 _IDLE_EXIT_S = 5.0
 
@@ -189,6 +201,8 @@ class _Compress:
 
     @staticmethod
     def merged(zc: ZCompressor, reqs: list[Request], limits: BatchLimits) -> list[Any]:
+        if zc.latent_codec.code.name not in BATCH_INVARIANT_CODES:
+            return [_Compress.alone(zc, r) for r in reqs]
         codes = zc.compress_batch([t for r in reqs for t in r.items], **reqs[0].options)
         out, start = [], 0
         for r in reqs:
