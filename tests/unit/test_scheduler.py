@@ -242,13 +242,14 @@ def test_asyncio_gives_the_serial_results_without_blocking_the_loop(zc, serial, 
     assert ticks > 0  # the loop ran while the model worked
 
 
-def test_learned_code_compressions_run_one_request_at_a_time(tiny_model_dir, tmp_path) -> None:
-    """Code kinds not known to be batch-invariant (BATCH_INVARIANT_CODES) share the queue but not a batch."""
+def test_learned_code_compressions_share_a_batch_and_match_serial(tiny_model_dir, tmp_path) -> None:
+    """The learned code writes Z for equal-length segments in one forward (short ones alone), so concurrent
+    compressions share a batch and still get the ids of their serial calls."""
     from zcompress_integrations.core.backbone import load_backbone
     from zcompress_integrations.core.latent import LatentCodec, LatentConfig
 
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
-    config = LatentConfig(code="learned", segment_len=32, max_slots=32, lora_r=2)
+    config = LatentConfig(code="learned", segment_len=32, max_slots=32, lora_r=2, codebook_size=16)
     adapters = LatentCodec.create(backbone, config).save_pretrained(tmp_path / "learned")
     zc = _compressor(tiny_model_dir, adapters)
     calls = [lambda t=t: zc.compress(t, mode="latent") for t in TEXTS[:4]]
@@ -256,8 +257,7 @@ def test_learned_code_compressions_run_one_request_at_a_time(tiny_model_dir, tmp
     real = zc.compress_batch
     zc.compress_batch = lambda texts, **kw: calls_made.append(len(texts)) or real(texts, **kw)  # type: ignore[method-assign]
     got = _gathered(zc, calls)
-    assert zc.scheduler.stats["largest"] == 4  # taken together...
-    assert calls_made == [1, 1, 1, 1, 1]  # ...coded one text per call (the blocker first)
+    assert max(calls_made) > 1  # texts taken together into one call
     assert got == [real([t], mode="latent")[0] for t in TEXTS[:4]]
 
 

@@ -155,10 +155,14 @@ class LearnedCode:
         by_length: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
             by_length.setdefault(len(seg), []).append(i)
+        # a short segment runs alone, so its ids do not depend on the other texts in the call (as for the base
+        # model's NLL in ``LatentCodec.token_nll``: too few matrix rows pick other kernels)
+        from zcompress_integrations.core.latent import _NLL_ALONE_BELOW
+
         chunks = [
-            members[s : s + batch_size]
-            for members in by_length.values()
-            for s in range(0, len(members), batch_size)
+            members[s : s + (batch_size if length >= _NLL_ALONE_BELOW else 1)]
+            for length, members in by_length.items()
+            for s in range(0, len(members), batch_size if length >= _NLL_ALONE_BELOW else 1)
         ]
         dev = self.codebook.device
         with codec.adapter(COMPRESS), torch.inference_mode():
