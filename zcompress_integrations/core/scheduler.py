@@ -66,8 +66,9 @@ logger = logging.getLogger(__name__)
 
 Op = Literal["compress", "decompress", "generate"]
 # Latent code kinds whose Z ids for a text do not depend on the other texts of a compress_batch call: token groups
-# (parallel NLL forwards of equal-length segments, short ones alone; core/latent.py). Other kinds' texts run one
-# request at a time until shown to be batch-invariant (benchmarks/batch_invariance.py).
+# (parallel NLL forwards of equal-length segments, short ones alone; core/latent.py) and the learned code (its
+# compress pass batched the same way; core/codes/learned.py). Other kinds' texts run one request at a time until
+# shown to be batch-invariant (benchmarks/batch_invariance.py).
 BATCH_INVARIANT_CODES = frozenset({"token_groups", "learned"})
 # An idle worker thread ends after this (and lets its compressor be freed); the next call starts another.
 _IDLE_EXIT_S = 5.0
