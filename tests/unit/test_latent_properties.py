@@ -131,3 +131,58 @@ def test_naughty_strings_round_trip_through_latent_exact(tiny_latent_compressor:
     for s in set(strings) - set(ok):
         with pytest.raises(UnsupportedTextError):
             zc.compress(s, mode="latent", exact=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prompt": "a lone \ud800 surrogate"},
+        {"prompt": [{"role": "user", "content": "\udfff"}]},
+        {"context": ["fine", "bad \udc80 text"]},
+        {"context": ["doc"], "titles": ["\ud800"]},
+        {"system": "\ud800"},
+    ],
+)
+def test_generate_refuses_lone_surrogates_anywhere_in_the_prompt(tiny_compressor: Any, kwargs: dict) -> None:
+    """Was: ``TypeError`` from the tokenizer (found by the integration property tests)."""
+    prompt = kwargs.pop("prompt", "q")
+    with pytest.raises(UnsupportedTextError, match="surrogate"):
+        tiny_compressor.generate(prompt, max_new_tokens=1, **kwargs)
+    with pytest.raises(UnsupportedTextError, match="surrogate"):
+        tiny_compressor.generate_batch(
+            [prompt],
+            contexts=[kwargs.get("context", [])],
+            titles=[kwargs.get("titles")],
+            system=kwargs.get("system"),
+            max_new_tokens=1,
+        )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": 1e-45},  # was: RuntimeError from torch.multinomial (NaN probabilities)
+        {"temperature": 5e-324},
+        {"temperature": 1e300},
+        {"stop": [5]},  # was: TypeError
+        {"stop": "a string"},
+        {"context": "one text, not a list"},  # was: each letter a context document
+    ],
+)
+def test_generate_settings_out_of_range_are_refused(tiny_compressor: Any, bad: dict) -> None:
+    with pytest.raises(ZCompressError):
+        tiny_compressor.generate("q", max_new_tokens=1, **bad)
+
+
+def test_a_placeholder_in_the_user_text_does_not_displace_the_context(tiny_compressor: Any) -> None:
+    """The prompt's context placeholder typed by the user (here in the system turn, before the documents) once
+    received the document in its place, the real placeholder left as text."""
+    from zcompress_integrations.core.generation import build_prompt
+
+    turns = [{"role": "system", "content": "\u2063CTX0\u2063"}, {"role": "user", "content": "q"}]
+    pieces, _, _, _ = build_prompt(tiny_compressor, turns, ["DOCUMENT"], system=None)
+    tokenizer = tiny_compressor.backbone.tokenizer
+    doc = tokenizer("DOCUMENT", add_special_tokens=False)["input_ids"]
+    assert pieces[1] == doc  # the document sits where the template put the documents block
+    before = tokenizer.decode(pieces[0])
+    assert before.index("\u2063CTX0\u2063") < before.index("Document 1")  # the user's text kept as text
