@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chars", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--modes", nargs="+", default=["latent"], choices=["latent", "exact"])
     parser.add_argument("--out", default="benchmarks/results/memory")
+    parser.add_argument("--report", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = parser.parse_args(argv)
+    if args.report:
+        _report(Path(args.out))
+        return
     rows = []
     ctx = mp.get_context("spawn")
     for mode in args.modes:
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             queue = ctx.Queue()
             proc = ctx.Process(target=_case, args=(mode, chars, queue))
             proc.start()
-            rows.append(queue.get())
+            rows.append({**queue.get(), "commit": _commit()})
             proc.join()
             print(json.dumps(rows[-1]), flush=True)
     import torch
@@ -100,6 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = _merged(out.with_suffix(".json"), rows)
     meta["commands"] = _merged_commands(out.with_suffix(".json"), meta["command"])
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    _report(out)
+
+
+def _report(out: Path) -> None:
+    """Write ``out.md`` from ``out.json`` (all rows, every command that made them)."""
+    data = json.loads(out.with_suffix(".json").read_text())
+    meta, rows = data["meta"], data["rows"]
     lines = [
         "# Peak memory of compressing one long document",
         "",
@@ -107,15 +119,23 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {meta['machine']}",
         "",
         "| mode | characters | text tokens | Z-tokens | model + warm-up peak (MiB) | peak (MiB) | "
-        "the document's own (MiB) | seconds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "the document's own (MiB) | seconds | commit |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['chars']:,} | {r['text_tokens']:,} | {r['z_tokens']:,} | "
-            f"{r['model_peak_mib']:,} | {r['peak_mib']:,} | {r['document_mib']:,} | {r['seconds']} |"
+            f"{r['model_peak_mib']:,} | {r['peak_mib']:,} | {r['document_mib']:,} | {r['seconds']} | {r.get('commit', '')} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _commit() -> str:
+    """The checked-out commit (with "+" when the tree has changes), so each row says what code it measured."""
+    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return run("rev-parse", "--short", "HEAD") + (
+        "+" if run("status", "--porcelain", "--untracked-files=no") else ""
+    )
 
 
 def _merged(path: Path, rows: list[dict]) -> list[dict]:
