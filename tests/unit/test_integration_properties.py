@@ -291,8 +291,10 @@ def test_chat_model_token_counts_take_any_text_or_raise_unsupported_text(
         for method in (lc_chat.get_num_tokens, lc_chat.get_token_ids):
             with pytest.raises(UnsupportedTextError):
                 method(text)
+        OUTCOMES["ChatZCompress token counts", "UnsupportedTextError"] += 1
         return
     assert lc_chat.get_num_tokens(text) == len(lc_chat.get_token_ids(text))
+    OUTCOMES["ChatZCompress token counts", "answered"] += 1
 
 
 def test_chat_model_reads_every_naughty_string(lc_chat: ChatZCompress) -> None:
@@ -436,8 +438,10 @@ def test_langchain_memory_readers_refuse_codes_that_are_not_memories(
     if memory is None:
         with pytest.raises(CorruptCodeError, match="not a zcompress memory"):
             recover_messages(code, tiny_compressor)
+        OUTCOMES["recover_messages on a non-memory code", "CorruptCodeError"] += 1
     else:
         assert recover_messages(code, tiny_compressor) == memory
+        OUTCOMES["recover_messages on a non-memory code", "exact (a well-formed memory)"] += 1
     if not CODE_PATTERN.search(text) and not _has_surrogate(text):
         out = expand_codes([HumanMessage(f"{code} {text}")], tiny_compressor)
         assert out == memory if memory is not None else [HumanMessage(f"{junk} {text}")]

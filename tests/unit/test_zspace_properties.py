@@ -131,9 +131,8 @@ def _expected_config_error(zc: Any, code: ZCode, n: Any, kw: dict[str, Any]) -> 
     keep = len(code.segments) if cs is None else min(cs, len(code.segments))
     groups = zc.latent_codec.code.groups(code.z_ids)[sum(code.segments[: len(code.segments) - keep]) :]
     span = sum(len(g) for g in groups) + n * L
-    return (
-        not groups or span > zc.backbone.model.config.max_position_embeddings
-    )  # nothing to continue, or too long
+    max_pos = zc.backbone.model.config.max_position_embeddings
+    return not groups or span > max_pos  # nothing to continue, or too long
 
 
 @bounded(60)
@@ -224,6 +223,7 @@ def test_continue_z_continues_every_naughty_string(zc: Any) -> None:
         if not item:
             with pytest.raises(ConfigError):
                 zc.continue_z(code)
+            RUNS["continue_z naughty: ConfigError (empty, nothing to continue)"] += 1
             continue
         continued.append(zc.continue_z(code))
     assert all(isinstance(t, str) for t in zc.decompress_batch(continued))
