@@ -1,6 +1,8 @@
 """Soak test (issue 26, item 6): 1,000 calls mixing compress, decompress and generate (both codecs, streams, batches,
 the LangChain decode middleware and the LlamaIndex memory block) from many threads and asyncio tasks at once, on one
-shared tiny-model compressor.
+shared tiny-model compressor: its batching scheduler merges the concurrent calls it may (``core/scheduler.py``).
+The asyncio tasks use the awaitable twins (``acompress``, ``adecompress``, ``agenerate``, ``arecover_messages``)
+where there is one, else ``asyncio.to_thread``.
 
 * **Same results as serial**: every call's result equals what the same request gave when run alone, before.
 * **No deadlock**: every call finishes within ``CALL_TIMEOUT`` seconds, the whole run within ``RUN_TIMEOUT``.
@@ -18,13 +20,15 @@ import gc
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from zcompress_integrations import ZCode
 
 CALLS = 1_000
 WARM = 200  # calls before the memory baseline (thread arenas, lazy imports, tokenizer caches)
@@ -58,58 +62,83 @@ def _rss_mib() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def _requests(zc: Any, middleware: Any, block: Any, n: int) -> list[tuple[str, Callable[[], Any]]]:
-    """The request pool: ``(kind, call)`` for ``n`` distinct requests, kinds in turn (inputs made serially, here)."""
+Call = Callable[[], Any]
+ACall = Callable[[], Awaitable[Any]]
+
+
+async def _then(awaitable: Awaitable[Any], f: Callable[[Any], Any]) -> Any:
+    return f(await awaitable)
+
+
+def _requests(zc: Any, middleware: Any, block: Any, n: int) -> list[tuple[str, Call, ACall]]:
+    """The request pool: ``(kind, call, acall)`` for ``n`` distinct requests, kinds in turn: the call as a thread
+    makes it, and as an asyncio task does (the awaitable twin, ``acompress``/``adecompress``/``agenerate``/
+    ``arecover_messages``, where there is one; else the call in a worker thread). Inputs are made here, serially."""
     from langchain_core.messages import HumanMessage
 
     from zcompress_integrations.langchain import ZCompressSummarizer
 
     summarizer = ZCompressSummarizer(compressor=zc)
+    text_of, codes = (lambda r: r.text), (lambda cs: [c.to_string() for c in cs])  # noqa: E731
 
-    def memory(text: str, i: int) -> str:
-        return summarizer([HumanMessage(text)])
+    def threaded(call: Call) -> tuple[Call, ACall]:
+        return call, lambda: asyncio.to_thread(call)
 
-    makers: dict[str, Callable[[str, int], Callable[[], Any]]] = {
-        "compress exact": lambda t, i: lambda: zc.compress(t).to_string(),
-        "compress latent": lambda t, i: (
-            lambda: zc.compress(t, mode="latent", ratio=(2.0, 4.0)[i % 2]).to_string()
+    def decode(code: Any) -> tuple[Call, ACall]:
+        return partial(zc.decompress, code), partial(zc.adecompress, code)
+
+    def answer(prompt: str, **kw: Any) -> tuple[Call, ACall]:
+        return lambda: zc.generate(prompt, **kw).text, lambda: _then(zc.agenerate(prompt, **kw), text_of)
+
+    def compress(t: str, **kw: Any) -> tuple[Call, ACall]:
+        return lambda: zc.compress(t, **kw).to_string(), lambda: _then(zc.acompress(t, **kw), ZCode.to_string)
+
+    def batch(t: str) -> tuple[Call, ACall]:
+        items = [t, t[::-1], b"\xff" + t.encode()]
+        return lambda: codes(zc.compress_batch(items)), lambda: _then(zc.acompress_batch(items), codes)
+
+    def expand(memory: str) -> Call:
+        return lambda: [
+            (x.type, x.text)
+            for x in middleware.decode([HumanMessage(f"Earlier: {memory}"), HumanMessage("q")])
+        ]
+
+    def recovered(messages: list[Any]) -> list[tuple[str, str]]:
+        return [(str(m.role), m.content) for m in messages]
+
+    makers: dict[str, Callable[[str, int], tuple[Call, ACall]]] = {
+        "compress exact": lambda t, i: compress(t),
+        "compress latent": lambda t, i: compress(t, mode="latent", ratio=(2.0, 4.0)[i % 2]),
+        "compress latent exact": lambda t, i: compress(t, mode="latent", exact=True),
+        "compress_batch": lambda t, i: batch(t),
+        "decompress exact": lambda t, i: decode(zc.compress(t).to_bytes()),
+        "decompress latent": lambda t, i: decode(zc.compress(t, mode="latent").to_string()),
+        "decompress latent exact": lambda t, i: decode(zc.compress(t, mode="latent", exact=True)),
+        "generate": lambda t, i: answer("Who jumps?", context=[t], max_new_tokens=3),
+        "generate latent context": lambda t, i: answer(
+            "What is it about?", context=[zc.compress(t, mode="latent")], max_new_tokens=3
         ),
-        "compress latent exact": lambda t, i: lambda: zc.compress(t, mode="latent", exact=True).to_string(),
-        "compress_batch": lambda t, i: (
-            lambda: [c.to_string() for c in zc.compress_batch([t, t[::-1], b"\xff" + t.encode()])]
+        "generate sampled": lambda t, i: answer(t, max_new_tokens=3, temperature=0.8),
+        "generate stream": lambda t, i: threaded(
+            lambda: "".join(zc.generate(t, max_new_tokens=3, stream=True))
         ),
-        "decompress exact": lambda t, i: partial(zc.decompress, zc.compress(t).to_bytes()),
-        "decompress latent": lambda t, i: partial(zc.decompress, zc.compress(t, mode="latent").to_string()),
-        "decompress latent exact": lambda t, i: partial(
-            zc.decompress, zc.compress(t, mode="latent", exact=True)
-        ),
-        "generate": lambda t, i: lambda: zc.generate("Who jumps?", context=[t], max_new_tokens=3).text,
-        "generate latent context": lambda t, i: partial(
-            lambda c: zc.generate("What is it about?", context=[c], max_new_tokens=3).text,
-            zc.compress(t, mode="latent"),
-        ),
-        "generate stream": lambda t, i: lambda: "".join(zc.generate(t, max_new_tokens=3, stream=True)),
-        "generate sampled": lambda t, i: lambda: zc.generate(t, max_new_tokens=3, temperature=0.8).text,
-        "generate_batch": lambda t, i: (
+        "generate_batch": lambda t, i: threaded(
             lambda: [r.text for r in zc.generate_batch([t, "Why?"], contexts=[[], [t]], max_new_tokens=3)]
         ),
-        "middleware decode": lambda t, i: partial(
-            lambda m: [
-                (x.type, x.text)
-                for x in middleware.decode([HumanMessage(f"Earlier: {m}"), HumanMessage("q")])
-            ],
-            memory(t, i),
+        "middleware decode": lambda t, i: threaded(expand(summarizer([HumanMessage(t)]))),
+        "memory block": lambda t, i: (
+            lambda: recovered(block.recover_messages()),
+            lambda: _then(block.arecover_messages(), recovered),
         ),
-        "memory block": lambda t, i: lambda: [(str(m.role), m.content) for m in block.recover_messages()],
     }
     kinds = list(makers)
-    return [(kinds[i % len(kinds)], makers[kinds[i % len(kinds)]](_text(i), i)) for i in range(n)]
+    return [(kinds[i % len(kinds)], *makers[kinds[i % len(kinds)]](_text(i), i)) for i in range(n)]
 
 
 class _Driver:
     """Runs request indices from threads and asyncio tasks at once and checks each result against ``expected``."""
 
-    def __init__(self, calls: list[tuple[str, Callable[[], Any]]], expected: list[Any], gauges: Any) -> None:
+    def __init__(self, calls: list[tuple[str, Call, ACall]], expected: list[Any], gauges: Any) -> None:
         self.calls, self.expected, self.gauges = calls, expected, gauges
         self.mismatches: list[str] = []
         self.errors: list[BaseException] = []
@@ -134,7 +163,7 @@ class _Driver:
 
         async def one(index: int) -> None:
             async with in_flight:
-                result = await asyncio.wait_for(asyncio.to_thread(self.calls[index][1]), CALL_TIMEOUT)
+                result = await asyncio.wait_for(self.calls[index][2](), CALL_TIMEOUT)
             self.check(index, result)
 
         await asyncio.gather(*(one(i) for i in indices))
@@ -185,7 +214,7 @@ def test_soak_threads_and_asyncio_match_serial_without_deadlock_or_growth(
     # ---- serial: each distinct request once, alone --------------------------------------------------------
     calls = _requests(zc, middleware, block, 140)  # 14 kinds x 10 distinct texts
     t0 = time.monotonic()
-    expected = [call() for _, call in calls]
+    expected = [call() for _, call, _ in calls]
     serial_s = time.monotonic() - t0
 
     # ---- concurrent: CALLS calls, every request many times, mixed; memory read between three phases ----------
@@ -197,6 +226,7 @@ def test_soak_threads_and_asyncio_match_serial_without_deadlock_or_growth(
             "middleware": len(middleware._cache),
             "block": len(block._decoded),
             "shared": len(_integration_common._CACHE),
+            "queue": zc.scheduler.pending,
         },
     )
     order = [(k * 7919 + 13) % len(calls) for k in range(CALLS)]
@@ -221,7 +251,8 @@ def test_soak_threads_and_asyncio_match_serial_without_deadlock_or_growth(
         f"{objects:+d} (tolerance {OBJECT_TOLERANCE}); largest cache sizes: NLL memo {peaks['nll_memo']} (bound "
         f"{NLL_MEMO_BOUND} + one call's segments), middleware {peaks['middleware']} (cache_size "
         f"{MIDDLEWARE_CACHE}), memory block {peaks['block']} (entries {len(block.entries)}), shared compressors "
-        f"{peaks['shared']}; per kind: {dict(sorted(driver.done.items()))}"
+        f"{peaks['shared']}, scheduler queue {peaks['queue']} (max_pending {zc.scheduler.config.max_pending}); "
+        f"scheduler {zc.scheduler.stats}; per kind: {dict(sorted(driver.done.items()))}"
     )
     assert not driver.errors, driver.errors[:3]
     assert not driver.mismatches, driver.mismatches[:5]
@@ -232,6 +263,7 @@ def test_soak_threads_and_asyncio_match_serial_without_deadlock_or_growth(
     assert peaks["middleware"] <= MIDDLEWARE_CACHE + 1  # + the one code of the call that filled it
     assert peaks["block"] <= len(block.entries)
     assert peaks["shared"] == shared_before
+    assert peaks["queue"] <= zc.scheduler.config.max_pending and zc.scheduler.pending == 0
     assert growth < RSS_TOLERANCE_MIB, marks
     assert objects < OBJECT_TOLERANCE, marks
 
