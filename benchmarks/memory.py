@@ -84,13 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         _report(Path(args.out))
         return
     rows = []
+    commit = _commit()  # before the runs: the tree may change while they run
     ctx = mp.get_context("spawn")
     for mode in args.modes:
         for chars in args.chars:
             queue = ctx.Queue()
             proc = ctx.Process(target=_case, args=(mode, chars, queue))
             proc.start()
-            rows.append({**queue.get(), "commit": _commit()})
+            rows.append({**queue.get(), "commit": commit})
             proc.join()
             print(json.dumps(rows[-1]), flush=True)
     import torch
