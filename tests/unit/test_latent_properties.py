@@ -131,3 +131,94 @@ def test_naughty_strings_round_trip_through_latent_exact(tiny_latent_compressor:
     for s in set(strings) - set(ok):
         with pytest.raises(UnsupportedTextError):
             zc.compress(s, mode="latent", exact=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prompt": "a lone \ud800 surrogate"},
+        {"prompt": [{"role": "user", "content": "\udfff"}]},
+        {"context": ["fine", "bad \udc80 text"]},
+        {"context": ["doc"], "titles": ["\ud800"]},
+        {"system": "\ud800"},
+    ],
+)
+def test_generate_refuses_lone_surrogates_anywhere_in_the_prompt(tiny_compressor: Any, kwargs: dict) -> None:
+    """Was: ``TypeError`` from the tokenizer (found by the integration property tests)."""
+    prompt = kwargs.pop("prompt", "q")
+    with pytest.raises(UnsupportedTextError, match="surrogate"):
+        tiny_compressor.generate(prompt, max_new_tokens=1, **kwargs)
+    with pytest.raises(UnsupportedTextError, match="surrogate"):
+        tiny_compressor.generate_batch(
+            [prompt],
+            contexts=[kwargs.get("context", [])],
+            titles=[kwargs.get("titles")],
+            system=kwargs.get("system"),
+            max_new_tokens=1,
+        )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": 1e-45},  # was: RuntimeError from torch.multinomial (NaN probabilities)
+        {"temperature": 5e-324},
+        {"temperature": 1e300},
+        {"stop": [5]},  # was: TypeError
+    ],
+)
+def test_generate_settings_out_of_range_are_refused(tiny_compressor: Any, bad: dict) -> None:
+    with pytest.raises(ZCompressError):
+        tiny_compressor.generate("q", max_new_tokens=1, **bad)
+
+
+BARE_STRINGS = [{"stop": "a string"}, {"context": "one text, not a list"}]
+
+
+@pytest.mark.parametrize("bad", BARE_STRINGS)
+def test_generation_refuses_a_bare_string_as_stop_or_context(tiny_compressor: Any, bad: dict) -> None:
+    """``generation.generate`` refuses them (was: ``stop="ab"`` meant stops "a" and "b", a text context one
+    document per letter)."""
+    from zcompress_integrations.core.generation import generate
+
+    with pytest.raises(ZCompressError):
+        generate(tiny_compressor, "q", max_new_tokens=1, **bad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ZCompressor.generate turns stop and context into lists before generation checks them "
+    "(core/compressor.py _generate_options: list(stop), list(context)), so the facade still splits a bare string",
+)
+@pytest.mark.parametrize("bad", BARE_STRINGS)
+def test_the_facade_refuses_a_bare_string_as_stop_or_context(tiny_compressor: Any, bad: dict) -> None:
+    with pytest.raises(ZCompressError):
+        tiny_compressor.generate("q", max_new_tokens=1, **bad)
+
+
+def test_an_empty_latent_code_in_the_context_is_read_as_nothing(tiny_latent_compressor: Any) -> None:
+    """Was: ``IndexError`` from the token-group embeddings (an empty id list made a float index tensor); found by
+    ``test_generate_from_any_context_returns_text_or_a_documented_error``."""
+    zc = tiny_latent_compressor
+    empty = zc.compress("", mode="latent")
+    assert empty.z_tokens == 0
+    alone = zc.generate("q", max_new_tokens=2)
+    with_empty = zc.generate("q", context=[empty], max_new_tokens=2)
+    assert (
+        isinstance(with_empty.text, str) and with_empty.prompt_tokens > alone.prompt_tokens
+    )  # "Document 1:"
+    assert zc.generate_batch(["q"], contexts=[[empty, "x"]], max_new_tokens=2)[0].text is not None
+
+
+def test_a_placeholder_in_the_user_text_does_not_displace_the_context(tiny_compressor: Any) -> None:
+    """The prompt's context placeholder typed by the user (here in the system turn, before the documents) once
+    received the document in its place, the real placeholder left as text."""
+    from zcompress_integrations.core.generation import build_prompt
+
+    turns = [{"role": "system", "content": "\u2063CTX0\u2063"}, {"role": "user", "content": "q"}]
+    pieces, _, _, _ = build_prompt(tiny_compressor, turns, ["DOCUMENT"], system=None)
+    tokenizer = tiny_compressor.backbone.tokenizer
+    doc = tokenizer("DOCUMENT", add_special_tokens=False)["input_ids"]
+    assert pieces[1] == doc  # the document sits where the template put the documents block
+    before = tokenizer.decode(pieces[0])
+    assert before.index("\u2063CTX0\u2063") < before.index("Document 1")  # the user's text kept as text

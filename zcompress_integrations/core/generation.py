@@ -15,7 +15,7 @@ wrote empty summaries (README, eval run 3).
 from __future__ import annotations
 
 import json
-import math
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,13 @@ __all__ = [
 ]
 
 SYSTEM_PROMPT = "Answer the question using the context documents. Be brief."
-_MARK = "\u2063CTX{}\u2063"  # invisible separator: never in user text in practice, and checked below
+MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 1e6
+"""Sampling temperatures allowed besides 0 (greedy): beyond them ``logits / temperature`` overflows float32 (or
+underflows to a uniform draw) and the sampler would fail on NaN probabilities."""
+_MARK = (
+    "\u2063CTX{}\u2063"  # a context placeholder: invisible, and unique in the rendered prompt (build_prompt)
+)
 
 
 @dataclass(frozen=True)
@@ -182,37 +188,31 @@ def build_prompt(
     if titles is not None and len(titles) != len(context):
         raise ConfigError(f"titles has {len(titles)} entries but context has {len(context)}")
     items = _resolve_items(zc, context)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            _check_encodable(item, f"context[{i}]")
     tokenizer = zc.backbone.tokenizer
-    blocks = []
-    for i in range(len(items)):
-        title = titles[i] if titles else None
-        head = f"Document {i + 1}" + (f" ({title})" if title else "")
-        blocks.append(f"{head}:\n{_MARK.format(i)}")
-    docs = "\n\n".join(blocks) + "\n\n" if blocks else ""
     template = getattr(tokenizer, "chat_template", None)
-    messages = _chat_messages(prompt, docs, system, template)
     if tools and not (template and "tools" in template):
         raise ConfigError(
             f"the backbone's chat template ({zc.model_name}) has no tool support (it never reads `tools`); "
             "use a backbone whose template takes tools= (e.g. a Qwen or Hermes model), or call without tools"
         )
-    if template:
-        extra = {"tools": list(tools)} if tools else {}
-        rendered = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **extra
-        )
-    elif isinstance(prompt, str):
-        rendered = "\n\n".join(m["content"] for m in messages) + "\nAnswer:"
+    for attempt in range(3):  # the user's own text may hold a placeholder: then use unguessable ones
+        tag = secrets.token_hex(8) + ":" if attempt else ""
+        marks = [_MARK.format(f"{tag}{i}") for i in range(len(items))]
+        rendered = _render(tokenizer, prompt, _docs(marks, titles), system, tools)
+        if all(rendered.count(m) == 1 for m in marks):
+            break
     else:
-        rendered = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+        raise ConfigError("the chat template repeats or drops the context placeholders")
+    _check_encodable(rendered, "the prompt (question, turns, titles or system text)")
     pieces: list[Any] = []
     fed = uncompressed = 0
     any_latent = False
     rest = rendered
     for i, item in enumerate(items):
-        before, sep, rest = rest.partition(_MARK.format(i))
-        if not sep:
-            raise ConfigError("the chat template dropped a context placeholder")
+        before, _, rest = rest.partition(marks[i])
         head = tokenizer(before, add_special_tokens=False)["input_ids"]
         pieces.append(head)
         fed += len(head)
@@ -231,6 +231,44 @@ def build_prompt(
     tail = tokenizer(rest, add_special_tokens=False)["input_ids"]
     pieces.append(tail)
     return pieces, fed + len(tail), uncompressed + len(tail), any_latent
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """:class:`UnsupportedTextError` for text the tokenizer cannot take (a lone surrogate)."""
+    from zcompress_integrations.core.entropy import as_bytes
+
+    try:
+        as_bytes(text)
+    except UnsupportedTextError as exc:
+        raise UnsupportedTextError(f"{what}: {exc}") from exc
+
+
+def _docs(marks: list[str], titles: Sequence[str | None] | None) -> str:
+    """The context blocks of the last user turn (``Document N (title):`` then a placeholder)."""
+    blocks = []
+    for i, mark in enumerate(marks):
+        title = titles[i] if titles else None
+        head = f"Document {i + 1}" + (f" ({title})" if title else "")
+        blocks.append(f"{head}:\n{mark}")
+    return "\n\n".join(blocks) + "\n\n" if blocks else ""
+
+
+def _render(
+    tokenizer: Any,
+    prompt: str | Sequence[Mapping[str, Any]],
+    docs: str,
+    system: str | None,
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> str:
+    """The whole prompt as text, context placeholders included (the backbone's chat template when it has one)."""
+    template = getattr(tokenizer, "chat_template", None)
+    messages = _chat_messages(prompt, docs, system, template)
+    if template:
+        extra = {"tools": list(tools)} if tools else {}
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+    if isinstance(prompt, str):
+        return "\n\n".join(m["content"] for m in messages) + "\nAnswer:"
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
 
 
 class ZPiece:
@@ -252,9 +290,8 @@ def generate(
     stream: bool = False,
 ) -> GenerationResult | GenerationStream:
     """See :meth:`ZCompressor.generate`. ``stream=True`` returns a :class:`GenerationStream`."""
-    _check_decoding(max_new_tokens, temperature)
-    stops = [s for s in (stop or []) if s]
-    pieces, fed, uncompressed, any_latent = build_prompt(zc, prompt, list(context), titles)
+    stops = _check_decoding(max_new_tokens, temperature, stop)
+    pieces, fed, uncompressed, any_latent = build_prompt(zc, prompt, _context_list(context), titles)
     _check_length(zc, prompt_span(pieces), max_new_tokens)
     counter = GenerationStream(iter(()), fed, uncompressed)
     counter._pieces = _generate_pieces(zc, pieces, max_new_tokens, temperature, stops, any_latent, counter)
@@ -262,6 +299,15 @@ def generate(
         return counter
     text = "".join(counter)
     return GenerationResult(text, fed, counter.completion_tokens, uncompressed)
+
+
+def _context_list(context: Any) -> list[Any]:
+    """``context`` as a list of items (one text given as the whole context is refused, not split into letters)."""
+    if isinstance(context, str | bytes | bytearray | ZCode):
+        raise UnsupportedTextError(
+            "context must be a list of items (ZCode, str or bytes); wrap one item in a list"
+        )
+    return list(context)
 
 
 def prompt_span(pieces: list[Any]) -> int:
@@ -278,13 +324,33 @@ def _check_length(zc: ZCompressor, span: int, max_new_tokens: int) -> None:
         )
 
 
-def _check_decoding(max_new_tokens: Any, temperature: Any) -> None:
+def _check_decoding(max_new_tokens: Any, temperature: Any, stop: Any = None, seed: Any = 0) -> list[str]:
+    """Check the decoding settings (:class:`ConfigError` naming the bad one); return the non-empty stop strings."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
+    check_temperature(temperature)
+    check_seed(seed)
+    if stop is None:
+        return []
+    if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+        raise ConfigError(f"stop must be a list of strings or None; got {stop!r}")
+    return [s for s in stop if s]
+
+
+def check_temperature(temperature: Any) -> None:
+    """A sampling temperature: 0 (greedy) or a number in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise ConfigError(f"temperature must be a number >= 0; got {temperature!r}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"temperature must be a finite number >= 0; got {temperature!r}")
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise ConfigError(
+            f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]; got {temperature!r}"
+        )
+
+
+def check_seed(seed: Any) -> None:
+    """A random seed as ``torch.Generator.manual_seed`` takes it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer in [-2**63, 2**64); got {seed!r}")
 
 
 def _eos_ids(tokenizer: Any) -> set[int]:
@@ -322,16 +388,19 @@ def generate_batch(
 
     from zcompress_integrations.core.backbone import decode_batch
 
-    _check_decoding(max_new_tokens, temperature)
+    stops = _check_decoding(max_new_tokens, temperature, stop, seed)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    if isinstance(prompts, str | bytes):
+        raise UnsupportedTextError("generate_batch takes a list of prompts; use generate() for one prompt")
     n = len(prompts)
     contexts = [()] * n if contexts is None else contexts
     titles = [None] * n if titles is None else titles
     if len(contexts) != n or len(titles) != n:
         raise ConfigError(f"{n} prompts need {n} contexts and titles; got {len(contexts)} and {len(titles)}")
-    stops = [s for s in (stop or []) if s]
-    built = [build_prompt(zc, p, list(c), t) for p, c, t in zip(prompts, contexts, titles, strict=True)]
+    built = [
+        build_prompt(zc, p, _context_list(c), t) for p, c, t in zip(prompts, contexts, titles, strict=True)
+    ]
     for pieces, _, _, _ in built:
         _check_length(zc, prompt_span(pieces), max_new_tokens)
     backbone = zc.backbone

@@ -125,20 +125,23 @@ def continue_z(
     """
     import math
 
+    from zcompress_integrations.core.generation import check_seed, check_temperature
     from zcompress_integrations.core.zspace_groups import continue_groups
 
     require_infer(codec)
     codec.check_compatible(code)
-    if not isinstance(n_segments, int) or n_segments < 1:
+    if not _is_int(n_segments) or n_segments < 1:
         raise ConfigError(f"n_segments must be an integer >= 1; got {n_segments!r}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"temperature must be a finite number >= 0; got {temperature!r}")
-    if context_segments is not None and context_segments < 0:
-        raise ConfigError(f"context_segments must be >= 0 or None; got {context_segments}")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1]; got {top_p}")
+    check_temperature(temperature)
+    check_seed(seed)
+    if context_segments is not None and (not _is_int(context_segments) or context_segments < 0):
+        raise ConfigError(f"context_segments must be an integer >= 0 or None; got {context_segments!r}")
+    if z_per_segment is not None and not _is_int(z_per_segment):
+        raise ConfigError(f"z_per_segment must be an integer or None; got {z_per_segment!r}")
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1]; got {top_p!r}")
     repetition_penalty = resolve_repetition_penalty(repetition_penalty)
-    if not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
+    if not _is_number(repetition_penalty) or not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
         raise ConfigError(f"repetition_penalty must be a finite number > 0; got {repetition_penalty!r}")
     return continue_groups(
         codec,
@@ -151,6 +154,14 @@ def continue_z(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
     )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # ---- persistence -----------------------------------------------------------------------------------------

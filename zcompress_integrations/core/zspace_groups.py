@@ -230,6 +230,14 @@ def continue_groups(
         raise ConfigError(
             "continue_z needs a code with at least one Z-token to continue (context_segments >= 1)"
         )
+    max_ctx = getattr(codec.lm.config, "max_position_embeddings", None)
+    span = sum(len(g) for g in context) + n_segments * L
+    if max_ctx and span > max_ctx:  # checked before any forward pass
+        raise ConfigError(
+            f"continuing {sum(len(g) for g in context)} context positions by n_segments={n_segments} segments of "
+            f"{L} tokens spans {span} positions, more than the model's context of {max_ctx}; pass fewer segments "
+            "or a smaller context_segments"
+        )
     dev = codec.backbone.device
     lm = codec.lm
     weight = _text_head(codec)

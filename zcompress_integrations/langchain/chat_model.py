@@ -246,6 +246,7 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
         return self.zcompressor.count_tokens(text)
 
     def get_token_ids(self, text: str) -> list[int]:
+        self.zcompressor.count_tokens(text)  # UnsupportedTextError for what the tokenizer cannot take
         return list(self.zcompressor.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- messages -> (prompt, context) ------------------------------------------------------------------------

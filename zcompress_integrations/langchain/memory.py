@@ -87,10 +87,14 @@ def decode_memory(text: str) -> list[BaseMessage] | None:
     items = envelope_messages(text, _ENVELOPE)
     if items is None:
         return None
-    entries = [
-        {"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item for item in items
-    ]
-    return messages_from_dict(entries)
+    try:
+        entries = [
+            {"type": item[0], "data": {"content": item[1]}} if isinstance(item, list) else item
+            for item in items
+        ]
+        return messages_from_dict(entries)
+    except (ValueError, TypeError, KeyError, IndexError):  # text that only looks like a memory envelope
+        return None
 
 
 def render_transcript(messages: Sequence[BaseMessage]) -> str:
@@ -120,7 +124,7 @@ def recover_messages(value: Any, compressor: ZCompressor) -> list[BaseMessage]:
         check_fingerprint(code, compressor)
     out: list[BaseMessage] = []
     for text in compressor.decompress_batch(parsed):
-        messages = decode_memory(text if isinstance(text, str) else text.decode("utf-8"))
+        messages = decode_memory(text) if isinstance(text, str) else None
         if messages is None:
             raise CorruptCodeError("the Z code decodes to text that is not a zcompress memory")
         out += messages
@@ -159,17 +163,18 @@ def _parse_found_codes(found: list[list[str]], compressor: ZCompressor) -> dict[
 
 def _decode_into_cache(
     parsed: dict[str, ZCode], compressor: ZCompressor, keep_latent: bool, cache: dict[str, str]
-) -> None:
-    """Decode, in one batch, the codes of ``parsed`` not yet in ``cache`` (latent ones too unless
-    ``keep_latent``), and add their texts to ``cache``."""
-    todo = [
-        raw
-        for raw, code in parsed.items()
-        if raw not in cache and not (keep_latent and code.codec == "latent")
-    ]
+) -> dict[str, str]:
+    """The texts of the codes of ``parsed`` (latent ones too unless ``keep_latent``): from ``cache``, the others
+    decoded in one batch and added to ``cache``. Read from the returned dict: another thread may clear ``cache``."""
+    wanted = [raw for raw, code in parsed.items() if not (keep_latent and code.codec == "latent")]
+    texts = {raw: text for raw in wanted if (text := cache.get(raw)) is not None}
+    todo = [raw for raw in wanted if raw not in texts]
     if todo:
         for raw, text in zip(todo, compressor.decompress_batch([parsed[r] for r in todo]), strict=True):
-            cache[raw] = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+            texts[raw] = cache[raw] = (
+                text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+            )
+    return texts
 
 
 def expand_codes(
@@ -198,13 +203,13 @@ def expand_codes(
     cache = {} if cache is None else cache
     found = [ZCODE_PATTERN.findall(m.text) if isinstance(m, BaseMessage) else [] for m in messages]
     parsed = _parse_found_codes(found, compressor)
-    _decode_into_cache(parsed, compressor, keep_latent, cache)
+    texts = _decode_into_cache(parsed, compressor, keep_latent, cache)
     out: list[BaseMessage] = []
     for message, raws in zip(messages, found, strict=True):
         if not raws:
             out.append(message)
             continue
-        memories = [decode_memory(cache[r]) if parsed[r].codec == "exact" else None for r in raws]
+        memories = [decode_memory(texts[r]) if parsed[r].codec == "exact" else None for r in raws]
         if all(m is not None for m in memories):
             restored = [r for memory in memories for r in memory]  # type: ignore[union-attr]
             if any(ZCODE_PATTERN.search(r.text) for r in restored):
@@ -216,12 +221,12 @@ def expand_codes(
                 )
             out += restored
             continue
-        texts = {
-            r: (render_transcript(mem) if mem is not None else cache[r])
+        inline = {
+            r: (render_transcript(mem) if mem is not None else texts[r])
             for r, mem in zip(raws, memories, strict=True)
             if not (keep_latent and parsed[r].codec == "latent")
         }
-        out.append(message.model_copy(update={"content": _substitute(message.content, texts)}))
+        out.append(message.model_copy(update={"content": _substitute(message.content, inline)}))
     return out
 
 

@@ -43,12 +43,15 @@ def decode_chat_messages(text: str) -> list[ChatMessage] | None:
     items = envelope_messages(text, _ENVELOPE)
     if items is None:
         return None
-    return [
-        ChatMessage(role=item[0], content=item[1])
-        if isinstance(item, list)
-        else ChatMessage.model_validate(item)
-        for item in items
-    ]
+    try:
+        return [
+            ChatMessage(role=item[0], content=item[1])
+            if isinstance(item, list)
+            else ChatMessage.model_validate(item)
+            for item in items
+        ]
+    except (ValueError, TypeError, KeyError, IndexError):  # text that only looks like a memory entry
+        return None
 
 
 def memory_transcript(text: str) -> str | None:
@@ -144,7 +147,7 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
     ) -> str | list[ChatMessage]:
         if self.render == "messages":
             return await asyncio.to_thread(self._messages, self._shown())
-        return "\n".join(entry["code"] for entry in self._shown())
+        return "\n".join(_entry_code(entry) for entry in self._shown())
 
     async def atruncate(self, content: Any, tokens_to_truncate: int) -> Any:
         from llama_index.core.utils import get_tokenizer
@@ -164,12 +167,15 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
 
     # ---- recovery ------------------------------------------------------------------------------------------
     def _messages(self, entries: list[dict[str, Any]]) -> list[ChatMessage]:
-        todo = {e["code"]: e for e in entries if e["code"] not in self._decoded}
+        todo = {_entry_code(e): e for e in entries if _entry_code(e) not in self._decoded}
         if todo:
             texts = self.compressor.decompress_batch([ZCode.from_string(c) for c in todo])
+            if len(self._decoded) + len(todo) > len(self.entries):  # keep the cache to the stored entries
+                live = {e.get("code") for e in self.entries if isinstance(e, dict)}
+                self._decoded = {c: m for c, m in self._decoded.items() if c in live}
             for (code, entry), text in zip(todo.items(), texts, strict=True):
                 self._decoded[code] = _entry_messages(entry, text)
-        return [m.model_copy() for e in entries for m in self._decoded[e["code"]]]
+        return [m.model_copy() for e in entries for m in self._decoded[_entry_code(e)]]
 
     def recover_messages(self) -> list[ChatMessage]:
         """Every flushed message, in order, exactly as it was put (content blocks and tool calls included)."""
@@ -180,19 +186,42 @@ class ZCompressMemoryBlock(CompressorSettings, BaseMemoryBlock[str]):
         return await asyncio.to_thread(self.recover_messages)
 
 
-def _entry_messages(entry: dict[str, Any], text: str) -> list[ChatMessage]:
+def _entry_code(entry: Any) -> str:
+    """An entry's code string (:class:`CorruptCodeError` for an entry that has none)."""
+    code = entry.get("code") if isinstance(entry, dict) else None
+    if not isinstance(code, str):
+        raise CorruptCodeError(f"a memory entry must be a dict with a 'code' string; got {entry!r:.80}")
+    return code
+
+
+def _entry_messages(entry: dict[str, Any], text: str | bytes) -> list[ChatMessage]:
+    if not isinstance(text, str):
+        raise CorruptCodeError("a memory entry's code holds bytes, not chat messages")
     if "roles" not in entry:
         messages = decode_chat_messages(text)
         if messages is None or len(messages) != entry.get("messages", len(messages)):
             raise CorruptCodeError("a memory entry does not decode to the messages it was made from")
         return messages
-    out = []  # an entry from an older version: "role: text" lines cut by the stored roles and lengths
-    pos = 0
-    for role, length in zip(entry["roles"], entry["lengths"], strict=True):
+    try:  # an entry from an older version: "role: text" lines cut by the stored roles and lengths
+        return _legacy_messages(entry["roles"], entry["lengths"], text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptCodeError(f"a memory entry does not match its stored roles and lengths: {exc}") from exc
+
+
+def _legacy_messages(roles: list[str], lengths: list[int], text: str) -> list[ChatMessage]:
+    out, pos = [], 0
+    for role, length in zip(roles, lengths, strict=True):
         head = f"{role}: "
-        if text[pos : pos + len(head)] != head:
-            raise CorruptCodeError("a memory entry does not match its stored roles and lengths")
+        if (
+            not isinstance(length, int)
+            or length < 0
+            or text[pos : pos + len(head)] != head
+            or pos + len(head) + length > len(text)
+        ):
+            raise ValueError(f"message {len(out)} is not where its role and length say")
         pos += len(head)
         out.append(ChatMessage(role=role, content=text[pos : pos + length]))
         pos += length + 1  # the newline between messages
+    if (pos - 1 if out else 0) != len(text):
+        raise ValueError("the stored lengths do not cover the text")
     return out

@@ -193,7 +193,9 @@ class TokenGroupCode:
         weight = self.embedding.weight
         dev = weight.device
         size = max((len(g) for g in groups), default=1)
-        tok = torch.tensor([g + [0] * (size - len(g)) for g in groups], device=dev).view(-1, size)
+        tok = torch.tensor([g + [0] * (size - len(g)) for g in groups], dtype=torch.long, device=dev).view(
+            -1, size
+        )
         present = torch.tensor([[1.0] * len(g) + [0.0] * (size - len(g)) for g in groups], device=dev).view(
             -1, size
         )
