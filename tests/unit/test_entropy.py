@@ -379,3 +379,25 @@ def test_balanced_lanes(windows: int, cap: int, lanes: int) -> None:
     from zcompress_integrations.core.entropy import balanced_lanes
 
     assert balanced_lanes(windows, cap) == lanes
+
+
+def test_decoding_a_batch_rebuilds_its_runs(tiny_compressor: ZCompressor) -> None:
+    """Codes of one batch come back in their own runs, whatever order they are given in, even when a text's
+    windows wrap from one run into the next."""
+    from zcompress_integrations.core.entropy import EntropyCodec, window_sizes
+
+    texts = [("word " * n).strip() for n in (150, 20, 90, 33, 60, 12, 75, 44, 5, 130, 27)]
+    codec = EntropyCodec(tiny_compressor.backbone, window=64)
+    made = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # compress_batch's order: longest first
+    codes: list[Any] = [None] * len(texts)
+    for i, code in zip(made, codec.encode_batch([texts[i] for i in made], max_lanes=8), strict=True):
+        codes[i] = code
+    lanes = codes[0].params["lanes"]
+    sizes = [window_sizes(c.text_tokens, 64) for c in codes]
+    n_windows = sum(len(s) for s in sizes)
+    assert n_windows > 2 * lanes  # several runs
+    assert any(c.params["lane0"] + len(s) > lanes for c, s in zip(codes, sizes, strict=True))  # one wraps
+    for order in (list(range(len(codes))), list(range(len(codes)))[::-1]):
+        placed = codec._place([codes[i] for i in order], [sizes[i] for i in order], lanes)
+        assert max(slot // lanes for slots in placed for slot in slots) + 1 == -(-n_windows // lanes)
+    assert codec.decode_batch(codes[::-1]) == [t.encode() for t in texts[::-1]]

@@ -640,7 +640,7 @@ class EntropyCodec:
     def _decode_group(self, codes: list[ZCode], layout: _Layout) -> list[bytes]:
         runner = self.runner(layout.path, layout.freq_bits)
         sizes = [window_sizes(code.text_tokens, layout.window) for code in codes]
-        placed = place_windows([len(s) for s in sizes], [c.params["lane0"] for c in codes], layout.lanes)
+        placed = self._place(codes, sizes, layout.lanes)
         windows = [
             LaneWindow(owner, [layout.start], None, size, slot)
             for owner in range(len(codes))
@@ -660,6 +660,33 @@ class EntropyCodec:
                 )
             out.append(data)
         return out
+
+    @staticmethod
+    def _place(codes: list[ZCode], sizes: list[list[int]], lanes: int) -> list[list[int]]:
+        """Slots for the codes' windows (:func:`place_windows`), first fit in the given order and in the order
+        ``compress_batch`` codes texts in (longest first, by characters): that one rebuilds a batch's own layout
+        when its codes come back in the order they were made, where the given order can push a code whose
+        windows wrap from one run into the next into a run of its own. The placement with fewer steps wins."""
+        lane0s = [c.params["lane0"] for c in codes]
+        counts = [len(s) for s in sizes]
+
+        def steps(slots: list[list[int]]) -> int:
+            longest: dict[int, int] = {}
+            for owner, mine in enumerate(slots):
+                for size, slot in zip(sizes[owner], mine, strict=True):
+                    longest[slot // lanes] = max(longest.get(slot // lanes, 0), size)
+            return sum(longest.values())
+
+        best = place_windows(counts, lane0s, lanes)
+        order = sorted(range(len(codes)), key=lambda i: -codes[i].text_chars)
+        if order != sorted(order):
+            shuffled = place_windows([counts[i] for i in order], [lane0s[i] for i in order], lanes)
+            other: list[list[int]] = [[] for _ in codes]
+            for k, i in enumerate(order):
+                other[i] = shuffled[k]
+            if steps(other) < steps(best):
+                best = other
+        return best
 
 
 class _Layout(NamedTuple):
