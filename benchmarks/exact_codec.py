@@ -385,11 +385,14 @@ was asserted exact.
   `compress_batch` and one `decompress_batch` call; wikitext8: {len(sets["wikitext8"])} WikiText-2 test paragraphs
   (at least 200 characters, seed 0); doc4000: the first {speed["doc4000"]["tokens"]} tokens of the longest WikiText-2
   test article, alone; single: one paragraph alone (one lane).
+- `(path 1)`: the same set coded on step path 1, the model's own forward over a `DynamicCache` with float64
+  tables and at most 32 lanes, as codes were made before path 2 (decoded with this version's run placement).
 - Decoding is sequential: each text token needs the model's distribution given the tokens before it, so both sides
   run one KV-cache step per token over a batch of lanes (one window of up to {machine["window"]} tokens a lane). A
-  step is almost all matrix products; with few lanes they are memory-bound (a step costs about one pass over the
-  weights whatever the lanes), from ~32 lanes on compute-bound, where the step-wise codec approaches the forward
-  pass's cost per token. A small batch or a single paragraph fills few lanes and stays far below it.
+  step is almost all matrix products; with few lanes they are memory-bound (a step of 16 lanes costs about twice a
+  step of one), from ~32 lanes on compute-bound, where the step-wise codec approaches the forward pass's cost per
+  token. A small batch or a single paragraph fills few lanes and stays far below it, and a run of lanes lasts as
+  long as its longest window, so texts of mixed lengths leave lanes idle.
 
 ## Bits against the model's cross-entropy, per set
 
