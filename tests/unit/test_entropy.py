@@ -226,6 +226,7 @@ def test_code_records_its_path_and_figures(tiny_compressor: ZCompressor) -> None
     assert code.codec == "exact" and code.k == 4096 and code.fingerprint == tiny_compressor.fingerprint
     assert code.text_tokens == tiny_compressor.count_tokens(text) and code.text_chars == len(text)
     assert code.params["threads"] == 1 and code.params["window"] == 64 and code.params["freq_bits"] == 24
+    assert code.params["path"] == 2
 
 
 def test_bits_track_the_model_cross_entropy(tiny_compressor: ZCompressor) -> None:
@@ -257,3 +258,146 @@ def test_threads_setting(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     assert EntropyCodec(zc.backbone, window=64).decode_batch([code]) == [b"two threads"]
     with pytest.raises(ConfigError):
         EntropyCodec(zc.backbone, threads=0)
+
+
+# ---- step paths: the current one (2) and the one codes were made with before it (1) ------------------------------
+LONG = "Arithmetic coding narrows an interval for every token; the model predicts the next one. " * 12
+
+
+def test_codes_are_identical_when_encoded_twice(tiny_compressor: ZCompressor) -> None:
+    texts = ["short", LONG, b"\x00\xff raw", "mid " * 40]
+    first = tiny_compressor.compress_batch(texts)
+    assert [c.to_bytes() for c in tiny_compressor.compress_batch(texts)] == [c.to_bytes() for c in first]
+    long_alone = tiny_compressor.compress(LONG)
+    assert long_alone.text_tokens > 3 * 64  # several windows, several lanes
+    assert tiny_compressor.compress(LONG).to_bytes() == long_alone.to_bytes()
+    assert tiny_compressor.decompress(long_alone) == LONG
+
+
+def test_path1_codes_still_decode(tiny_compressor: ZCompressor) -> None:
+    """Codes made before path 2 carry no ``path`` parameter; the current codec decodes them on path 1."""
+    from zcompress_integrations.core.entropy import EntropyCodec
+
+    old = EntropyCodec(tiny_compressor.backbone, window=64, path=1)
+    texts = ["short", LONG, b"\x00\xff raw \x04", "mid " * 40]
+    codes = old.encode_batch(texts)
+    assert all("path" not in c.params for c in codes)
+    assert len({c.params["lanes"] for c in codes}) == 1
+    assert tiny_compressor.decompress_batch(codes) == texts
+    assert tiny_compressor.decompress_batch([c.to_string() for c in codes[::-1]]) == texts[::-1]
+    assert tiny_compressor.decompress(codes[1]) == LONG
+    # old and new codes decode together (each group on its own path)
+    new = tiny_compressor.compress_batch(texts)
+    assert tiny_compressor.decompress_batch([*codes, *new]) == [*texts, *texts]
+
+
+def test_paths_cost_the_same_bits(tiny_compressor: ZCompressor) -> None:
+    from zcompress_integrations.core.entropy import EntropyCodec
+
+    texts = [LONG, "The quick brown fox jumps over the lazy dog. " * 6]
+    old = EntropyCodec(tiny_compressor.backbone, window=64, path=1).encode_batch(texts)
+    new = tiny_compressor.compress_batch(texts)
+    for a, b in zip(old, new, strict=True):
+        # float32 tables keep 2^-12 of the range spare: 0.0004 bits a token; Z-token rounding can move either by 12
+        assert abs(a.bits - b.bits) <= 12
+
+
+def test_unknown_path_asks_for_an_upgrade(tiny_compressor: ZCompressor) -> None:
+    code = tiny_compressor.compress("from the future")
+    future = _with(code, params={**code.params, "path": 9})
+    with pytest.raises(CorruptCodeError, match="upgrade"):
+        tiny_compressor.decompress(future)
+    from zcompress_integrations.core.entropy import EntropyCodec
+    from zcompress_integrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="path"):
+        EntropyCodec(tiny_compressor.backbone, path=3)
+
+
+def test_llama_lane_step_tracks_the_model_forward(tiny_compressor: ZCompressor) -> None:
+    import torch
+
+    from zcompress_integrations.core.lanestep import HFLaneStep, LlamaLaneStep, lane_step_for
+
+    model = tiny_compressor.backbone.model
+    step = lane_step_for(model)
+    assert isinstance(step, LlamaLaneStep)
+    ids = torch.tensor([[5, 17, 99, 3, 250, 12], [7, 7, 300, 41, 2, 90]])  # [B, T]
+    with torch.inference_mode():
+        full = model.model(input_ids=ids).last_hidden_state  # [B, T, H], one parallel forward
+        for impl in (step, HFLaneStep(model)):
+            state = impl.start(2, ids.shape[1])
+            rows = [impl.step(ids[:, t : t + 1], state) for t in range(ids.shape[1])]
+            # float32: the step-wise paths and the parallel forward agree to rounding, not bit for bit
+            assert torch.allclose(torch.stack(rows, dim=1), full, atol=1e-4, rtol=1e-4)
+        # a row's result does not depend on what the other rows hold
+        state_a, state_b = step.start(2, 3), step.start(2, 3)
+        other = ids.clone()
+        other[1] = torch.tensor([1, 2, 3, 4, 5, 6])
+        for t in range(3):
+            a = step.step(ids[:, t : t + 1], state_a)
+            b = step.step(other[:, t : t + 1], state_b)
+            assert torch.equal(a[0], b[0])
+
+
+def test_other_architectures_take_the_model_forward(
+    tiny_compressor: ZCompressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zcompress_integrations.core.entropy import EntropyCodec
+    from zcompress_integrations.core.lanestep import HFLaneStep, lane_step_for
+
+    monkeypatch.setattr(tiny_compressor.backbone.model.config, "model_type", "not-llama")
+    assert isinstance(lane_step_for(tiny_compressor.backbone.model), HFLaneStep)
+    codec = EntropyCodec(tiny_compressor.backbone, window=64)
+    codes = codec.encode_batch([LONG, "x"])
+    assert codes[0].params["path"] == 2
+    assert codec.decode_batch(codes) == [LONG.encode(), b"x"]
+
+
+def test_float32_tables_are_valid_and_close_to_float64(tiny_compressor: ZCompressor) -> None:
+    import torch
+
+    codec = tiny_compressor.exact_codec
+    runner = codec.runner()
+    hidden = torch.randn(5, runner.head_weight.shape[1]) * 4
+    hidden[0] *= 50  # a very peaked distribution
+    cum32 = runner.tables_float32(hidden).long()
+    cum64 = runner.tables_float64(hidden)
+    freq = torch.diff(cum32, dim=-1, prepend=torch.zeros(5, 1, dtype=torch.long))
+    codable = runner.codable.expand_as(freq)
+    assert bool((freq[codable] >= 1).all()) and bool((freq[~codable] == 0).all())
+    assert bool((cum32[:, -1] <= 1 << 24).all())
+    # the same shares to within the 2^-12 spare range and float32 rounding
+    assert torch.allclose(cum32.double() / cum32[:, -1:], cum64.double() / cum64[:, -1:], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("windows", "cap", "lanes"),
+    [(1, 64, 1), (64, 64, 64), (65, 64, 33), (70, 64, 35), (130, 64, 44), (9, 4, 3)],
+)
+def test_balanced_lanes(windows: int, cap: int, lanes: int) -> None:
+    from zcompress_integrations.core.entropy import balanced_lanes
+
+    assert balanced_lanes(windows, cap) == lanes
+
+
+def test_decoding_a_batch_rebuilds_its_runs(tiny_compressor: ZCompressor) -> None:
+    """Codes of one batch come back in their own runs, whatever order they are given in, even when a text's
+    windows wrap from one run into the next."""
+    from zcompress_integrations.core.entropy import EntropyCodec, window_sizes
+
+    texts = [("word " * n).strip() for n in (150, 20, 90, 33, 60, 12, 75, 44, 5, 130, 27)]
+    codec = EntropyCodec(tiny_compressor.backbone, window=64)
+    made = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # compress_batch's order: longest first
+    codes: list[Any] = [None] * len(texts)
+    for i, code in zip(made, codec.encode_batch([texts[i] for i in made], max_lanes=8), strict=True):
+        codes[i] = code
+    lanes = codes[0].params["lanes"]
+    sizes = [window_sizes(c.text_tokens, 64) for c in codes]
+    n_windows = sum(len(s) for s in sizes)
+    assert n_windows > 2 * lanes  # several runs
+    assert any(c.params["lane0"] + len(s) > lanes for c, s in zip(codes, sizes, strict=True))  # one wraps
+    for order in (list(range(len(codes))), list(range(len(codes)))[::-1]):
+        placed = codec._place([codes[i] for i in order], [sizes[i] for i in order], lanes)
+        assert max(slot // lanes for slots in placed for slot in slots) + 1 == -(-n_windows // lanes)
+    assert codec.decode_batch(codes[::-1]) == [t.encode() for t in texts[::-1]]

@@ -37,6 +37,9 @@ CODES = {
         params={"ratio_x100": 400, "custom_name": 3},
     ),
     "k2": _code(k=2, z_ids=(0, 1, 1, 0, 1, 1, 1, 0, 1)),
+    "path2": _code(
+        params={"window": 256, "lanes": 64, "lane0": 63, "threads": 1, "freq_bits": 24, "start": 0, "path": 2}
+    ),
     "big_k": _code(k=1 << 20, z_ids=(0, (1 << 20) - 1, 12345)),
 }
 
@@ -150,3 +153,15 @@ def test_string_form_detects_damage() -> None:
 def test_invalid_fields_are_rejected(overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         _code(**overrides)
+
+
+def test_path_param_is_a_known_name_and_range_checked() -> None:
+    plain = _code()
+    with_path = CODES["path2"]
+    # a known name costs a zero length and a one-byte index: 3 bytes with its value, not 1 + 4 + 1
+    assert len(with_path.to_bytes()) - len(plain.to_bytes()) == 3
+    assert ZCode.from_bytes(with_path.to_bytes()).params["path"] == 2
+    for bad in (0, 256):
+        params = {**with_path.params, "path": bad}
+        with pytest.raises(CorruptCodeError, match="path"):
+            ZCode.from_bytes(_code(params=params).to_bytes())

@@ -17,8 +17,19 @@ code records ``lanes``, the first window's lane and the thread count. Windows of
 hardware or library versions can still differ; a 4-byte checksum of the original text turns that into an error,
 never wrong text.
 
-Speed. Codes run with one torch thread by default (see ``threads`` below). Each step costs about one weight pass of the model whether 1 or 32 lanes run (CPU matmuls at small batch
-are memory-bound), so throughput grows almost linearly with the number of windows coded side by side.
+Step paths. How a step and its table are computed is versioned by the code parameter ``path`` (:data:`PATHS`).
+Path 1 (codes without the parameter, made before it existed) runs the model's own forward over a ``DynamicCache``
+and builds tables from a float64 softmax. Path 2, which new codes take, runs
+:mod:`~zcompress_integrations.core.lanestep` (for Llama models, the decoder layers over a cache allocated once per
+run) and builds tables from a float32 softmax written straight into int32; it spreads a batch's windows evenly
+over as few runs of at most 64 lanes as possible (:func:`balanced_lanes`). Both cost the same bits. A decoder
+takes each code's own path, so codes of every path decode, together or apart.
+
+Speed. Codes run with one torch thread by default (see ``threads`` below). A step is almost all matrix products
+(85% of its CPU time on SmolLM2-135M; the coder, the tables and the Python around them are the rest). With few
+lanes they are memory-bound, each step one pass over the weights (16 lanes cost about twice one lane), so
+throughput grows almost linearly with the number of windows coded side by side; from ~32 lanes on, a step is
+compute-bound and approaches the per-token cost of a parallel forward (``benchmarks/exact_codec.py``). A single text of ``n`` tokens gets ``ceil(n / window)`` lanes.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from zcompress_integrations.core.arithmetic import (
     MAX_TOTAL_BITS,
@@ -38,6 +49,7 @@ from zcompress_integrations.core.arithmetic import (
     bits_to_ids,
     ids_to_bits,
 )
+from zcompress_integrations.core.lanestep import decoder_of
 from zcompress_integrations.core.loading import check_precision, precision_params
 from zcompress_integrations.core.tokenbytes import TokenBytes
 from zcompress_integrations.core.zcode import ZCode, text_checksum
@@ -50,31 +62,50 @@ from zcompress_integrations.errors import (
 )
 
 __all__ = [
+    "PATH",
+    "PATHS",
     "EntropyCodec",
     "LaneRunner",
     "LaneWindow",
+    "balanced_lanes",
     "choose_lanes",
     "decode_windows",
     "encode_windows",
     "fixed_threads",
     "place_windows",
+    "window_sizes",
 ]
 
 logger = logging.getLogger(__name__)
 
 MAX_LANES = 64
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
+PATH = 2
+"""The step path new exact codes are made with (recorded as the code parameter ``path``; absent means 1)."""
+PATHS = (1, 2)
+"""Step paths this version decodes: 1, the model's own forward over a ``DynamicCache`` and float64 tables; 2,
+:mod:`~zcompress_integrations.core.lanestep` and float32 tables (:meth:`LaneRunner.tables`), with runs of equal
+size (:func:`balanced_lanes`)."""
 
 
 def choose_lanes(n_windows: int, max_lanes: int = 32) -> int:
     """One lane per window, capped at ``max_lanes`` (a step costs about the same for 1 to ~8 lanes, then grows
-    roughly linearly on CPU, so idle lanes are pure waste)."""
+    roughly linearly on CPU, so idle lanes are pure waste). Path 1's rule, also the latent residual's."""
     return max(1, min(n_windows, max_lanes, MAX_LANES))
+
+
+def balanced_lanes(n_windows: int, max_lanes: int = MAX_LANES) -> int:
+    """Path 2's rule: as few runs as ``max_lanes`` allows, with the windows spread evenly over them (70 windows
+    under a cap of 64 make 2 runs of 35 lanes, not a run of 64 and one of 6 beside 58 idle lanes)."""
+    cap = max(1, min(max_lanes, MAX_LANES))
+    runs = max(1, -(-n_windows // cap))
+    return max(1, -(-n_windows // runs))
+
+
+def window_sizes(n_tokens: int, window: int) -> list[int]:
+    """Token counts of a text's windows: ``window`` tokens each, the rest in the last. (Windows of equal length
+    would let a batch's runs end together, but cost ~0.5% more bits on 256-512-token paragraphs: a 300-token text
+    cut 150 + 150 loses more context than 256 + 44.)"""
+    return [min(window, n_tokens - s) for s in range(0, n_tokens, window)]
 
 
 @contextlib.contextmanager
@@ -145,9 +176,14 @@ class LaneRunner:
         total_bits: int = MAX_TOTAL_BITS,
         stand_in: int = 0,
         embed: Callable[[Any], Any] | None = None,
+        *,
+        sized_cache: bool = False,
+        float32_tables: bool = False,
     ) -> None:
         import torch
 
+        self.sized_cache = sized_cache
+        self.float32_tables = float32_tables
         self.stand_in = stand_in
         self.embed = embed
         self.forward_hidden = forward_hidden
@@ -159,9 +195,20 @@ class LaneRunner:
         if total_bits > MAX_TOTAL_BITS:
             raise ConfigError(f"frequency precision must be <= {MAX_TOTAL_BITS} bits; got {total_bits}")
         self.scale = (1 << total_bits) - len(self.codable)
+        self.limit = 1 << total_bits
+        # float32 tables: a float32 softmax can sum to a hair over 1, so its scale leaves 2^-12 of the range
+        # spare (0.0004 bits a token); a row whose total still overflows is halved (see tables_float32)
+        self.scale32 = float(self.scale - (self.limit >> 12))
+        self._weights32: Any = None
 
     def tables(self, hidden: Any) -> Any:
-        """Cumulative integer frequencies ``cum[B, V]`` (int64; ``cum[:, -1]`` is the total) for hidden states."""
+        """Cumulative integer frequencies ``cum[B, V]`` (``cum[:, -1]`` is the total) for hidden states."""
+        if self.float32_tables:
+            return self.tables_float32(hidden)
+        return self.tables_float64(hidden)
+
+    def tables_float64(self, hidden: Any) -> Any:
+        """Path 1 (and the latent residual): a float64 softmax, ``floor(p * scale) + 1``, int64 cumulative sums."""
         import torch
 
         logits = torch.nn.functional.linear(hidden.float(), self.head_weight)
@@ -171,6 +218,26 @@ class LaneRunner:
         freq.masked_fill_(~self.codable.to(freq.device), 0)
         return torch.cumsum(freq, dim=-1).cpu()
 
+    def tables_float32(self, hidden: Any) -> Any:
+        """Path 2: the same table from a float32 softmax, written straight into int32 (truncation is the floor
+        of a non-negative number), with no float64 copy, no ``cat`` and no separate mask pass."""
+        import torch
+
+        logits = torch.nn.functional.linear(hidden.float(), self.head_weight)  # [B, V]
+        probs = torch.softmax(logits, dim=-1).mul_(self.scale32)
+        rows, vocab = probs.shape
+        if self._weights32 is None or self._weights32.device != probs.device:
+            self._weights32 = self.codable.to(device=probs.device, dtype=torch.int32)
+        freq = self._weights32.repeat(rows, 1)  # [B, S]: 1 where codable (the virtual ids keep it), else 0
+        head = freq[:, :vocab]
+        head.add_(probs.to(torch.int32)).mul_(self._weights32[:vocab])
+        cum = torch.cumsum(freq, dim=-1, dtype=torch.int32)
+        over = cum[:, -1] > self.limit
+        if bool(over.any()):  # never seen; kept so that a table can never exceed the coder's range
+            freq[over] = (freq[over] + 1) // 2
+            cum = torch.cumsum(freq, dim=-1, dtype=torch.int32)
+        return cum.cpu()
+
     def run(
         self,
         windows: list[LaneWindow],
@@ -178,7 +245,7 @@ class LaneRunner:
         on_step: Callable[[LaneWindow, Any, int], int],
     ) -> None:
         """Run all windows, grouped by run (``slot // lanes``). ``on_step(window, cum_row, i)`` codes token ``i``
-        of the window given its table and returns the token id to feed next."""
+        of the window given its table (a numpy row) and returns the token id to feed next."""
         import torch
 
         runs: dict[int, list[LaneWindow]] = {}
@@ -189,7 +256,7 @@ class LaneRunner:
             members = sorted(runs[run_index], key=lambda w: w.slot)
             by_lane = {w.slot % lanes: w for w in members}
             steps = max((len(w.prefix) + w.length - 1 for w in members), default=0)
-            cache = self.make_cache()
+            cache = self.make_cache(lanes, steps) if self.sized_cache else self.make_cache()
             feed = [0] * lanes
             for lane, w in by_lane.items():
                 if w.tokens is None:
@@ -206,7 +273,7 @@ class LaneRunner:
                         hidden = self.forward_hidden(x, cache, pos)
                     else:
                         hidden = self.forward_hidden(x, cache)
-                    cum = self.tables(hidden)
+                    cum = self.tables(hidden).numpy()  # rows read as numpy arrays: cheap to index
                     # lanes in slot order: a code's windows in a run are consecutive lanes, coded in window order
                     for lane in sorted(by_lane):
                         w = by_lane[lane]
@@ -268,7 +335,6 @@ def decode_windows(
     With ``end_token``, a window ends when that token is decoded (it is not kept) and its lane idles until the run
     ends; otherwise each window decodes exactly ``length`` tokens. Bits that point outside the model's
     distribution raise :class:`CorruptCodeError`."""
-    torch = _torch()
     decoders = [ArithmeticDecoder(b) for b in bits]
     ended: set[int] = set()
 
@@ -277,7 +343,7 @@ def decode_windows(
             return end_token  # type: ignore[return-value]
         dec = decoders[w.owner]
         total = int(cum[-1])
-        sym = int(torch.searchsorted(cum, torch.tensor([dec.target(total)]), right=True)[0])
+        sym = int(cum.searchsorted(dec.target(total), side="right"))
         if sym >= len(cum):
             raise CorruptCodeError(
                 "the code's bits point outside the model's distribution: the code is damaged"
@@ -320,7 +386,7 @@ class EntropyCodec:
     Args:
         backbone: the loaded :class:`~zcompress_integrations.core.backbone.Backbone`.
         k: Z vocabulary size; a power of two (each Z-token carries ``log2(k)`` code bits).
-        window: tokens per independently coded window (longer = better context, fewer lanes in parallel).
+        window: most tokens per independently coded window (longer = better context, fewer lanes in parallel).
         threads: torch intra-op threads used on both sides (recorded in each code; the decoder uses the code's
             count). ``None``: ``$ZCOMPRESS_CODEC_THREADS``, else 1. One thread is the default on purpose: a step
             is a few hundred small ops, and on a shared CPU every multi-threaded op waits at an OpenMP barrier for
@@ -329,6 +395,8 @@ class EntropyCodec:
         total_bits: frequency-table precision (2^24: quantisation costs ~0% over the model's cross-entropy).
         disable_adapters: context manager factory that turns LoRA adapters off (so the latent codec's adapters
             never change exact codes).
+        path: the step path new codes are made with (:data:`PATH`, the newest, by default; ``1`` makes codes
+            as zcompress made them before path 2). Codes of every path decode.
     """
 
     def __init__(
@@ -340,12 +408,15 @@ class EntropyCodec:
         threads: int | None = None,
         total_bits: int = MAX_TOTAL_BITS,
         disable_adapters: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        path: int = PATH,
     ) -> None:
         if k < 2 or k & (k - 1):
             raise ConfigError(f"k must be a power of two >= 2 for the exact codec; got {k}")
         max_pos = getattr(backbone.model.config, "max_position_embeddings", None) or 1 << 30
         if not 2 <= window <= max_pos - 1:
             raise ConfigError(f"window must be in [2, {max_pos - 1}] tokens for this model; got {window}")
+        if path not in PATHS:
+            raise ConfigError(f"path must be one of {PATHS}; got {path!r}")
         self.backbone = backbone
         self.k = k
         self.width = int(math.log2(k))
@@ -356,10 +427,12 @@ class EntropyCodec:
             raise ConfigError(f"threads must be >= 1; got {threads}")
         self.threads = threads
         self.total_bits = total_bits
+        self.path = path
         self.disable_adapters = disable_adapters or contextlib.nullcontext
         self.token_bytes = TokenBytes(backbone.tokenizer, backbone.text_vocab_size)
         self.start_token = self._start_token(backbone.tokenizer)
-        self._runner: LaneRunner | None = None
+        self._runners: dict[tuple[int, int], LaneRunner] = {}
+        self._head: Any = None
 
     @staticmethod
     def _start_token(tokenizer: Any) -> int:
@@ -374,49 +447,57 @@ class EntropyCodec:
         return 0
 
     # ---- model plumbing ----------------------------------------------------------------------------------
-    def runner(self) -> LaneRunner:
-        if self._runner is None:
-            from transformers import DynamicCache
+    def runner(self, path: int | None = None, total_bits: int | None = None) -> LaneRunner:
+        """The lane runner of a step path (default: this codec's) and table precision (default: its own)."""
+        from zcompress_integrations.core.lanestep import HFLaneStep, lane_step_for
 
+        path = self.path if path is None else path
+        total_bits = self.total_bits if total_bits is None else total_bits
+        key = (path, total_bits)
+        if key not in self._runners:
             model = self.backbone.model
-            body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-            head = model.get_output_embeddings().weight[: self.backbone.text_vocab_size]
-            head = head.detach().float().contiguous().clone()
-
-            from zcompress_integrations.core.backbone import cache_kwargs
-
-            def forward_hidden(ids: Any, cache: Any) -> Any:
-                out = body(input_ids=ids, use_cache=True, **cache_kwargs(body, cache))
-                return out.last_hidden_state[:, -1]
-
-            def make_cache() -> Any:
-                return DynamicCache(config=model.config)
-
-            self._runner = LaneRunner(
-                forward_hidden, make_cache, head, self.token_bytes.codable, self.total_bits, self.start_token
+            if self._head is None:
+                # the text vocabulary's rows of the output layer, a fixed contiguous copy
+                head = model.get_output_embeddings().weight[: self.backbone.text_vocab_size]
+                self._head = head.detach().float().contiguous().clone()
+            step = HFLaneStep(model) if path == 1 else lane_step_for(model)
+            self._runners[key] = LaneRunner(
+                step.step,
+                step.start,
+                self._head,
+                self.token_bytes.codable,
+                total_bits,
+                self.start_token,
+                sized_cache=True,
+                float32_tables=path >= 2,
             )
-        return self._runner
-
-    def _windows_of(self, n_tokens: int, window: int) -> list[int]:
-        return [min(window, n_tokens - s) for s in range(0, n_tokens, window)]
+        return self._runners[key]
 
     # ---- encode -------------------------------------------------------------------------------------------
-    def encode_batch(self, items: Sequence[bytes | str], *, max_lanes: int = 32) -> list[ZCode]:
-        """Code several texts side by side. ``str`` items decode back to ``str``, ``bytes`` to ``bytes``."""
+    def encode_batch(self, items: Sequence[bytes | str], *, max_lanes: int | None = None) -> list[ZCode]:
+        """Code several texts side by side. ``str`` items decode back to ``str``, ``bytes`` to ``bytes``.
 
+        ``max_lanes``: most windows stepped together (default 64 on path 2, 32 on path 1); every window of the
+        batch is placed in runs of ``lanes`` of them, as few runs as the cap allows, each as full as possible."""
         datas = [as_bytes(x) for x in items]
         token_lists = [self.token_bytes.encode(d) for d in datas]
-        n_windows = sum(len(self._windows_of(len(t), self.window)) for t in token_lists)
-        lanes = choose_lanes(n_windows, max_lanes)
+        sizes = [window_sizes(len(t), self.window) for t in token_lists]
+        n_windows = sum(len(s) for s in sizes)
+        if self.path == 1:
+            lanes = choose_lanes(n_windows, max_lanes or 32)
+        else:
+            lanes = balanced_lanes(n_windows, max_lanes or MAX_LANES)
         threads = self.threads
         windows: list[LaneWindow] = []
         lane0: list[int] = []
         slot = 0
         for owner, tokens in enumerate(token_lists):
             lane0.append(slot % lanes)
-            for start in range(0, len(tokens), self.window):
-                chunk = tokens[start : start + self.window]
-                windows.append(LaneWindow(owner, [self.start_token], chunk, len(chunk), slot))
+            start = 0
+            for size in sizes[owner]:
+                chunk = tokens[start : start + size]
+                windows.append(LaneWindow(owner, [self.start_token], chunk, size, slot))
+                start += size
                 slot += 1
         with fixed_threads(threads), self.disable_adapters():
             bit_lists = encode_windows(self.runner(), windows, lanes, len(items))
@@ -424,6 +505,17 @@ class EntropyCodec:
         codes = []
         for owner, item in enumerate(items):
             bits = bit_lists[owner] if token_lists[owner] else []
+            params = {
+                "window": self.window,
+                "lanes": lanes,
+                "lane0": lane0[owner],
+                "threads": threads,
+                "freq_bits": self.total_bits,
+                "start": self.start_token,
+                **precision,  # device/dtype/quant; none for fp32 on a CPU (core/loading.py)
+            }
+            if self.path != 1:  # path 1 codes carry no "path" (they predate it)
+                params["path"] = self.path
             codes.append(
                 ZCode(
                     z_ids=tuple(bits_to_ids(bits, self.width)),
@@ -434,15 +526,7 @@ class EntropyCodec:
                     checksum=text_checksum(datas[owner]),
                     fingerprint=self.backbone.fingerprint,
                     is_bytes=not isinstance(item, str),
-                    params={
-                        "window": self.window,
-                        "lanes": lanes,
-                        "lane0": lane0[owner],
-                        "threads": threads,
-                        "freq_bits": self.total_bits,
-                        "start": self.start_token,
-                        **precision,  # device/dtype/quant; none for fp32 on a CPU (core/loading.py)
-                    },
+                    params=params,
                 )
             )
         return codes
@@ -466,17 +550,19 @@ class EntropyCodec:
         import torch
 
         datas = [as_bytes(x) for x in items]
-        runner = self.runner()
-        vocab = runner.vocab_size
+        head_weight = self.runner().head_weight
+        vocab = head_weight.shape[0]
         virtual_bits = float(self.total_bits)
         rows: list[tuple[int, list[int]]] = []  # (owner, tokens of one window)
         for owner, data in enumerate(datas):
             tokens = self.token_bytes.encode(data)
-            rows.extend((owner, tokens[s : s + self.window]) for s in range(0, len(tokens), self.window))
+            start = 0
+            for size in window_sizes(len(tokens), self.window):
+                rows.append((owner, tokens[start : start + size]))
+                start += size
         totals = [0.0] * len(datas)
-        model = self.backbone.model
-        body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        device = runner.head_weight.device
+        body = decoder_of(self.backbone.model)
+        device = head_weight.device
         rows.sort(key=lambda r: len(r[1]))
         with fixed_threads(self.threads), self.disable_adapters(), torch.inference_mode():
             for s in range(0, len(rows), batch_windows):
@@ -493,7 +579,7 @@ class EntropyCodec:
                 ).last_hidden_state  # [B, T, H]
                 for r, (owner, toks) in enumerate(chunk):
                     # one row at a time: [T, V] logits in float64 (~100 MB for 256 tokens of a 49k vocabulary)
-                    logits = torch.nn.functional.linear(hidden[r, : len(toks)].float(), runner.head_weight)
+                    logits = torch.nn.functional.linear(hidden[r, : len(toks)].float(), head_weight)
                     logp = torch.log_softmax(logits.double(), dim=-1).cpu()  # [T, V]
                     target = torch.tensor(toks)
                     real = target < vocab
@@ -514,6 +600,11 @@ class EntropyCodec:
         missing = [p for p in needed if p not in code.params]
         if missing:
             raise CorruptCodeError(f"exact code lacks parameters {missing}")
+        if code.params.get("path", 1) not in PATHS:
+            raise CorruptCodeError(
+                f"exact code was made on step path {code.params['path']}; this zcompress decodes paths {PATHS} "
+                "(a newer zcompress made it: upgrade zcompress-integrations)"
+            )
         if code.k != self.k and code.k & (code.k - 1):
             raise CorruptCodeError(f"exact code has k={code.k}, which is not a power of two")
         if not 0 <= code.params["start"] < self.backbone.text_vocab_size:
@@ -534,52 +625,35 @@ class EntropyCodec:
         for code in codes:
             self.check_compatible(code)
         results: list[bytes | None] = [None] * len(codes)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[_Layout, list[int]] = {}
         for i, code in enumerate(codes):
             if code.text_tokens == 0:
                 results[i] = b""
                 continue
             p = code.params
-            groups.setdefault((p["window"], p["lanes"], p["threads"], p["freq_bits"], p["start"]), []).append(
-                i
+            layout = _Layout(
+                p.get("path", 1), p["window"], p["lanes"], p["threads"], p["freq_bits"], p["start"]
             )
-        for (window, lanes, threads, freq_bits, start), members in groups.items():
-            self._decode_group(
-                [codes[i] for i in members], members, window, lanes, threads, freq_bits, start, results
-            )
+            groups.setdefault(layout, []).append(i)
+        for layout, members in groups.items():
+            data = self._decode_group([codes[i] for i in members], layout)
+            for i, item in zip(members, data, strict=True):
+                results[i] = item
         return results  # type: ignore[return-value]
 
-    def _decode_group(  # noqa: PLR0913
-        self,
-        codes: list[ZCode],
-        members: list[int],
-        window: int,
-        lanes: int,
-        threads: int,
-        freq_bits: int,
-        start: int,
-        results: list[bytes | None],
-    ) -> None:
-        runner = self.runner()
-        if freq_bits != self.total_bits:
-            runner = LaneRunner(
-                runner.forward_hidden,
-                runner.make_cache,
-                runner.head_weight,
-                self.token_bytes.codable,
-                freq_bits,
-                self.start_token,
-            )
-        sizes = [self._windows_of(code.text_tokens, window) for code in codes]
-        placed = place_windows([len(s) for s in sizes], [c.params["lane0"] for c in codes], lanes)
+    def _decode_group(self, codes: list[ZCode], layout: _Layout) -> list[bytes]:
+        runner = self.runner(layout.path, layout.freq_bits)
+        sizes = [window_sizes(code.text_tokens, layout.window) for code in codes]
+        placed = self._place(codes, sizes, layout.lanes)
         windows = [
-            LaneWindow(owner, [start], None, size, slot)
+            LaneWindow(owner, [layout.start], None, size, slot)
             for owner in range(len(codes))
             for size, slot in zip(sizes[owner], placed[owner], strict=True)
         ]
         bits = [ids_to_bits(c.z_ids, int(math.log2(c.k))) for c in codes]
-        with fixed_threads(threads), self.disable_adapters():
-            per_owner = decode_windows(runner, windows, lanes, bits)
+        with fixed_threads(layout.threads), self.disable_adapters():
+            per_owner = decode_windows(runner, windows, layout.lanes, bits)
+        out = []
         for owner, code in enumerate(codes):
             data = self.token_bytes.decode(per_owner.get(owner, []))
             if text_checksum(data) != code.checksum:
@@ -588,4 +662,43 @@ class EntropyCodec:
                     "software that computes this model's probabilities differently (or it is damaged). Decode it "
                     f"where it was made, with {code.params.get('threads')} threads."
                 )
-            results[members[owner]] = data
+            out.append(data)
+        return out
+
+    @staticmethod
+    def _place(codes: list[ZCode], sizes: list[list[int]], lanes: int) -> list[list[int]]:
+        """Slots for the codes' windows (:func:`place_windows`), first fit in the given order and in the order
+        ``compress_batch`` codes texts in (longest first, by characters): that one rebuilds a batch's own layout
+        when its codes come back in the order they were made, where the given order can push a code whose
+        windows wrap from one run into the next into a run of its own. The placement with fewer steps wins."""
+        lane0s = [c.params["lane0"] for c in codes]
+        counts = [len(s) for s in sizes]
+
+        def steps(slots: list[list[int]]) -> int:
+            longest: dict[int, int] = {}
+            for owner, mine in enumerate(slots):
+                for size, slot in zip(sizes[owner], mine, strict=True):
+                    longest[slot // lanes] = max(longest.get(slot // lanes, 0), size)
+            return sum(longest.values())
+
+        best = place_windows(counts, lane0s, lanes)
+        order = sorted(range(len(codes)), key=lambda i: -codes[i].text_chars)
+        if order != sorted(order):
+            shuffled = place_windows([counts[i] for i in order], [lane0s[i] for i in order], lanes)
+            other: list[list[int]] = [[] for _ in codes]
+            for k, i in enumerate(order):
+                other[i] = shuffled[k]
+            if steps(other) < steps(best):
+                best = other
+        return best
+
+
+class _Layout(NamedTuple):
+    """What codes must share to decode in one batch: the step path and every number that shapes a step."""
+
+    path: int
+    window: int
+    lanes: int
+    threads: int
+    freq_bits: int
+    start: int

@@ -60,6 +60,7 @@ __all__ = [
     "MAX_LANES",
     "MAX_WINDOW",
     "MAX_TOKEN_ID",
+    "MAX_PATH",
     "FREQ_BITS_RANGE",
     "text_checksum",
 ]
@@ -72,7 +73,7 @@ _FLAG_BYTES = 2
 CodecKind = Literal["exact", "latent"]
 # Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
 # Append only: the index of a name is part of the binary format.
-_KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start")
+_KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start", "path")
 _MAX_VARINT_BYTES = 10  # 70 bits: any larger field is malformed
 _ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 
@@ -112,6 +113,8 @@ FREQ_BITS_RANGE = (16, 24)
 give every symbol of a 49k-token vocabulary (plus 256 byte ids) a non-zero share."""
 MAX_TOKEN_ID = 2**24
 """Largest token id a parameter may name (``start``)."""
+MAX_PATH = 255
+"""Largest exact-codec step path a code may name (``path``; the codec says which it decodes)."""
 _UTF8_MAX_BYTES_PER_CHAR = 4
 
 
@@ -271,6 +274,7 @@ def _param_ranges(params: dict[str, int], lim: CodeLimits) -> dict[str, tuple[in
         "freq_bits": FREQ_BITS_RANGE,
         "start": (0, MAX_TOKEN_ID - 1),
         "segment_len": (1, lim.max_segment_len),
+        "path": (1, MAX_PATH),
     }
 
 
