@@ -185,11 +185,6 @@ def test_generation_refuses_a_bare_string_as_stop_or_context(tiny_compressor: An
         generate(tiny_compressor, "q", max_new_tokens=1, **bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ZCompressor.generate turns stop and context into lists before generation checks them "
-    "(core/compressor.py _generate_options: list(stop), list(context)), so the facade still splits a bare string",
-)
 @pytest.mark.parametrize("bad", BARE_STRINGS)
 def test_the_facade_refuses_a_bare_string_as_stop_or_context(tiny_compressor: Any, bad: dict) -> None:
     with pytest.raises(ZCompressError):

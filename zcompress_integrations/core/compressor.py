@@ -552,15 +552,15 @@ def _generate_options(
     context: Any, titles: Any, max_new_tokens: Any, temperature: Any, stop: Any
 ) -> dict[str, Any]:
     """The keyword arguments of a scheduled ``generate`` call, its decoding settings checked."""
-    from zcompress_integrations.core.generation import _check_decoding
+    from zcompress_integrations.core.generation import _check_decoding, _context_list
 
-    _check_decoding(max_new_tokens, temperature)
+    stops = _check_decoding(max_new_tokens, temperature, stop)
     return {
-        "context": list(context),
+        "context": _context_list(context),  # a bare text is refused, not split into one document per letter
         "titles": titles,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
-        "stop": None if stop is None else list(stop),
+        "stop": stops or None,
     }
 
 
