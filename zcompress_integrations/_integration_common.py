@@ -88,7 +88,10 @@ class ZCompressSettings(BaseModel):
         default="default", description="Latent adapter directory, 'default' for the shipped one, or None."
     )
     device: str | None = Field(default="auto", description="'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...")
-    dtype: str | None = Field(default=None, description="torch dtype name; None: fp32 on CPU, bf16 on CUDA.")
+    dtype: str | None = Field(
+        default=None,
+        description="'float32', 'bfloat16', 'float16' or 'auto'; None/'auto': bf16 on a native-bf16 GPU, else fp32.",
+    )
     quantization: Literal["4bit", "8bit"] | None = Field(
         default=None, description="bitsandbytes quantization (CUDA only)."
     )
