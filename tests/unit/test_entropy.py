@@ -209,6 +209,36 @@ def test_batch_codes_decode_alone_and_together(tiny_compressor: ZCompressor) -> 
     ]
 
 
+def test_progress_bar_moves_inside_one_document(
+    tiny_compressor: ZCompressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tqdm.auto
+
+    bars: list[tuple[str, int, list[int]]] = []
+
+    class RecordingBar(tqdm.auto.tqdm):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.steps: list[int] = []
+            bars.append((kwargs.get("desc", ""), kwargs.get("total", 0), self.steps))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.steps.append(int(n or 0))
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    text = "One long document, several windows of the tiny model. " * 30
+    code = tiny_compressor.compress_batch([text], show_progress_bar=True)[0]
+    assert tiny_compressor.decompress_batch([code], show_progress_bar=True) == [text]
+    assert [(desc, total) for desc, total, _ in bars] == [
+        ("exact compress", code.text_tokens),
+        ("exact decompress", code.text_tokens),
+    ]
+    # one update per model step, each a lane's worth at most, adding up to the text
+    for _, total, steps in bars:
+        assert sum(steps) == total and len(steps) >= 64 and max(steps) <= code.params["lanes"]
+
+
 def test_bad_input_types_raise(tiny_compressor: ZCompressor) -> None:
     for bad in (None, 42, 3.5, ["list"], {"a": 1}):
         with pytest.raises(UnsupportedTextError):

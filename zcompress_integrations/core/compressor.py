@@ -344,9 +344,11 @@ class ZCompressor:
         order = sorted(range(len(items)), key=lambda i: len(items[i]), reverse=True)
         out: list[ZCode | None] = [None] * len(items)
         groups = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        outer = show_progress_bar and len(groups) > 1  # one group: its token bar says it all
         with self._lock:
-            for group in _progress(groups, show_progress_bar, "compress"):
-                for i, code in zip(group, codec.encode_batch([items[i] for i in group]), strict=True):
+            for group in _progress(groups, outer, "compress"):
+                batch = [items[i] for i in group]
+                for i, code in zip(group, codec.encode_batch(batch, progress=show_progress_bar), strict=True):
                     out[i] = code
         return out  # type: ignore[return-value]
 
@@ -398,8 +400,11 @@ class ZCompressor:
                 codec = self.exact_codec
                 size = batch_size or EXACT_DECODE_BATCH
                 groups = [exact[s : s + size] for s in range(0, len(exact), size)]
-                for group in _progress(groups, show_progress_bar, "decompress"):
-                    for i, data in zip(group, codec.decode_batch([parsed[i] for i in group]), strict=True):
+                for group in _progress(groups, show_progress_bar and len(groups) > 1, "decompress"):
+                    batch = [parsed[i] for i in group]
+                    for i, data in zip(
+                        group, codec.decode_batch(batch, progress=show_progress_bar), strict=True
+                    ):
                         out[i] = data if parsed[i].is_bytes else _utf8(data)
             if latent:
                 texts = self.latent_codec.decompress_batch(

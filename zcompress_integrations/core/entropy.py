@@ -243,9 +243,11 @@ class LaneRunner:
         windows: list[LaneWindow],
         lanes: int,
         on_step: Callable[[LaneWindow, Any, int], int],
+        on_tokens: Callable[[int], None] | None = None,
     ) -> None:
         """Run all windows, grouped by run (``slot // lanes``). ``on_step(window, cum_row, i)`` codes token ``i``
-        of the window given its table (a numpy row) and returns the token id to feed next."""
+        of the window given its table (a numpy row) and returns the token id to feed next; ``on_tokens(n)``, when
+        given, hears after every step how many tokens it coded (a progress bar inside one long document)."""
         import torch
 
         runs: dict[int, list[LaneWindow]] = {}
@@ -274,17 +276,33 @@ class LaneRunner:
                     else:
                         hidden = self.forward_hidden(x, cache)
                     cum = self.tables(hidden).numpy()  # rows read as numpy arrays: cheap to index
-                    # lanes in slot order: a code's windows in a run are consecutive lanes, coded in window order
-                    for lane in sorted(by_lane):
-                        w = by_lane[lane]
-                        nxt = t + 1  # position in prefix+tokens this step predicts
-                        if nxt < len(w.prefix):
-                            feed[lane] = w.prefix[nxt] if self.embed is None else -1
-                        elif nxt - len(w.prefix) < w.length:
-                            sym = on_step(w, cum[lane], nxt - len(w.prefix))
-                            feed[lane] = sym if sym < self.vocab_size else self.stand_in
-                        else:
-                            feed[lane] = 0
+                    coded = self._advance(by_lane, feed, cum, t, on_step)
+                    if on_tokens is not None and coded:
+                        on_tokens(coded)
+
+    def _advance(
+        self,
+        by_lane: dict[int, LaneWindow],
+        feed: list[int],
+        cum: Any,
+        t: int,
+        on_step: Callable[[LaneWindow, Any, int], int],
+    ) -> int:
+        """Code step ``t``'s tokens and set each lane's next input in ``feed``; returns how many tokens it coded."""
+        coded = 0
+        # lanes in slot order: a code's windows in a run are consecutive lanes, coded in window order
+        for lane in sorted(by_lane):
+            w = by_lane[lane]
+            nxt = t + 1  # position in prefix+tokens this step predicts
+            if nxt < len(w.prefix):
+                feed[lane] = w.prefix[nxt] if self.embed is None else -1
+            elif nxt - len(w.prefix) < w.length:
+                sym = on_step(w, cum[lane], nxt - len(w.prefix))
+                feed[lane] = sym if sym < self.vocab_size else self.stand_in
+                coded += 1
+            else:
+                feed[lane] = 0
+        return coded
 
     @staticmethod
     def _position(w: LaneWindow | None, t: int) -> int:
@@ -308,7 +326,13 @@ class LaneRunner:
         return x
 
 
-def encode_windows(runner: LaneRunner, windows: list[LaneWindow], lanes: int, owners: int) -> list[list[int]]:
+def encode_windows(
+    runner: LaneRunner,
+    windows: list[LaneWindow],
+    lanes: int,
+    owners: int,
+    on_tokens: Callable[[int], None] | None = None,
+) -> list[list[int]]:
     """Arithmetic-code every window's known tokens under the runner's tables: one bit list per owner (an owner's
     windows are coded in slot order, step by step with the other lanes). The only encoding loop: the exact codec
     and the latent codec's residual both call it."""
@@ -319,7 +343,7 @@ def encode_windows(runner: LaneRunner, windows: list[LaneWindow], lanes: int, ow
         encoders[w.owner].encode(int(cum[sym - 1]) if sym else 0, int(cum[sym]), int(cum[-1]))
         return sym
 
-    runner.run(windows, lanes, on_step)
+    runner.run(windows, lanes, on_step, on_tokens)
     return [enc.finish() for enc in encoders]
 
 
@@ -329,6 +353,7 @@ def decode_windows(
     lanes: int,
     bits: Sequence[Sequence[int]],
     end_token: int | None = None,
+    on_tokens: Callable[[int], None] | None = None,
 ) -> dict[int, list[int]]:
     """Inverse of :func:`encode_windows`: the tokens of every owner (its windows in slot order).
 
@@ -355,11 +380,23 @@ def decode_windows(
             w.tokens.append(sym)  # type: ignore[union-attr]
         return sym
 
-    runner.run(windows, lanes, on_step)
+    runner.run(windows, lanes, on_step, on_tokens)
     per_owner: dict[int, list[int]] = {}
     for w in sorted(windows, key=lambda w: (w.owner, w.slot)):
         per_owner.setdefault(w.owner, []).extend(w.tokens or [])
     return per_owner
+
+
+@contextlib.contextmanager
+def token_bar(total: int, enabled: bool, desc: str) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar over ``total`` tokens, yielded as its ``update`` (``None`` when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="token", leave=False) as bar:
+        yield bar.update
 
 
 def place_windows(window_counts: Sequence[int], lane0s: Sequence[int], lanes: int) -> list[list[int]]:
@@ -474,11 +511,14 @@ class EntropyCodec:
         return self._runners[key]
 
     # ---- encode -------------------------------------------------------------------------------------------
-    def encode_batch(self, items: Sequence[bytes | str], *, max_lanes: int | None = None) -> list[ZCode]:
+    def encode_batch(
+        self, items: Sequence[bytes | str], *, max_lanes: int | None = None, progress: bool = False
+    ) -> list[ZCode]:
         """Code several texts side by side. ``str`` items decode back to ``str``, ``bytes`` to ``bytes``.
 
         ``max_lanes``: most windows stepped together (default 64 on path 2, 32 on path 1); every window of the
-        batch is placed in runs of ``lanes`` of them, as few runs as the cap allows, each as full as possible."""
+        batch is placed in runs of ``lanes`` of them, as few runs as the cap allows, each as full as possible.
+        ``progress``: a token-level progress bar (it moves inside one long document too)."""
         datas = [as_bytes(x) for x in items]
         token_lists = [self.token_bytes.encode(d) for d in datas]
         sizes = [window_sizes(len(t), self.window) for t in token_lists]
@@ -499,8 +539,13 @@ class EntropyCodec:
                 windows.append(LaneWindow(owner, [self.start_token], chunk, size, slot))
                 start += size
                 slot += 1
-        with fixed_threads(threads), self.disable_adapters():
-            bit_lists = encode_windows(self.runner(), windows, lanes, len(items))
+        total = sum(len(t) for t in token_lists)
+        with (
+            fixed_threads(threads),
+            self.disable_adapters(),
+            token_bar(total, progress, "exact compress") as bar,
+        ):
+            bit_lists = encode_windows(self.runner(), windows, lanes, len(items), bar)
         precision = precision_params(self.backbone.model)
         codes = []
         for owner, item in enumerate(items):
@@ -620,8 +665,9 @@ class EntropyCodec:
             raise CorruptCodeError(f"exact code has an impossible lane layout {code.params}")
         check_precision(code.params, self.backbone.model)
 
-    def decode_batch(self, codes: Sequence[ZCode]) -> list[bytes]:
-        """Decode codes, sharing runs between codes whose lanes do not collide. Raises on any mismatch."""
+    def decode_batch(self, codes: Sequence[ZCode], *, progress: bool = False) -> list[bytes]:
+        """Decode codes, sharing runs between codes whose lanes do not collide. Raises on any mismatch.
+        ``progress``: a token-level progress bar."""
         for code in codes:
             self.check_compatible(code)
         results: list[bytes | None] = [None] * len(codes)
@@ -636,12 +682,12 @@ class EntropyCodec:
             )
             groups.setdefault(layout, []).append(i)
         for layout, members in groups.items():
-            data = self._decode_group([codes[i] for i in members], layout)
+            data = self._decode_group([codes[i] for i in members], layout, progress)
             for i, item in zip(members, data, strict=True):
                 results[i] = item
         return results  # type: ignore[return-value]
 
-    def _decode_group(self, codes: list[ZCode], layout: _Layout) -> list[bytes]:
+    def _decode_group(self, codes: list[ZCode], layout: _Layout, progress: bool = False) -> list[bytes]:
         runner = self.runner(layout.path, layout.freq_bits)
         sizes = [window_sizes(code.text_tokens, layout.window) for code in codes]
         placed = self._place(codes, sizes, layout.lanes)
@@ -651,8 +697,13 @@ class EntropyCodec:
             for size, slot in zip(sizes[owner], placed[owner], strict=True)
         ]
         bits = [ids_to_bits(c.z_ids, int(math.log2(c.k))) for c in codes]
-        with fixed_threads(layout.threads), self.disable_adapters():
-            per_owner = decode_windows(runner, windows, layout.lanes, bits)
+        total = sum(sum(s) for s in sizes)
+        with (
+            fixed_threads(layout.threads),
+            self.disable_adapters(),
+            token_bar(total, progress, "exact decompress") as bar,
+        ):
+            per_owner = decode_windows(runner, windows, layout.lanes, bits, on_tokens=bar)
         out = []
         for owner, code in enumerate(codes):
             data = self.token_bytes.decode(per_owner.get(owner, []))
