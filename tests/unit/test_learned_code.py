@@ -67,6 +67,12 @@ def test_training_logs_losses_and_diagnostics(trained: tuple[str, Path, list]) -
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["vq"] >= 0 for r in train)
     assert train[0]["vq"] == 0 and train[-1]["vq"] > 0  # quantised from vq_start=2 on
+    for (
+        r
+    ) in train:  # the contrast term: own Z must beat the next row's Z by the margin (1 nat), else it costs
+        assert math.isfinite(r["ce_gap"]) and r["contrast"] == pytest.approx(
+            max(0.0, 1.0 - r["ce_gap"]), abs=2e-4
+        )
     (diag,) = [r for r in records if r["kind"] == "eval"]
     for key in ("ratio_2x", "ce_true_2x", "ce_other_4x", "usage_ppl_2x", "spearman_4x"):
         assert key in diag
@@ -153,6 +159,8 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         _config(tmp_path, ratios=[32.0])
     with pytest.raises(ConfigError, match="codebook_size"):
         _config(tmp_path, codebook_size=1)
+    with pytest.raises(ConfigError, match="contrast_weight"):
+        _config(tmp_path, contrast_weight=-1.0)
 
 
 def test_compressed_documents_fit_where_their_text_does_not(trained: tuple[str, Path, list]) -> None:

@@ -196,6 +196,31 @@ def test_adapter_reads_the_z_context_and_the_base_model_answers(tiny_model_dir: 
     assert all(not m.disable_adapters for m in lm.modules() if hasattr(m, "lora_A"))
 
 
+def test_adapters_off_is_the_base_model_and_restores_every_switch(tiny_model_dir: Path) -> None:
+    """The codec's cheap base-model context gives peft's ``disable_adapter()`` logits bit for bit, and leaves each
+    LoRA layer's switch as it found it (also after a reader turned on inside it, as generation does)."""
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    codec = LatentCodec.create(backbone, LatentConfig(segment_len=32, max_slots=32, lora_r=4))
+    torch.manual_seed(2)
+    with torch.no_grad():  # a reader that changes the model's outputs
+        for name, p in codec.peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([backbone.tokenizer(TEXT)["input_ids"]])
+    switches = lambda: [m.disable_adapters for m in codec.lm.modules() if hasattr(m, "lora_A")]  # noqa: E731
+    with torch.inference_mode():
+        reader = codec.lm(ids).logits
+        with codec.peft_model.disable_adapter():
+            peft_base = codec.lm(ids).logits
+        before = switches()
+        with codec.adapters_off():
+            ours = codec.lm(ids).logits
+            with codec.reading_inside_base():
+                assert torch.equal(codec.lm(ids).logits, reader)
+        assert switches() == before and not any(before)
+    assert torch.equal(ours, peft_base) and not torch.equal(ours, reader)
+
+
 def test_benchmark_reader_bits_price_what_the_coder_spends(codec: LatentCodec) -> None:
     """``benchmarks/latent_default.py``'s ideal residual: its cost under the coder's frequency table is the coded
     residual less only the coder's termination, and it never exceeds the cross-entropy by more than the floor

@@ -243,7 +243,7 @@ class ZCompressor:
     def base_model(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which the backbone runs without any LoRA adapter (the exact codec, plain prompts)."""
         if self._latent is not None:
-            return self._latent.peft_model.disable_adapter()
+            return self._latent.adapters_off()
         return contextlib.nullcontext()
 
     @property

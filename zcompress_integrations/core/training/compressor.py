@@ -13,6 +13,9 @@ that already reads Z (the shipped token-group ``decompress`` adapter) and moves 
 3. **Longer spans, higher ratios**: the ratio curriculum (``ratios``) adds 4x, then 8x, ... every
    ``curriculum_every`` steps; spans may hold up to ``max_span`` tokens.
 
+Ignoring Z must cost (run 1 without this learned to read text with any Z): ``contrast_weight`` x
+max(0, ``contrast_margin`` - (CE with the next row's Z - CE with the row's own Z)), one more reader pass a step.
+
 Span ends. During training a segment's spans are the surprisal-balanced groups (``surprisal_groups`` over the base
 model's NLL, at the ratio's count); the stop head learns to predict them (``stop_weight``) under a length budget
 (``budget_weight`` x (mean stop probability - 1 / ratio)^2). At inference the stop head alone decides.
@@ -293,8 +296,12 @@ class _Step:
             z_rows.append(e)
         with codec.adapter(READER, train=True):
             ce = reader_ce(codec, seg, z_rows)
+            gap = self._contrast(seg, z_rows, ce)
         parts = {
             "ce": ce,
+            "contrast": cfg.contrast_weight * torch.relu(cfg.contrast_margin - gap)
+            if gap is not None
+            else 0 * ce,
             "stop": cfg.stop_weight * stop_loss,
             "budget": cfg.budget_weight * budget,
             "match": cfg.match_weight * torch.stack(match).mean() if match else ce.new_zeros(()),
@@ -302,8 +309,15 @@ class _Step:
         }
         loss = sum(parts.values())
         return loss, {k: round(float(v.detach()), 4) for k, v in parts.items()} | {
-            "z_per_seg": sum(map(len, spans)) / len(spans)
+            "z_per_seg": sum(map(len, spans)) / len(spans),
+            "ce_gap": round(float(gap.detach()), 4) if gap is not None else None,
         }
+
+    def _contrast(self, seg: Any, z_rows: list[Any], ce: Any) -> Any:
+        """CE with the next row's Z minus CE with the row's own (``None`` when off or the batch has one row)."""
+        if self.cfg.contrast_weight <= 0 or len(z_rows) < 2:
+            return None
+        return reader_ce(self.codec, seg, z_rows[1:] + z_rows[:1]) - ce
 
     def _count(self, idx: Any) -> None:
         import torch
