@@ -157,6 +157,32 @@ class _Runs:
         )
         return got
 
+    def one_batch(self, zc: Any, workload: str, run: Callable[[], list[Any]], want: Any) -> None:
+        """Every call in one direct ``*_batch`` call (no scheduler, no clients): the most batching can give here."""
+        zc.latent_codec._nll_memo.clear()
+        start = time.perf_counter()
+        got = run()
+        seconds = time.perf_counter() - start
+        serial = next(r for r in self.rows if r["workload"] == workload and r["clients"] == "serial")
+        tokens = sum(g.text_tokens if hasattr(g, "text_tokens") else g.completion_tokens for g in got)
+        row = {
+            "workload": workload,
+            "clients": "one batch",
+            "mode": "one *_batch call (ceiling)",
+            "calls": self.n,
+            "seconds": seconds,
+            "calls/s": self.n / seconds,
+            "tokens/s": tokens / seconds,
+            "x serial": serial["seconds"] / seconds,
+            "identical": sum(map(_same, got, want)),
+            "batches": 1,
+            "largest batch": self.n,
+        }
+        self.rows.append(row)
+        print(
+            f"{workload:16} one batch {seconds:7.1f}s  x{row['x serial']:.2f}  identical {row['identical']}/{self.n}"
+        )
+
     def concurrent(
         self, zc: Any, workload: str, sync: Any, coro: Any, want: Any, *, strict: bool, tag: str = ""
     ) -> None:
@@ -207,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     codes = runs.measure(zc, "latent compress", "one thread", None, compress, None)
     acompress = lambda i: zc.acompress(texts[i], mode="latent", ratio=ratio)  # noqa: E731
     runs.concurrent(zc, "latent compress", compress, acompress, codes, strict=True)
+    runs.one_batch(zc, "latent compress", lambda: zc.compress_batch(texts, mode="latent", ratio=ratio), codes)
 
     # 2. Generation from each text's latent code, the same way.
     def ask(c: Any) -> tuple[Any, Any]:
@@ -217,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     answers = runs.measure(zc, "generate", "one thread", None, ask(zc)[0], None)
     runs.concurrent(zc, "generate", *ask(zc), answers, strict=True)
+    contexts = [[c] for c in codes]
+    runs.one_batch(
+        zc,
+        "generate",
+        lambda: zc.generate_batch([QUESTION] * n, contexts=contexts, max_new_tokens=new, batch_size=32),
+        answers,
+    )
     if args.batch_generation:
         zb = ZCompressor.from_pretrained(scheduler=SchedulerConfig(batch_generation=True))
         zb.generate("Hello?", context=[codes[0]], max_new_tokens=2)
@@ -258,7 +292,8 @@ Machine: {machine["nproc"]} CPUs ({machine["cpu"]}), load average {machine["load
 ({settings["source"]}); latent ratio {settings["ratio"]:g}; answers greedy, at most {settings["new_tokens"]} tokens, to
 "{QUESTION}" from each text's latent code.
 
-`x serial`: the serial run's time over this run's (same calls). `identical`: results equal to their serial
+`x serial`: the serial run's time over this run's (same calls). `one batch` rows make all the calls in one direct
+`compress_batch` / `generate_batch` call: the most any batching of these calls can give on this machine. `identical`: results equal to their serial
 counterparts (asserted for every row except `batch_generation` ones). `batches`: batches the scheduler ran;
 `largest batch`: most requests in one batch since the compressor was made. Clients beyond the number of calls
 idle. What is merged and what runs one request at a time: docs/concurrency.md.
