@@ -134,6 +134,27 @@ def test_astream_can_stop_early_without_leaking_the_lock(chat, tiny_compressor) 
     assert tiny_compressor.compress("after").codec == "exact"  # the lock was released
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"temperature": "x"},
+        {"temperature": True},
+        {"max_tokens": "5"},
+        {"max_tokens": 2.5},
+    ],
+)
+def test_per_call_settings_of_the_wrong_type_are_config_errors(chat, override) -> None:
+    with pytest.raises(ConfigError, match=next(iter(override))):
+        chat.invoke("hi", **override)
+
+
+def test_per_call_settings_apply(chat) -> None:
+    result = chat.invoke("hi", max_tokens=2, temperature=0)
+    assert result.usage_metadata["output_tokens"] <= 2
+    defaults = chat.invoke("hi", max_tokens=None, temperature=None)  # None: the model's own settings
+    assert defaults.content == chat.invoke("hi").content
+
+
 def test_bad_codes_are_clear_errors(chat, code_string) -> None:
     with pytest.raises(CorruptCodeError, match=r"messages\[0\]"):
         chat.invoke("Context: zc1:AAAAAAAA\nQ?")

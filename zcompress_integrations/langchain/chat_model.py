@@ -290,11 +290,14 @@ class ChatZCompress(ZCompressBackend, BaseChatModel):
 
     def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         stops = list(self.stop or []) + list(stop or [])
-        return {
-            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
-            "temperature": float(kwargs.get("temperature", self.temperature)),
-            "stop": stops or None,
-        }
+        max_tokens = kwargs.get("max_tokens") if kwargs.get("max_tokens") is not None else self.max_tokens
+        temperature = kwargs.get("temperature") if kwargs.get("temperature") is not None else self.temperature
+        # checked here, not converted: int("x") / float("x") would raise a bare ValueError; ranges: the facade
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise ConfigError(f"max_tokens must be a whole number of tokens; got {max_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise ConfigError(f"temperature must be a number (0 = greedy); got {temperature!r}")
+        return {"max_new_tokens": max_tokens, "temperature": float(temperature), "stop": stops or None}
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
