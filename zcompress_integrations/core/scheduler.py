@@ -97,8 +97,9 @@ class BatchLimits:
 
 DEVICE_LIMITS: dict[str, BatchLimits] = {
     # A CPU forward is compute-bound: past ~16 texts a batch adds latency, not throughput. 32 codes is the
-    # facade's exact decoding batch; 8 prompts is generate_batch's default.
-    "cpu": BatchLimits(compress=16, decompress=32, generate=8),
+    # facade's exact decoding batch. Decode steps are not: 64 answers as one generate_batch(batch_size=32) ran 4.2x
+    # the serial rate, merged 8 at a time 2.5x (benchmarks/results/concurrency.md; batch_generation only).
+    "cpu": BatchLimits(compress=16, decompress=32, generate=32),
     # A GPU has idle compute at these sizes for a 135M model (not measured here: no GPU on the test machine).
     "cuda": BatchLimits(compress=64, decompress=64, generate=32),
 }
