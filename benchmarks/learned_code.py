@@ -7,7 +7,9 @@ On WikiText-2 test paragraphs (evaluation data: nothing here feeds back into tra
 the achieved ratio (text tokens / Z-tokens), BLEU-4 and exact match of free-running greedy reconstruction from
 the stored code (each code goes through ``to_bytes()`` and back first), the size of that whole container in bits
 per character (brotli-11 on the same texts beside it), bits per Z, and the segment-level Spearman correlation of
-Z count with the segment's NLL under the base model. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
+Z count with the segment's NLL under the base model. ``--writer teacher`` replaces the trained writer by the staged
+recipe's teacher (``core/training/staged.py``: surprisal-balanced spans, residual-VQ ids of their token-group
+embeddings): what the reader reaches when the writer is perfect, to tell a writer's errors from the reader's. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
 BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
 lossless point at its measured ratio from ``benchmarks/results/exact_codec.json`` when those files exist).
 """
@@ -65,6 +67,31 @@ def measure(zc: object, texts: list[str], ratio: float) -> dict:
     }
 
 
+def use_teacher_writer(zc: object) -> None:
+    """Make the learned code write the staged recipe's teacher ids instead of the writer's own (diagnostic)."""
+    import torch
+
+    from zcompress_integrations.core.codes.token_groups import TokenGroupCode
+    from zcompress_integrations.core.training.compressor import teacher_spans
+    from zcompress_integrations.core.training.staged import span_embeddings, teacher_ids
+
+    codec = zc.latent_codec
+    code = codec.code
+    teacher = TokenGroupCode(codec.lm.get_input_embeddings(), codec.config.vocab_size, code.max_span)
+
+    def write(codec, segments, ratio, batch_size, progress):  # noqa: ANN001, ANN202
+        out = []
+        with torch.no_grad():
+            for seg in segments:  # segments differ in length: one at a time
+                rows = torch.tensor([seg], device=code.codebook.device)
+                spans = teacher_spans(codec, rows, ratio, code.max_span)
+                (ids,) = teacher_ids(code.codebook, span_embeddings(teacher, rows, spans))
+                out.append(code.ids_of(ids))
+        return out
+
+    code.write = write
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -101,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ratios", default="2,4,6,8")
     parser.add_argument("--out", default="benchmarks/results/learned_code")
+    parser.add_argument(
+        "--writer", choices=["model", "teacher"], default="model", help="who writes the ids (see above)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -111,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=args.seed)]
     zc = ZCompressor.from_pretrained(adapters=args.adapters)
     cfg = zc.latent_codec.config
+    if args.writer == "teacher":
+        use_teacher_writer(zc)
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         rows.append(measure(zc, texts, ratio))
@@ -119,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "adapters": args.adapters,
+        "writer": args.writer,
         "code": cfg.code,
         "codebook_size": cfg.codebook_size,
         "codebooks": cfg.codebooks,
@@ -136,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Learned code on WikiText-2 test paragraphs",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; adapters: {args.adapters}; K = {cfg.codebook_size} x {cfg.codebooks} "
+        f"Machine: {meta['machine']}; adapters: {args.adapters}; writer: {args.writer}; K = {cfg.codebook_size} x {cfg.codebooks} "
         f"codebook(s) = {meta['bits_per_z']:.0f} bits per Z; training: {json.dumps(cfg.training)}",
         "",
         f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}); brotli-11 on the same texts: "

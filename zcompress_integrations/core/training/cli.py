@@ -4,6 +4,7 @@
     zcompress train reader --data segments.npy --out runs/reader [--device cuda] [--resume]
     zcompress train infer --adapters runs/reader/adapters --data 'train/*.jsonl' --out runs/infer
     zcompress train compressor --data segments.npy --out runs/compressor [--resume]   # the learned code
+    zcompress train staged --data segments.npy --out runs/staged [--resume]   # the learned code, in stages
 
 Every field of the task's config dataclass (``core/training/config.py``) is a flag; ``--config FILE`` reads a
 YAML or JSON file of the same keys (flags on the command line win). ``--resume`` goes on from ``OUT/checkpoint.pt``
@@ -28,6 +29,7 @@ from zcompress_integrations.core.training.config import (
     InferConfig,
     PrepareConfig,
     ReaderConfig,
+    StagedConfig,
     config_from_dict,
 )
 from zcompress_integrations.errors import ConfigError, ZCompressError
@@ -40,6 +42,10 @@ TASKS: dict[str, tuple[type, str]] = {
     "compressor": (
         CompressorConfig,
         "train the learned code: the compress adapter with which the model writes Z",
+    ),
+    "staged": (
+        StagedConfig,
+        "train the learned code in stages: k-means vocabulary, reader of its ids, writer of its ids",
     ),
     "prepare": (PrepareConfig, "tokenise jsonl files into the .npy of segments the reader trains on"),
 }
@@ -155,6 +161,12 @@ def run(args: argparse.Namespace) -> Path:
         if args.init_from:
             raise ConfigError("compressor: use --init-reader to choose the reader it starts from")
         train_compressor(cfg, resume=args.resume)
+    elif args.task == "staged":
+        from zcompress_integrations.core.training.staged import train_staged
+
+        if args.init_from:
+            raise ConfigError("staged: use --init-reader to choose the reader it starts from")
+        train_staged(cfg, resume=args.resume)
     else:
         from zcompress_integrations.core.training.infer import run_infer
 

@@ -265,6 +265,69 @@ class CompressorConfig:
 
 
 @dataclass
+class StagedConfig:
+    """Train the learned code in stages (``core/training/staged.py``): a k-means vocabulary over token-group
+    embeddings, then the reader on the teacher's ids, then the writer (the ``compress`` LoRA, ``to_z`` and the stop
+    head) of those ids; each stage against a fixed target, so none can collapse onto another."""
+
+    # jsonl files with a "text" field, or one .npy of segments [N, >= segment_len] (zcompress train prepare)
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/staged"  # run folder: checkpoint.pt, log.jsonl, adapters/
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to train
+    # the token-group adapters whose reader starts the learned code's reader ("default": the shipped ones;
+    # "none": a fresh reader, for tests on tiny models)
+    init_reader: str = "default"
+    seed: int = 0  # adapter, head and k-means init; data order
+    segment_len: int = 64  # text tokens per segment
+    lora_r: int = 16  # LoRA rank of the compress adapter (and of a fresh reader)
+    codebook_size: int = 4096  # rows per codebook (K)
+    codebooks: int = 2  # codebooks per Z-token (residual VQ): a Z costs codebooks * log2(K) bits
+    max_span: int = 16  # most text tokens one Z-token stands for
+    ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # the ratio curriculum, in order
+    curriculum_every: int = 100  # one more ratio of the curriculum joins the mix every this many steps
+    kmeans_rows: int = 1024  # training rows whose teacher spans (at every ratio) make the vocabulary
+    reader_steps: int = 400  # stage 1: the reader learns the teacher ids' codebook rows
+    writer_steps: int = 200  # stage 2: the writer learns to write the teacher ids
+    # weight of max(0, contrast_margin - (CE with another row's ids - CE with its own)) in stage 1; 0 = off
+    contrast_weight: float = 0.0
+    contrast_margin: float = 1.0  # nats/token by which a segment's own Z must beat another's
+    stop_weight: float = 1.0  # weight of the stop head's imitation of the surprisal-balanced span ends
+    budget_weight: float = 1.0  # weight of (mean stop probability - 1 / ratio)^2: the length budget
+    batch_size: int = 8  # segments per step
+    lr: float = 1e-3  # peak learning rate (AdamW, no weight decay)
+    warmup_steps: int = 10  # linear warm-up steps
+    decay: Decay = "constant"  # after the warm-up (or from decay_start): constant, linear or cosine
+    decay_start: int | None = None  # the step the decay starts at (default: the end of the warm-up)
+    min_lr_frac: float = 0.05  # the decay ends at lr * min_lr_frac at the last step
+    grad_clip: float = 1.0  # gradient norm clip
+    held: int = 32  # the first ``held`` segments are held apart for the diagnostics
+    log_every: int = 5  # a train row in log.jsonl every this many steps
+    eval_every: int = 100  # a diagnostics row every this many steps (and at the end of each stage)
+    checkpoint_every: int = 25  # checkpoint.pt every this many steps
+    max_minutes: float = 0.0  # 0 = no limit; else stop (checkpoint, eval, export) after this many minutes
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in all (both stages): where the lr schedule ends."""
+        return self.reader_steps + self.writer_steps
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 1, "segment_len", "lora_r", "codebooks", "max_span", "curriculum_every")
+        _at_least(self, 1, "kmeans_rows")
+        _at_least(self, 2, "codebook_size")
+        _at_least(self, 0, "held", "max_data_tokens", "reader_steps", "writer_steps")
+        _at_least(self, 0, "stop_weight", "budget_weight", "contrast_weight", "contrast_margin")
+        _check_schedule(self)
+        if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):
+            raise ConfigError(
+                f"StagedConfig.ratios must be numbers in [1, max_span={self.max_span}]; got {self.ratios!r}"
+            )
+
+
+@dataclass
 class PrepareConfig:
     """Tokenise jsonl files (a ``text`` field per line) into the ``.npy`` of segments the reader trains on."""
 
