@@ -104,6 +104,11 @@ def test_diagnostics_cover_teacher_and_inference_paths(trained: tuple[str, Path,
     _, _, records, _ = trained
     (vocab,) = [r for r in records if r["kind"] == "vocabulary"]
     assert vocab["vectors"] > 16  # more span vectors than codebook rows
+    (fit,) = [r for r in records if r["kind"] == "writer_fit"]  # once, at the writer's first step
+    at = records.index(fit)
+    assert (records[at - 1]["kind"], records[at - 1]["step"]) == ("eval", 3)  # the reader stage's last row
+    assert (records[at + 1]["stage"], records[at + 1]["step"]) == ("writer", 4)
+    assert math.isfinite(fit["r2"]) and fit["r2"] <= 1
     evals = {r["step"]: r for r in records if r["kind"] == "eval"}
     assert sorted(evals) == [0, 3, 6]
     for r in evals.values():
@@ -161,6 +166,39 @@ def test_teacher_ids_match_the_vocabulary(tiny_model_dir: Path) -> None:
     book = torch.randn(2, 16, emb[0].shape[1])
     ids = teacher_ids(book, emb)
     assert torch.equal(ids[1], quantize(emb[1], book)[1])
+
+
+def test_fit_to_z_writes_the_least_squares_map(tiny_model_dir: Path) -> None:
+    """After the fit, ``to_z`` of the span-end hidden states reproduces the R^2 the fit reports, and no other map
+    the regression could pick (here: the fitted one nudged) fits better."""
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.codes.token_groups import TokenGroupCode, group_starts
+    from zcompress_integrations.core.training import staged
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    backbone, codec, _ = staged._setup(_config(Path("unused")), backbone)
+    teacher = TokenGroupCode(backbone.model.get_input_embeddings(), backbone.text_vocab_size, 8)
+    rows = torch.as_tensor(_segments(backbone)[:16])
+    staged.init_vocabulary(codec, teacher, rows, [2.0], 8, 0)
+    r2 = staged.fit_to_z(codec, teacher, rows, [2.0], 8)
+    code = codec.code
+
+    def r_squared() -> float:
+        spans = staged.teacher_spans(codec, rows, 2.0, 8)
+        ids = staged.teacher_ids(code.codebook, staged.span_embeddings(teacher, rows, spans))
+        with torch.no_grad(), codec.adapter(staged.COMPRESS):
+            hidden = code.compress_hidden(codec, rows, 2.0)
+            ends = [[a + g - 1 for a, g in zip(group_starts(s), s, strict=True)] for s in spans]
+            pred = torch.cat([code.to_z(hidden[b, e]) for b, e in enumerate(ends)]).double()
+        y = torch.cat([code.embeddings(code.ids_of(i)) for i in ids]).double()
+        return float(1 - (y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+
+    assert r_squared() == pytest.approx(r2, abs=1e-3) and r2 > 0
+    with torch.no_grad():
+        code.to_z.bias.add_(0.05)
+    assert r_squared() < r2
 
 
 def test_adapters_load_and_round_trip(trained: tuple[str, Path, list, dict]) -> None:

@@ -289,6 +289,7 @@ class StagedConfig:
     kmeans_rows: int = 1024  # training rows whose teacher spans (at every ratio) make the vocabulary
     reader_steps: int = 400  # stage 1: the reader learns the teacher ids' codebook rows
     writer_steps: int = 200  # stage 2: the writer learns to write the teacher ids
+    writer_fit_rows: int = 256  # rows whose span ends start to_z by least squares at stage 2 (0 = no fit)
     # weight of max(0, contrast_margin - (CE with another row's ids - CE with its own)) in stage 1; 0 = off
     contrast_weight: float = 0.0
     contrast_margin: float = 1.0  # nats/token by which a segment's own Z must beat another's
@@ -318,7 +319,7 @@ class StagedConfig:
         _at_least(self, 1, "segment_len", "lora_r", "codebooks", "max_span", "curriculum_every")
         _at_least(self, 1, "kmeans_rows")
         _at_least(self, 2, "codebook_size")
-        _at_least(self, 0, "held", "max_data_tokens", "reader_steps", "writer_steps")
+        _at_least(self, 0, "held", "max_data_tokens", "reader_steps", "writer_steps", "writer_fit_rows")
         _at_least(self, 0, "stop_weight", "budget_weight", "contrast_weight", "contrast_margin")
         _check_schedule(self)
         if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):

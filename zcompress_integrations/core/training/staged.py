@@ -12,7 +12,8 @@ recipe splits the learned code into three pieces that each train against a fixed
    the reader (the shipped token-group ``decompress`` LoRA to start) learns to write the text back from the
    teacher ids' codebook rows at consecutive positions. Only the reader trains; no compress pass is needed.
 2. **Writer** (the next ``writer_steps``): the backbone with its ``compress`` LoRA, ``to_z`` and the stop head
-   learns to write the teacher ids from its own hidden states: per codebook, cross-entropy of the teacher row
+   learns to write the teacher ids from its own hidden states. ``to_z`` starts from a ridge regression of the
+   teacher rows on the hidden states at span ends (``writer_fit_rows`` rows); then, per codebook, cross-entropy of the teacher row
    under logits ``2 z.B - |B|^2`` (the nearest row is the most likely: argmax = what ``quantize`` picks; the second
    codebook reads the residual after the teacher's first row), plus the stop head's imitation of the span ends
    under the length budget, as in ``compressor.py``. Only the writer trains.
@@ -56,7 +57,7 @@ from zcompress_integrations.core.training.config import StagedConfig
 from zcompress_integrations.core.training.reader import log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 
-__all__ = ["train_staged", "span_embeddings", "teacher_ids", "writer_loss", "init_vocabulary"]
+__all__ = ["train_staged", "span_embeddings", "teacher_ids", "writer_loss", "init_vocabulary", "fit_to_z"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,39 @@ def init_vocabulary(
             code.codebook[c].copy_(centres.to(code.codebook))
             data = data - centres[torch.cdist(data, centres).argmin(-1)]
     return len(data)
+
+
+def fit_to_z(
+    codec: LatentCodec, teacher: TokenGroupCode, rows: Any, ratios: list[float], max_span: int
+) -> float:
+    """Start the writer's ``to_z`` from the ridge regression of the teacher rows (the sum of each span's teacher
+    codebook rows) on the compress pass's hidden states at the span ends of ``rows`` at every ratio; returns the
+    fit's R^2. Gradient steps then start from a map that already points near the right rows."""
+    import torch
+
+    code = codec.code
+    xs, ys = [], []
+    with torch.no_grad(), codec.adapter(COMPRESS):
+        for ratio in ratios:
+            for s in range(0, len(rows), 16):
+                seg = rows[s : s + 16]
+                spans = teacher_spans(codec, seg, ratio, max_span)
+                ids = teacher_ids(code.codebook, span_embeddings(teacher, seg, spans))
+                hidden = code.compress_hidden(codec, seg, ratio)
+                for b, sizes in enumerate(spans):
+                    ends = [a + g - 1 for a, g in zip(group_starts(sizes), sizes, strict=True)]
+                    xs.append(hidden[b, ends].double().cpu())
+                    ys.append(code.embeddings(code.ids_of(ids[b])).double().cpu())
+    x, y = torch.cat(xs), torch.cat(ys)
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    gram = x.T @ x
+    ridge = 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
+    w = torch.linalg.solve(gram + ridge, x.T @ y)  # [H + 1, H]
+    with torch.no_grad():
+        code.to_z.weight.copy_(w[:-1].T.to(code.to_z.weight))
+        code.to_z.bias.copy_(w[-1].to(code.to_z.bias))
+    residual = (y - x @ w).pow(2).sum()
+    return float(1 - residual / (y - y.mean(0)).pow(2).sum())
 
 
 class _Stages:
@@ -232,6 +266,42 @@ def _eval_row(stages: _Stages, codec: LatentCodec, held: Any, cfg: StagedConfig,
     return row
 
 
+def _fit_writer(
+    codec: LatentCodec, teacher: TokenGroupCode, cfg: StagedConfig, train_rows: Any, out: Path, records: list
+) -> None:
+    import torch
+
+    t0 = time.time()
+    rows = torch.as_tensor(train_rows[: cfg.writer_fit_rows], device=codec.backbone.device)
+    r2 = fit_to_z(codec, teacher, rows, cfg.ratios, cfg.max_span)
+    log_row(out, {"kind": "writer_fit", "r2": round(r2, 4), "seconds": round(time.time() - t0, 1)}, records)
+
+
+def _bookkeeping(
+    cfg: StagedConfig,
+    codec: LatentCodec,
+    stages: _Stages,
+    opt: Any,
+    rng: Any,
+    progress: dict[str, Any],
+    held: Any,
+    row: dict[str, Any],
+    records: list[dict[str, Any]],
+) -> bool:
+    """Log, checkpoint and run the diagnostics when due (and at the end of each stage); True when out of time."""
+    out, step = Path(cfg.out), progress["step"]
+    stop = out_of_time(cfg, progress)
+    last = step == cfg.steps or stop
+    if step == 1 or due(step, cfg.log_every, last):
+        log_row(out, row | {"seconds": round(progress["seconds"], 1)}, records)
+    if due(step, cfg.checkpoint_every, last) or step == cfg.reader_steps:
+        state = make_state("staged", step, cfg, _weights(codec), opt, rng, progress)
+        save_checkpoint(out / CHECKPOINT_NAME, state)
+    if due(step, cfg.eval_every, last) or step == cfg.reader_steps:
+        log_row(out, _eval_row(stages, codec, held, cfg, step), records)
+    return stop
+
+
 def train_staged(
     cfg: StagedConfig, *, resume: bool = False, backbone: Any = None, segments: Any = None
 ) -> tuple[LatentCodec, list[dict[str, Any]]]:
@@ -265,9 +335,8 @@ def train_staged(
         log_row(out, {"kind": "vocabulary", "vectors": seen, "seconds": round(time.time() - t0, 1)}, records)
         log_row(out, _eval_row(stages, codec, held, cfg, 0), records)
 
-    total = cfg.reader_steps + cfg.writer_steps
     codec.peft_model.train()
-    while progress["step"] < total:
+    while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
         lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
@@ -279,6 +348,8 @@ def train_staged(
         allowed = cfg.ratios[: 1 + step // cfg.curriculum_every]
         ratio = float(allowed[int(rng.integers(0, len(allowed)))])
         reading = step < cfg.reader_steps
+        if step == cfg.reader_steps and cfg.writer_fit_rows:  # the writer's first step: a least-squares start
+            _fit_writer(codec, teacher, cfg, train_rows, out, records)
         loss, parts = stages.reader_step(seg, ratio) if reading else stages.writer_step(seg, ratio)
         loss.backward()
         for p in params:  # only this stage's weights move (peft gives every adapter grads)
@@ -290,24 +361,13 @@ def train_staged(
         progress["step"] += 1
         progress["tokens"] += seg.numel()
         progress["seconds"] += time.time() - t0
-        step = progress["step"]
-        stop = out_of_time(cfg, progress)
-        last = step == total or stop
-        if step == 1 or due(step, cfg.log_every, last):
-            row = {
-                "kind": "train",
-                "step": step,
-                "ratio": ratio,
-                "loss": round(float(loss.detach()), 4),
-                "lr": lr,
-            }
-            log_row(out, row | parts | {"seconds": round(progress["seconds"], 1)}, records)
-        if due(step, cfg.checkpoint_every, last) or step == cfg.reader_steps:
-            state = make_state("staged", step, cfg, _weights(codec), opt, rng, progress)
-            save_checkpoint(ckpt, state)
-        if due(step, cfg.eval_every, last) or step == cfg.reader_steps:
-            log_row(out, _eval_row(stages, codec, held, cfg, step), records)
-        if stop:
+        row = {
+            "kind": "train",
+            "step": progress["step"],
+            "ratio": ratio,
+            "loss": round(float(loss.detach()), 4),
+        }
+        if _bookkeeping(cfg, codec, stages, opt, rng, progress, held, row | {"lr": lr} | parts, records):
             break
 
     codec.peft_model.eval()
