@@ -31,6 +31,7 @@ __all__ = [
     "STATS_KEYS",
     "code_metadata",
     "ZCompressSettings",
+    "RayHandoff",
     "SETTING_NAMES",
     "shared_compressor",
     "settings_from_compressor",
@@ -104,6 +105,58 @@ class ZCompressSettings(BaseModel):
     def compressor_settings(self) -> dict[str, Any]:
         """The ``ZCompressor.from_pretrained`` keyword arguments these fields stand for."""
         return {name: getattr(self, name) for name in SETTING_NAMES}
+
+
+class RayHandoff(BaseModel):
+    """Fields of the ingestion adapters (LlamaIndex ``ZCompressTransform``, LangChain
+    ``ZCompressDocumentTransformer``) that hand each batch to Ray Data (``zcompress_integrations.corpus``) instead
+    of compressing it in this process: for batches too large for one machine. Needs the ``ray`` extra."""
+
+    ray_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Compress each batch on Ray Data with this many actors; 0: in this process.",
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address; None: this process's cluster, else a local one."
+    )
+    ray_num_cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs Ray reserves per actor.")
+    ray_num_gpus_per_worker: float = Field(
+        default=0.0, ge=0, description="GPUs per actor (> 0: CUDA actors)."
+    )
+    ray_workdir: str | None = Field(
+        default=None, description="Keep each Ray run here (a rerun resumes it); None: a temporary folder."
+    )
+
+    def ray_compress(
+        self,
+        zc: ZCompressor,
+        texts: list[str],
+        mode: Literal["exact", "latent"],
+        ratio: float | None,
+        batch_size: int,
+    ) -> list[ZCode]:
+        """``zc.compress_batch(texts, ...)``'s codes, made by actors built from ``zc``'s settings."""
+        from zcompress_integrations.corpus.handoff import compress_texts
+        from zcompress_integrations.errors import ModelMismatchError
+
+        codes = compress_texts(
+            texts,
+            settings_from_compressor(zc),
+            mode=mode,
+            ratio=ratio,
+            workers=self.ray_workers,
+            address=self.ray_address,
+            num_cpus_per_worker=self.ray_num_cpus_per_worker,
+            num_gpus_per_worker=self.ray_num_gpus_per_worker,
+            batch_size=batch_size,
+            workdir=self.ray_workdir,
+        )
+        if mode == "exact" and any(c.fingerprint != zc.fingerprint for c in codes):
+            raise ModelMismatchError(
+                "the Ray actors' backbone differs from this compressor's (exact fingerprints)"
+            )
+        return codes
 
 
 SETTING_NAMES = tuple(ZCompressSettings.model_fields)

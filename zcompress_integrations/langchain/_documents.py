@@ -174,10 +174,15 @@ def _output_document(
 
 
 def compress_documents(
-    opts: ZCompressOptions, documents: Sequence[Document], content: ContentFn, store_text: bool
+    opts: ZCompressOptions,
+    documents: Sequence[Document],
+    content: ContentFn,
+    store_text: bool,
+    compress: Callable[[list[str]], list[ZCode]] | None = None,
 ) -> list[Document]:
     """Compress ``documents`` (see the module docstring). ``content(code, text)`` gives the new page content;
-    ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it."""
+    ``store_text`` keeps the original text under ``zcompress_text`` when the page content no longer holds it;
+    ``compress(texts)`` replaces ``compress_batch`` (the transformer's Ray hand-off)."""
     docs = list(documents)
     if not docs:
         return []
@@ -186,9 +191,12 @@ def compress_documents(
     codes: list[ZCode] = []
     if todo:
         texts = [plans[i][1] for i in todo]
-        codes = opts.zcompressor.compress_batch(
-            texts, mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
-        )  # type: ignore[arg-type]
+        if compress is not None:
+            codes = compress(texts)  # type: ignore[arg-type]
+        else:
+            codes = opts.zcompressor.compress_batch(
+                texts, mode=opts.mode, ratio=opts.ratio, batch_size=opts.batch_size
+            )  # type: ignore[arg-type]
     return _outputs(docs, plans, dict(zip(todo, codes, strict=True)), content, store_text)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import BaseDocumentTransformer, Document
 
+from zcompress_integrations._integration_common import RayHandoff
 from zcompress_integrations.langchain._common import ZCompressOptions
 from zcompress_integrations.langchain._documents import acompress_documents, compress_documents
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["ZCompressDocumentTransformer"]
 
 
-class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
+class ZCompressDocumentTransformer(ZCompressOptions, RayHandoff, BaseDocumentTransformer):
     """Compress documents without a query, typically before they are stored, so retrieval costs no compression.
 
     Each output keeps the input's ``id`` and metadata and stores the code in ``metadata["zcompress_code"]`` (plus
@@ -24,6 +26,9 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
     ``page_content`` is unchanged, which is what a vector store needs to embed the text. With ``keep_text=False``
     the text is dropped and ``page_content`` becomes the code itself: the ``zc1:`` string for exact codes (decoded
     exactly by ``ZCompressor.decompress``; read as Z-tokens by ``ChatZCompress`` when latent).
+
+    With ``ray_workers=N`` each call's documents are compressed on Ray Data by ``N`` actors (this machine's local
+    cluster, or ``ray_address``) instead of in this process, with the same codes (``docs/corpus.md``).
 
     Instantiate:
         .. code-block:: python
@@ -55,8 +60,18 @@ class ZCompressDocumentTransformer(ZCompressOptions, BaseDocumentTransformer):
 
     def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
         """Compress ``documents``; extra keyword arguments are accepted and ignored."""
-        return compress_documents(self, documents, self._content, store_text=False)
+        return compress_documents(self, documents, self._content, store_text=False, compress=self._on_ray())
 
     async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
-        """:meth:`transform_documents` as one request on the compressor's batching scheduler (same codes)."""
+        """:meth:`transform_documents` as one request on the compressor's batching scheduler (same codes); with
+        ``ray_workers``, the Ray run in a worker thread."""
+        if self.ray_workers:
+            return await asyncio.to_thread(self.transform_documents, documents)
         return await acompress_documents(self, documents, self._content, store_text=False)
+
+    def _on_ray(self) -> Callable[[list[str]], list[ZCode]] | None:
+        if not self.ray_workers:
+            return None
+        return lambda texts: self.ray_compress(
+            self.zcompressor, texts, self.mode, self.ratio, self.batch_size
+        )

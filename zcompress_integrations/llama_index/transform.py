@@ -10,6 +10,7 @@ from typing import Any, Literal
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.schema import BaseNode, TransformComponent
 
+from zcompress_integrations._integration_common import RayHandoff
 from zcompress_integrations.errors import ConfigError
 from zcompress_integrations.llama_index._common import (
     CompressorSettings,
@@ -23,7 +24,7 @@ __all__ = ["ZCompressTransform"]
 logger = logging.getLogger(__name__)
 
 
-class ZCompressTransform(CompressorSettings, TransformComponent):
+class ZCompressTransform(CompressorSettings, RayHandoff, TransformComponent):
     """An ``IngestionPipeline`` step that compresses each node's text and stores the code in its metadata.
 
     The node's text is left as it is (embedding models and splitters after this step still read text); the
@@ -38,6 +39,9 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
 
     Nodes without text, empty nodes and nodes shorter than ``min_chars`` pass through without a code; a node whose
     metadata already holds a valid code for its text keeps it.
+
+    With ``ray_workers=N`` each call's nodes are compressed on Ray Data by ``N`` actors (this machine's local
+    cluster, or ``ray_address``) instead of in this process, with the same codes (``docs/corpus.md``).
 
     Setup:
         ``pip install "zcompress-integrations[llamaindex]"``
@@ -84,29 +88,40 @@ class ZCompressTransform(CompressorSettings, TransformComponent):
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         todo = self._todo(nodes)
         if todo:
-            codes = self.compressor.compress_batch(
-                [t for _, t in todo],
-                mode=self.mode,
-                ratio=self.ratio if self.mode == "latent" else None,
-                batch_size=self.batch_size,
-                show_progress_bar=self.show_progress_bar,
-            )
+            codes = self._compress([t for _, t in todo])
             for (node, _), code in zip(todo, codes, strict=True):
                 add_code_metadata(node, code)
         return nodes
 
+    def _compress(self, texts: list[str]) -> list[Any]:
+        ratio = self.ratio if self.mode == "latent" else None
+        if self.ray_workers:
+            return self.ray_compress(self.compressor, texts, self.mode, ratio, self.batch_size)
+        return self.compressor.compress_batch(
+            texts,
+            mode=self.mode,
+            ratio=ratio,
+            batch_size=self.batch_size,
+            show_progress_bar=self.show_progress_bar,
+        )
+
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         """:meth:`__call__` as one request on the compressor's batching scheduler (same codes)."""
         todo = await asyncio.to_thread(self._todo, nodes)  # the fingerprint check may load the model
-        if todo:
+        if not todo:
+            return nodes
+        texts = [t for _, t in todo]
+        if self.ray_workers:  # the Ray run blocks: keep it off the event loop
+            codes = await asyncio.to_thread(self._compress, texts)
+        else:
             codes = await self.compressor.acompress_batch(
-                [t for _, t in todo],
+                texts,
                 mode=self.mode,
                 ratio=self.ratio if self.mode == "latent" else None,
                 batch_size=self.batch_size,
             )
-            for (node, _), code in zip(todo, codes, strict=True):
-                add_code_metadata(node, code)
+        for (node, _), code in zip(todo, codes, strict=True):
+            add_code_metadata(node, code)
         return nodes
 
     def _todo(self, nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
