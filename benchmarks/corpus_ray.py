@@ -139,16 +139,18 @@ def _markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']['nproc']} cores, {result['machine']['cpu_model']}, Ray "
         f"{result['machine']['ray']}, load average at the end {result['machine']['load_average_end']}  ",
-        "Exact codec, every code decoded and checked. Wall includes Ray start-up and the model load in each actor; "
-        "steady is first part to last part.",
+        "Exact codec; `checked`: codes decoded and compared with their documents (all of them unless `--verify-limit` "
+        "is given for the default model). Wall includes Ray start-up and the model load in each actor; steady is "
+        "first part to last part.",
         "",
-        "| corpus | workers | docs | text tokens | parts | wall s | docs/s wall | docs/s steady | tokens/s wall |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| corpus | workers | docs | text tokens | parts | wall s | docs/s wall | docs/s steady | tokens/s wall | checked |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['corpus']} | {r['workers']} | {r['docs']} | {r['text_tokens']} | {r['parts']} | {r['wall_s']} | "
-            f"{r['docs_per_s_wall']} | {r['docs_per_s_steady']} | {r['text_tokens_per_s_wall']} |"
+            f"{r['docs_per_s_wall']} | {r['docs_per_s_steady']} | {r['text_tokens_per_s_wall']} | "
+            f"{r.get('round_trips_checked', '')} |"
         )
     return "\n".join(lines) + "\n"
 
