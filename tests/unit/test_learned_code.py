@@ -188,3 +188,27 @@ def test_compressed_documents_fit_where_their_text_does_not(trained: tuple[str, 
     assert sum(zc.latent_codec.prompt_offsets(c)[1] for c in codes) < window
     answer = zc.generate("What are these about?", context=codes, max_new_tokens=4)
     assert isinstance(answer.text, str)
+
+
+def test_span_count_is_the_stop_heads_expected_count() -> None:
+    """A segment gets round(sum of stop probabilities) spans, at the highest-scoring tokens, never longer than
+    max_span: a head whose probabilities average 1/ratio gives the requested ratio even when none passes 0.5."""
+    import math
+
+    from zcompress_integrations.core.codes.learned import span_ends
+
+    quarter = math.log(0.25 / 0.75)  # every token: stop probability 0.25
+    ends = span_ends([quarter] * 64, 64, 16)
+    assert len(ends) == 16 and ends[-1] == 63
+    assert all(0 < b - a <= 16 for a, b in zip([-1, *ends], ends, strict=False))
+    # where the head scores highest, spans end there
+    logits = [-4.0] * 32
+    for t in (5, 12, 20, 31):  # expected count round(4 x 0.98 + 28 x 0.018) = 4
+        logits[t] = 4.0
+    assert span_ends(logits, 32, 16) == [5, 12, 20, 31]
+    # max_span wins over the scores: one high score in 40 tokens still needs 3 spans of <= 16
+    logits = [-9.0] * 40
+    logits[2] = 9.0
+    ends = span_ends(logits, 40, 16)
+    assert len(ends) == 3 and all(0 < b - a <= 16 for a, b in zip([-1, *ends], ends, strict=False))
+    assert span_ends([], 0, 16) == []

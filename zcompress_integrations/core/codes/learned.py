@@ -1,10 +1,11 @@
 """The learned code: the backbone writes its own Z-tokens from a finite vocabulary (arXiv 2603.25340's compressor).
 
 Writing. The backbone reads a segment with its ``compress`` LoRA adapter on, after one ratio embedding
-(``ratio_embed[0] + log2(ratio) * ratio_embed[1]``) that tells it how hard to compress. At every text token a stop
-head decides whether a span ends there (``sigmoid(stop(h_t)) > 0.5``; a span also ends after ``max_span`` tokens
-and at the segment's last token), so the number of Z-tokens is the model's choice, not a formula: spans are short
-where the text is surprising and long where it is predictable. The hidden state at a span's last token, turned by
+(``ratio_embed[0] + log2(ratio) * ratio_embed[1]``) that tells it how hard to compress. A stop head scores every
+text token; the segment gets the head's expected number of spans (the sum of its stop probabilities), ending at its
+highest-scoring tokens (and at the last token; no span is longer than ``max_span``): the number of Z-tokens is the
+model's choice, not a formula, and spans can be short where the text is surprising and long where it is
+predictable (``span_ends``). The hidden state at a span's last token, turned by
 ``to_z``, is quantised by residual vector quantisation over ``codebooks`` codebooks of ``codebook_size`` rows each:
 codebook 1 takes the nearest row, codebook 2 the nearest row to what is left, and so on.
 
@@ -56,14 +57,38 @@ def quantize(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
 
 
 def span_ends(stop_logits: Sequence[float], length: int, max_span: int) -> list[int]:
-    """Indices of the tokens that end a span: where the stop head says so, after ``max_span`` tokens, and the last."""
-    ends, since = [], 0
-    for t in range(length):
-        since += 1
-        if t == length - 1 or since >= max_span or stop_logits[t] > 0.0:
-            ends.append(t)
-            since = 0
-    return ends
+    """Indices of the tokens that end a span. The segment gets the stop head's expected span count,
+    ``round(sum(sigmoid(stop_logits)))`` (at least ``ceil(length / max_span)``, at most ``length``), ending at its
+    highest-scoring tokens and at the last token; a span longer than ``max_span`` is cut after ``max_span`` tokens.
+
+    Training pulls the mean stop probability toward ``1 / ratio`` (the length budget), so the count follows the
+    requested ratio on average and moves with how the head scores the content. A fixed threshold (stop where the
+    probability passes 0.5) does not: run 2's head never passed it, and every span ran to ``max_span``."""
+    import numpy as np
+
+    if length <= 0:
+        return []
+    logits = np.clip(np.asarray(list(stop_logits)[:length], dtype=np.float64), -60.0, 60.0)
+    count = min(max(round(float((1.0 / (1.0 + np.exp(-logits))).sum())), -(-length // max_span), 1), length)
+    # exactly ``count`` ends, the last at the last token, no span over ``max_span``: the placement with the highest
+    # summed stop logit (dynamic programme over spans); a tiny evenness term only breaks ties
+    even = length / count
+    gaps = np.arange(1, max_span + 1)
+    step = -1e-9 * (gaps - even) ** 2
+    score = np.full((count + 1, length + 1), -np.inf)  # score[k, e]: k spans covering tokens 0 .. e - 1
+    score[0, 0] = 0.0
+    back = np.zeros((count + 1, length + 1), dtype=np.int64)
+    for k in range(1, count + 1):
+        for e in range(1, length + 1):
+            g = gaps[gaps <= e]
+            cand = score[k - 1, e - g] + step[: len(g)] + logits[e - 1]
+            best = int(cand.argmax())
+            score[k, e], back[k, e] = cand[best], g[best]
+    ends, e = [], length
+    for k in range(count, 0, -1):
+        ends.append(e - 1)
+        e -= int(back[k, e])
+    return ends[::-1]
 
 
 class LearnedCode:

@@ -18,7 +18,7 @@ max(0, ``contrast_margin`` - (CE with the next row's Z - CE with the row's own Z
 
 Span ends. During training a segment's spans are the surprisal-balanced groups (``surprisal_groups`` over the base
 model's NLL, at the ratio's count); the stop head learns to predict them (``stop_weight``) under a length budget
-(``budget_weight`` x (mean stop probability - 1 / ratio)^2). At inference the stop head alone decides.
+(``budget_weight`` x (mean stop probability - 1 / ratio)^2). At inference the stop head alone decides (``span_ends``).
 
 Diagnostics (``log.jsonl`` eval rows, on held-apart segments, with the inference path: the model's own span ends
 and quantised ids): reader CE with the true Z vs with another segment's Z (must differ by >= 1 nat/token if Z
