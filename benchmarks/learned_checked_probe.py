@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from zcompress_integrations import ZCompressor
-    from zcompress_integrations.core.codes.learned import quantize
     from zcompress_integrations.core.codes.token_groups import TokenGroupCode
     from zcompress_integrations.core.training.compressor import teacher_spans
     from zcompress_integrations.core.training.staged import span_embeddings, teacher_ids
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = TokenGroupCode(codec.lm.get_input_embeddings(), codec.config.vocab_size, code.max_span)
 
     def span_ids(spans: list[list[int]]) -> list[int]:
-        rows = teacher.group_embeddings(spans).float()
-        return code.ids_of(quantize(rows.to(code.codebook.dtype), code.codebook)[1])
+        return code.ids_of(teacher_ids(code.codebook, [teacher.group_embeddings(spans).float()])[0])
 
     texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=0)]
     jobs = []  # (paragraph, text ids, teacher z ids); computed before reading: the teacher's NLL runs adapters off

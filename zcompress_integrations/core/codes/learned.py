@@ -58,8 +58,8 @@ def quantize(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
 
 def span_ends(stop_logits: Sequence[float], length: int, max_span: int) -> list[int]:
     """Indices of the tokens that end a span. The segment gets the stop head's expected span count,
-    ``round(sum(sigmoid(stop_logits)))`` (at least ``ceil(length / max_span)``, at most ``length``), ending at its
-    highest-scoring tokens and at the last token; a span longer than ``max_span`` is cut after ``max_span`` tokens.
+    ``round(sum(sigmoid(stop_logits)))`` (at least ``ceil(length / max_span)``, at most ``length``), placed where
+    their summed stop logits are highest, with the last end at the last token and no span longer than ``max_span``.
 
     Training pulls the mean stop probability toward ``1 / ratio`` (the length budget), so the count follows the
     requested ratio on average and moves with how the head scores the content. A fixed threshold (stop where the
