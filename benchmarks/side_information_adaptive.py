@@ -60,6 +60,16 @@ def allocation(n: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
+def beats(logits, true):  # noqa: ANN001, ANN201
+    """Tokens the greedy choice prefers to the true one: a higher logit, or an equal one at a lower index (argmax
+    takes the first maximum)."""
+    import torch
+
+    mine = logits.gather(1, true[:, None])
+    lower = torch.arange(logits.shape[1])[None, :] < true[:, None]
+    return (logits > mine) | ((logits == mine) & lower)
+
+
 def bits_needed(logits, true, h):  # noqa: ANN001, ANN201
     """Per position: the fewest low bits of ``h`` that make the restricted greedy choice the true token."""
     import torch
@@ -67,7 +77,7 @@ def bits_needed(logits, true, h):  # noqa: ANN001, ANN201
     out = []
     for i in range(0, len(true), 256):
         lg, t = logits[i : i + 256], true[i : i + 256]
-        above = lg > lg.gather(1, t[:, None])
+        above = beats(lg, t)
         x = h[None, :] ^ h[t][:, None]
         low = (x & -x).clamp(min=1).float().log2().round().long() + 1  # trailing equal bits + 1
         out.append(torch.where(above, low, torch.zeros_like(low)).max(1).values)
@@ -163,10 +173,57 @@ def bits_needed_sparse(logits, true, h):  # noqa: ANN001, ANN201
     """``bits_needed`` over only the tokens ranked above the true one (few, usually): the closed loop's hot path."""
     import torch
 
-    above = (logits > logits.gather(1, true[:, None])).nonzero()
+    above = beats(logits, true).nonzero()
     x = h[above[:, 1]] ^ h[true[above[:, 0]]]
     low = (x & -x).float().log2().round().long() + 1
     return torch.zeros(len(true), dtype=torch.long).scatter_reduce(0, above[:, 0], low, "amax").tolist()
+
+
+class ReaderPrefix:
+    """The prefix the reader will have, in a KV cache: what the closed-loop writer simulates.
+
+    Appended tokens wait until logits are needed, so a run of correct spans costs one forward pass.
+    """
+
+    def __init__(self, model, start: int) -> None:  # noqa: ANN001
+        from transformers import DynamicCache
+
+        from zcompress_integrations.core.backbone import cache_kwargs
+
+        self.model, self.cache = model, DynamicCache()
+        self.cache_kwargs = cache_kwargs(model, self.cache)
+        self.tokens: list[int] = []
+        self.pending: list[int] = []
+        self.last = self._forward([start])[-1]
+
+    def _forward(self, tokens: list[int]):  # noqa: ANN202
+        import torch
+
+        with torch.no_grad():
+            ids = torch.tensor([tokens])
+            return self.model(ids, use_cache=True, **self.cache_kwargs).logits[0].float()
+
+    def append(self, tokens: list[int]) -> None:
+        self.tokens += tokens
+        self.pending += tokens
+
+    def next_logits(self):  # noqa: ANN201
+        """The reader's logits for the next token."""
+        if self.pending:
+            self.last, self.pending = self._forward(self.pending)[-1], []
+        return self.last
+
+    def peek(self, tail: list[int]):  # noqa: ANN201
+        """Logits for each token of ``tail`` were it to follow the prefix (the cache is left as it was)."""
+        import torch
+
+        first = self.next_logits()
+        if len(tail) == 1:
+            return first[None]
+        kept = self.cache.get_seq_length()
+        rest = self._forward(tail[:-1])
+        self.cache.crop(kept - self.cache.get_seq_length())
+        return torch.cat([first[None], rest])
 
 
 def closed_loop_plan(
@@ -175,65 +232,43 @@ def closed_loop_plan(
     """Plan as ``fit_budget`` does, but re-plan after every error from the prefix the reader will have.
 
     The open-loop plan assumes the reader's prefix is the true text; after its first error it is not, and the
-    tokens after it need other buckets. Here the writer runs the reader (a KV cache of the prefix it will have):
-    it refreshes the bits needed over the next ``window`` tokens, plans the rest within the Z-tokens left, commits
-    the plan up to the first Z-token with an error (or to the window's end), works out what the reader decodes
-    there, and repeats. Returns the spans and the tokens the reader will get wrong.
+    tokens after it need other buckets. Here the writer runs the reader (``ReaderPrefix``): it refreshes the bits
+    needed over the next ``window`` tokens, plans the rest within the Z-tokens left, commits the plan up to the
+    first Z-token with an error (or to the window's end), works out what the reader decodes there, and repeats.
+    Returns the spans and the tokens the reader will get wrong.
     """
     import torch
-    from transformers import DynamicCache
 
-    from zcompress_integrations.core.backbone import cache_kwargs
-
-    model, h, table_of = run.model, run.h, run.table_of
-    cache = DynamicCache()
-    ckw = cache_kwargs(model, cache)
-
-    def feed(tokens: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return model(torch.tensor([tokens]), use_cache=True, **ckw).logits[0].float()
-
-    last = feed([run.start])[-1]
-    cached = 1
+    if window < max(SPANS):
+        raise ValueError(f"window must hold the longest span ({max(SPANS)} tokens), got {window}")
+    reader = ReaderPrefix(run.model, run.start)
     need = list(need)
-    decoded: list[int] = []
     spans_all: list[tuple[int, int, bool]] = []
-    pos, z_left = 0, budget
-    while pos < len(row):
+    z_left = budget
+    while (pos := len(reader.tokens)) < len(row):
         win = row[pos : pos + window]
-        logits = last[None] if len(win) == 1 else torch.cat([last[None], feed(win[:-1])])
-        if cache.get_seq_length() > cached:
-            cache.crop(cached - cache.get_seq_length())
-        need[pos : pos + len(win)] = bits_needed_sparse(logits, torch.tensor(win), h)
+        logits = reader.peek(win)
+        need[pos : pos + len(win)] = bits_needed_sparse(logits, torch.tensor(win), run.h)
         spans, _ = fit_budget(span_errors(need[pos:]), z_left)
-        commit: list[int] = []
         for i, n, esc in spans:
             if i + n > len(win) and pos + len(win) < len(row):
                 break  # beyond the refreshed window: plan again from here
             bits = [ESCAPE_BITS] if esc else allocation(n)
             spans_all.append((pos + i, n, esc))  # the header's length; the text's end may cut it
-            n = min(n, len(row) - pos - i)
-            wrong = [j for j in range(n) if not esc and need[pos + i + j] > bits[j]]
             z_left -= 2 if esc else 1
+            covered = win[i : i + n]
+            wrong = [j for j in range(len(covered)) if not esc and need[pos + i + j] > bits[j]]
             if not wrong:
-                commit += win[i : i + n]
+                reader.append(covered)
                 continue
-            commit += win[i : i + wrong[0]]
+            reader.append(covered[: wrong[0]])
             step = logits[i + wrong[0]]
-            for j in range(wrong[0], n):  # the reader's own choices from here on
-                if j > wrong[0]:
-                    cached += len(commit)
-                    decoded += commit
-                    step, commit = feed(commit)[-1], []
-                allowed = table_of[bits[j]] == table_of[bits[j]][win[i + j]]
-                commit.append(int(step.masked_fill(~allowed, -math.inf).argmax()))
+            for j in range(wrong[0], len(covered)):  # the reader's own choices from here on
+                step = step if j == wrong[0] else reader.next_logits()
+                allowed = run.table_of[bits[j]] == run.table_of[bits[j]][covered[j]]
+                reader.append([int(step.masked_fill(~allowed, -math.inf).argmax())])
             break
-        if commit:
-            last = feed(commit)[-1]
-            cached += len(commit)
-            decoded += commit
-        pos = len(decoded)
-    return spans_all, sum(a != b for a, b in zip(decoded, row, strict=True))
+    return spans_all, sum(a != b for a, b in zip(reader.tokens, row, strict=True))
 
 
 def measure(ratio: float | None, run: SimpleNamespace, writer: str = "open") -> dict:
