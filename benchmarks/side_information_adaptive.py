@@ -149,26 +149,6 @@ def fit_budget(errors: dict[int, list[int]], budget: int) -> tuple[list[tuple[in
     return spans, int(best[0, budget])
 
 
-def container_bytes(
-    run: SimpleNamespace, spans: list[tuple[int, int, bool]], text: str, text_row: list[int]
-) -> int:
-    """Size of a ZCode holding this many 16-bit Z-tokens (the same container as every latent code)."""
-    from zcompress_integrations.core.zcode import ZCode, text_checksum
-
-    z = z_count(spans)
-    code = ZCode(
-        z_ids=(0,) * z,
-        codec="latent",
-        k=1 << Z_BITS,
-        text_tokens=len(text_row),
-        text_chars=len(text),
-        checksum=text_checksum(text.encode("utf-8")),
-        fingerprint=run.fingerprint,
-        segments=(z,),
-    )
-    return len(code.to_bytes())
-
-
 def bits_needed_sparse(logits, true, h):  # noqa: ANN001, ANN201
     """``bits_needed`` over only the tokens ranked above the true one (few, usually): the closed loop's hot path."""
     import torch
@@ -274,7 +254,7 @@ def closed_loop_plan(
 def measure(ratio: float | None, run: SimpleNamespace, writer: str = "open") -> dict:
     """Plan every paragraph at ``ratio`` (``None``: lossless), read the codes back, and score them."""
     from scipy.stats import spearmanr
-    from side_information_probe import reconstruct
+    from side_information_probe import container_bytes, reconstruct
 
     from zcompress_integrations.eval.metrics import bleu
 
@@ -314,7 +294,10 @@ def measure(ratio: float | None, run: SimpleNamespace, writer: str = "open") -> 
         "achieved_ratio": n_tok / z,
         "payload_bits_per_char": Z_BITS * z / chars,
         "bits_per_char_with_container": 8
-        * sum(container_bytes(run, p[0], t, r) for p, t, r in zip(plans, texts, token_rows, strict=True))
+        * sum(
+            container_bytes(t, len(r), z_count(p[0]))
+            for p, t, r in zip(plans, texts, token_rows, strict=True)
+        )
         / chars,
         "bleu4": float(bleu(hyps, texts)),
         "exact_match": sum(h_ == t for h_, t in zip(hyps, texts, strict=True)) / len(texts),
@@ -394,7 +377,6 @@ def main(argv: list[str] | None = None) -> None:
         chars=chars,
         n_tok=n_tok,
         batch=args.batch,
-        fingerprint=backbone.fingerprint,
         h=h,
         needs=needs,
     )

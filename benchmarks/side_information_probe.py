@@ -159,24 +159,28 @@ def reconstruct(model, token_rows, bucket_rows, tables, start: int, batch: int):
     return out, forced_hits
 
 
-def container_bits_per_char(texts: list[str], token_rows: list[list[int]], ratio: int) -> float:
-    """Bits per character of ZCodes holding ``ceil(tokens / ratio)`` 16-bit Z-tokens per text."""
+def container_bytes(text: str, text_tokens: int, z_tokens: int) -> int:
+    """Size of a ZCode holding ``z_tokens`` 16-bit Z-tokens of ``text`` (the container every latent code uses)."""
     from zcompress_integrations.core.zcode import ZCode, text_checksum
 
-    total = 0
-    for text, row in zip(texts, token_rows, strict=True):
-        z = math.ceil(len(row) / ratio)
-        code = ZCode(
-            z_ids=(0,) * z,
-            codec="latent",
-            k=1 << Z_BITS,
-            text_tokens=len(row),
-            text_chars=len(text),
-            checksum=text_checksum(text.encode("utf-8")),
-            fingerprint=bytes(4),
-            segments=(z,),
-        )
-        total += len(code.to_bytes())
+    code = ZCode(
+        z_ids=(0,) * z_tokens,
+        codec="latent",
+        k=1 << Z_BITS,
+        text_tokens=text_tokens,
+        text_chars=len(text),
+        checksum=text_checksum(text.encode("utf-8")),
+        fingerprint=bytes(4),  # its size, not its value, counts here
+        segments=(z_tokens,),
+    )
+    return len(code.to_bytes())
+
+
+def container_bits_per_char(texts: list[str], token_rows: list[list[int]], ratio: int) -> float:
+    """Bits per character of ZCodes holding ``ceil(tokens / ratio)`` Z-tokens per text."""
+    total = sum(
+        container_bytes(t, len(r), math.ceil(len(r) / ratio)) for t, r in zip(texts, token_rows, strict=True)
+    )
     return 8 * total / sum(len(t) for t in texts)
 
 
