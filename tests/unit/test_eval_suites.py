@@ -97,6 +97,9 @@ def test_qa_summaries_queries_speed_are_sane(all_results: tuple[Path, dict[str, 
         assert qa["llmlingua x2"]["prompt_tokens"] < qa["full"]["prompt_tokens"]
     summ = suites["summarization"]["methods"]["full"]
     assert all(0 <= summ[k] <= 1 for k in ("rouge1", "rouge2", "rougeL"))
+    floor = suites["summarization"]["methods"]["none"]  # the prompt alone: the floor a context has to beat
+    assert floor["status"] == "ok" and 0 <= floor["rougeL"] <= 1
+    assert floor["prompt_tokens"] < summ["prompt_tokens"]
     assert suites["queries"]["methods"]["exact"]["exactness"] == 1.0
     exact_speed = [r for r in suites["speed"]["rows"] if r["method"] == "exact"]
     assert [r["length"] for r in exact_speed] == [8, 16]

@@ -491,7 +491,8 @@ def qa_summary(row: dict[str, Any], golds: list[str]) -> dict[str, Any]:
 
 
 def run_summarization(ctx: EvalContext) -> dict[str, Any]:
-    """CNN/DM ROUGE-1/2/L of summaries written from the full article and from its latent Z context."""
+    """CNN/DM ROUGE-1/2/L of summaries written from the full article, from its latent Z context, and from no
+    context at all (``none``: what the prompt alone scores, the floor a context has to beat)."""
     from zcompress_integrations.eval import datasets, metrics
 
     cfg, zc = ctx.config, ctx.zc
@@ -500,10 +501,10 @@ def run_summarization(ctx: EvalContext) -> dict[str, Any]:
     refs = [ex.highlights for ex in examples]
     methods: dict[str, Any] = {}
 
-    def summarize(method: str, contexts: Sequence[Any]) -> None:
+    def summarize(method: str, contexts: Sequence[Sequence[Any]]) -> None:
         results = zc.generate_batch(
             [SUMMARY_PROMPT] * len(contexts),
-            contexts=[[c] for c in contexts],
+            contexts=contexts,
             max_new_tokens=cfg.summary_max_new_tokens,
         )
         outs = [res.text.strip() for res in results]
@@ -514,16 +515,22 @@ def run_summarization(ctx: EvalContext) -> dict[str, Any]:
             "summaries": outs,
         }
 
-    with ctx.bar(1 + 2 * len(cfg.ratios), "summarization") as bar:
+    with ctx.bar(2 + 2 * len(cfg.ratios), "summarization") as bar:
         bar.set_description("summarization: full text")
-        summarize("full", articles)
+        summarize("full", [[a] for a in articles])
+        bar.update(1)
+        bar.set_description("summarization: no context")
+        summarize("none", [[] for _ in articles])
         bar.update(1)
         for ratio in cfg.ratios:
             tag = f"latent x{ratio:g}"
             bar.set_description(f"summarization: {tag}")
             codes = ctx.latent(lambda r=ratio: zc.compress_batch(articles, mode="latent", ratio=r))
             bar.update(1)
-            if codes is None or ctx.latent(lambda t=tag, c=codes: summarize(t, c) or True) is None:
+            if (
+                codes is None
+                or ctx.latent(lambda t=tag, c=codes: summarize(t, [[x] for x in c]) or True) is None
+            ):
                 methods[tag] = ctx.unavailable()
             bar.update(1)
     return {"n": len(articles), "max_tokens": cfg.max_tokens, "prompt": SUMMARY_PROMPT, "methods": methods}
