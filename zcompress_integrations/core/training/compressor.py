@@ -474,7 +474,7 @@ def train_compressor(
             "kind": "train",
             "step": progress["step"],
             "ratio": ratio,
-            "loss": round(float(loss), 4),
+            "loss": round(float(loss.detach()), 4),
             "lr": lr,
         }
         if _bookkeeping(cfg, codec, step_fn, opt, rng, progress, held, row | parts, records):
