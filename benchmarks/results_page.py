@@ -85,7 +85,7 @@ SECTIONS = (
     ),
     Section(
         "Summaries from Z, 100 CNN/DM articles",
-        "summary ROUGE-L from Z at 2x and 4x against full text",
+        "summary ROUGE-L from Z at 2x and 4x against full text and no article",
         ("summarization_cnndm100/results.md",),
     ),
     Section(

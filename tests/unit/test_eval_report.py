@@ -57,8 +57,23 @@ def test_markdown_table() -> None:
         ),
         lambda p: report.plot_throughput({"compress": [(64, 120.0), (1024, 800.0)]}, p, unit="tokens/s"),
         lambda p: report.plot_curves({}, p, xlabel="x", ylabel="y"),
+        lambda p: report.plot_curves(
+            {"a": [(1.0, 2.0)]}, p, xlabel="x", ylabel="y", vlines={"bound": 1.5}, legend_outside=True
+        ),
     ],
 )
 def test_plots_write_png(draw: Callable[[Path], Path], tmp_path: Path) -> None:
     path = draw(tmp_path / "plots" / "figure.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_legend_outside_widens_the_figure(tmp_path: Path) -> None:
+    import struct
+
+    def width(path: Path) -> int:
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]  # the PNG header's IHDR width
+
+    curves = {"a": [(1.0, 2.0), (2.0, 3.0)]}
+    inside = report.plot_curves(curves, tmp_path / "in.png", xlabel="x", ylabel="y")
+    outside = report.plot_curves(curves, tmp_path / "out.png", xlabel="x", ylabel="y", legend_outside=True)
+    assert width(outside) > width(inside)

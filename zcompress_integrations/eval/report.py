@@ -157,6 +157,7 @@ def plot_curves(
     vlines: Mapping[str, float] | None = None,
     log_x: bool = False,
     log_y: bool = False,
+    legend_outside: bool = False,
 ) -> Path:
     """Draw one line per method (points sorted by x) and save a PNG.
 
@@ -169,6 +170,8 @@ def plot_curves(
         vlines: ``{label: x}`` dashed vertical lines (e.g. a bound).
         log_x: Logarithmic x axis.
         log_y: Logarithmic y axis.
+        legend_outside: Put the legend right of the axes (a wider figure), for many or long labels that would
+            hide points.
 
     Returns:
         The path written.
@@ -178,7 +181,7 @@ def plot_curves(
     except ImportError as err:
         raise ImportError("Plots need matplotlib: pip install zcompress-integrations[eval]") from err
 
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    fig = Figure(figsize=(11.0 if legend_outside else 6.4, 4.4), dpi=120)
     ax = fig.add_subplot()
     for name, points in curves.items():
         pts = sorted((float(x), float(y)) for x, y in points)
@@ -198,7 +201,10 @@ def plot_curves(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if curves or vlines:
-        ax.legend(fontsize="small")
+        if legend_outside:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
