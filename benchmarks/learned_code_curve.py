@@ -113,7 +113,9 @@ def stored_rows() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/learned_code_curve")
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     curves: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r["requested"] is None:  # the lossless probe row: a point of its own
-            curves.setdefault("probe: variable-length buckets, lossless", []).append((r["achieved"], r["bleu4"]))
+            curves.setdefault("probe: variable-length buckets, lossless", []).append(
+                (r["achieved"], r["bleu4"])
+            )
             continue
         curves.setdefault(f"{r['code']}, {r['writer']}", []).append((r["achieved"], r["bleu4"]))
     bounds = {f"exact codec bound, K = 2^{b}: {b / h_bits:.2f}x": b / h_bits for b in (12, 16, 24)}
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += ["", f"Plot: `{out.with_suffix('.png').name}`."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "h_bits": h_bits, "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"command": command, "h_bits": h_bits, "rows": rows}, indent=2)
+    )
     print("\n".join(lines))
 
 
