@@ -212,3 +212,24 @@ def test_span_count_is_the_stop_heads_expected_count() -> None:
     ends = span_ends(logits, 40, 16)
     assert len(ends) == 3 and all(0 < b - a <= 16 for a, b in zip([-1, *ends], ends, strict=False))
     assert span_ends([], 0, 16) == []
+
+
+def test_reader_ce_joins_the_loss_at_ce_start(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Before ``ce_start`` the loss is the writer's terms alone (stage a: learn the embeddings the reader reads);
+    the reader's CE is logged on every row, and counts in the loss from ``ce_start`` on."""
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import train_compressor
+    from zcompress_integrations.errors import ConfigError
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    cfg = _config(tmp_path / "late_ce", ce_start=2, vq_start=100, eval_every=100)
+    _, records = train_compressor(cfg, backbone=backbone, segments=_segments(backbone))
+    train = [r for r in records if r["kind"] == "train"]
+    others = ("contrast", "stop", "budget", "match", "vq")
+    for r in train:
+        assert math.isfinite(r["ce"]) and r["ce"] > 0
+        # the row of step s logs optimizer step s - 1
+        ce_in_loss = r["ce"] if r["step"] > cfg.ce_start else 0.0
+        assert r["loss"] == pytest.approx(ce_in_loss + sum(r[k] for k in others), abs=1e-3)
+    with pytest.raises(ConfigError, match="ce_weight"):
+        _config(tmp_path, ce_weight=-1.0)

@@ -5,8 +5,9 @@ that already reads Z (the shipped token-group ``decompress`` adapter) and moves 
 
 1. **Continuous Z that the reader already reads** (steps < ``vq_start``). The ``compress`` adapter reads a segment
    after a ratio embedding; at the last token of each span the hidden state, through ``to_z``, must be an embedding
-   the frozen reader turns back into the span: loss = reader CE + ``match_weight`` x MSE to the span's token-group
-   embedding (spans of <= 4 tokens, what the reader was trained on).
+   the frozen reader turns back into the span: loss = ``ce_weight`` x reader CE + ``match_weight`` x MSE to the
+   span's token-group embedding (spans of <= 4 tokens, what the reader was trained on). The CE can join late
+   (``ce_start``): its gradient through a reader reading noise Z kept the match from falling in run 4.
 2. **Quantise**: at ``vq_start`` the codebook is initialised by k-means over the Z vectors of recent steps; from
    then on Z goes through residual VQ (straight-through, codebook + commitment losses, unused rows restarted
    from recent vectors), and from ``reader_start`` the reader LoRA trains on quantised inputs too.
@@ -261,7 +262,9 @@ class _Step:
         self.buffer: list[Any] = []
         self.used: Any = None
 
-    def __call__(self, seg: Any, ratio: float, quantised: bool) -> tuple[Any, dict[str, float]]:
+    def __call__(
+        self, seg: Any, ratio: float, quantised: bool, ce_weight: float = 1.0
+    ) -> tuple[Any, dict[str, float]]:
         import torch
         import torch.nn.functional as F
 
@@ -298,7 +301,7 @@ class _Step:
             ce = reader_ce(codec, seg, z_rows)
             gap = self._contrast(seg, z_rows, ce)
         parts = {
-            "ce": ce,
+            "ce": ce_weight * ce,
             "contrast": cfg.contrast_weight * torch.relu(cfg.contrast_margin - gap)
             if gap is not None
             else 0 * ce,
@@ -309,6 +312,7 @@ class _Step:
         }
         loss = sum(parts.values())
         return loss, {k: round(float(v.detach()), 4) for k, v in parts.items()} | {
+            "ce": round(float(ce.detach()), 4),  # the reader's CE itself, whatever its weight in the loss
             "z_per_seg": sum(map(len, spans)) / len(spans),
             "ce_gap": round(float(gap.detach()), 4) if gap is not None else None,
         }
@@ -456,7 +460,8 @@ def train_compressor(
         allowed = cfg.ratios[: 1 + step // cfg.curriculum_every]
         ratio = float(allowed[int(rng.integers(0, len(allowed)))])
         # 5b. forward (quantised from vq_start), backward (the reader from reader_start), clip, step
-        loss, parts = step_fn(seg, ratio, step >= cfg.vq_start)
+        ce_weight = cfg.ce_weight if step >= cfg.ce_start else 0.0
+        loss, parts = step_fn(seg, ratio, step >= cfg.vq_start, ce_weight)
         loss.backward()
         if step < cfg.reader_start:  # the reader stays as it was (peft turns every adapter's grads on)
             for p in _lora(codec, READER).values():

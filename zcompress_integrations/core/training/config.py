@@ -228,6 +228,10 @@ class CompressorConfig:
         100  # the reader LoRA trains from this step on (before: frozen, the compressor adapts)
     )
     match_weight: float = 1.0  # weight of matching the token-group embedding of spans of <= 4 tokens
+    # weight of the reader's CE in the loss (always logged as ``ce``); 0 before ``ce_start`` lets the writer first
+    # learn the embeddings the reader reads (stage a) without the reader's gradient through noise Z (run 4)
+    ce_weight: float = 1.0
+    ce_start: int = 0  # the reader's CE joins the loss (at ``ce_weight``) from this step on
     stop_weight: float = 1.0  # weight of the stop head's imitation of the surprisal-balanced span ends
     budget_weight: float = 1.0  # weight of (mean stop probability - 1 / ratio)^2: the length budget
     commit_weight: float = 0.25  # VQ commitment weight (the codebook loss has weight 1)
@@ -254,8 +258,8 @@ class CompressorConfig:
         _check(self)
         _at_least(self, 1, "segment_len", "lora_r", "codebooks", "max_span", "curriculum_every")
         _at_least(self, 2, "codebook_size")
-        _at_least(self, 0, "held", "max_data_tokens", "vq_start", "reader_start")
-        _at_least(self, 0, "match_weight", "stop_weight", "budget_weight", "commit_weight")
+        _at_least(self, 0, "held", "max_data_tokens", "vq_start", "reader_start", "ce_start")
+        _at_least(self, 0, "match_weight", "ce_weight", "stop_weight", "budget_weight", "commit_weight")
         _at_least(self, 0, "contrast_weight", "contrast_margin")
         _check_schedule(self)
         if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):
