@@ -4,9 +4,10 @@
 
 Train rows are averaged over windows of ``--window`` steps: the reader's CE with the row's own Z, the gap to the
 CE with another row's Z (the information Z carries; it must reach >= 1 nat/token), the match term (MSE of Z to the
-span's token-group embedding over the target's mean square: 1.0 is what an all-zero Z scores), the VQ term, Z-tokens
-per segment, and wall seconds a step (eval rows included). Eval rows (inference path: the model's span ends and
-quantised ids) are listed as logged. Prints to stdout.
+span's token-group embedding over the target's mean square: 1.0 is what an all-zero Z scores; the log holds it times
+the run's ``match_weight``, which ``--match-weight`` divides out), the VQ term, Z-tokens per segment, and wall
+seconds a step (eval rows included). Eval rows (inference path: the model's span ends and quantised ids) are
+listed as logged. Prints to stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from pathlib import Path
 
 
-def tables(rows: list[dict], window: int) -> list[str]:
+def tables(rows: list[dict], window: int, match_weight: float = 1.0) -> list[str]:
     train = [r for r in rows if r["kind"] == "train"]
     lines = [
         "| steps | ratios | CE, own Z (nats/token) | CE gap (other Z - own) | match (relative MSE) | vq "
@@ -38,7 +39,7 @@ def tables(rows: list[dict], window: int) -> list[str]:
         last_s = block[-1]["seconds"]
         lines.append(
             f"| {lo}-{block[-1]['step']} | {ratios} | {mean('ce'):.3f} | {mean('ce_gap'):+.3f} | "
-            f"{mean('match'):.3f} | {mean('vq'):.3f} | {mean('z_per_seg'):.1f} | {per_step:.1f} |"
+            f"{mean('match') / match_weight:.3f} | {mean('vq'):.3f} | {mean('z_per_seg'):.1f} | {per_step:.1f} |"
         )
     evals = [r for r in rows if r["kind"] == "eval"]
     if evals:
@@ -62,9 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("log", type=Path)
     parser.add_argument("--window", type=int, default=25)
+    parser.add_argument(
+        "--match-weight", type=float, default=1.0, help="the run's match_weight (see its config)"
+    )
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
-    print("\n".join(tables(rows, args.window)))
+    print("\n".join(tables(rows, args.window, args.match_weight)))
 
 
 if __name__ == "__main__":
