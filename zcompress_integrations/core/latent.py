@@ -99,6 +99,10 @@ class LatentConfig:
         backbone: name of the backbone; ``backbone_fingerprint``: its fingerprint (hex).
         max_decode_extra: decoding stops at the end token or after ``segment_len + max_decode_extra`` tokens.
         max_group: most text tokens one Z-token stands for (token-group code).
+        positions: where the token-group code's Z-tokens sit: ``"aligned"`` (each at its group's first token, so
+            a code spans its text's positions; the shipped reader) or ``"consecutive"`` (``0 .. m-1``: a code of
+            ``m`` Z-tokens spans ``m`` positions, so more compressed documents fit in the window). The reader is
+            trained for one of them. The learned code's Z-tokens are always consecutive.
         codebook_size / codebooks / max_span: the learned code's vocabulary (``codebook_size ** codebooks`` ids)
             and most text tokens one of its Z-tokens stands for.
         vocab_size: text vocabulary size the token-group code is built on (set by :meth:`LatentCodec.create`).
@@ -120,6 +124,7 @@ class LatentConfig:
     backbone_fingerprint: str = ""
     max_decode_extra: int = 8
     max_group: int = 4
+    positions: Literal["aligned", "consecutive"] = "aligned"
     vocab_size: int = 0
     codebook_size: int = 4096
     codebooks: int = 1
@@ -145,6 +150,10 @@ class LatentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"LatentConfig.{name} must be an integer >= 1; got {value!r}")
+        if self.positions not in ("aligned", "consecutive"):
+            raise ConfigError(
+                f"LatentConfig.positions must be 'aligned' or 'consecutive'; got {self.positions!r}"
+            )
         if self.max_decode_extra < 0 or self.vocab_size < 0:
             raise ConfigError("LatentConfig.max_decode_extra and vocab_size must be >= 0")
         if not 0 <= self.lora_dropout < 1:

@@ -14,8 +14,10 @@ random rotation ``R_k`` (``R_0 = I``; the others are rebuilt from :data:`ROTATIO
 is in the code, divided by ``sqrt(g)`` and scaled to the backbone's mean token-embedding norm. Nothing in it is
 trained: only the reader (the ``decompress`` LoRA) learns to read it.
 
-Positions. A Z-token sits where its group's first token sits in the text, so the reader finds the Z it needs at a
-small fixed offset and a code spans the positions of its text.
+Positions. ``aligned`` (the shipped reader): a Z-token sits where its group's first token sits in the text, so the
+reader finds the Z it needs at a small fixed offset and a code spans the positions of its text. ``consecutive``:
+Z-tokens take positions ``0 .. m-1``, so a code of ``m`` Z-tokens spans ``m`` positions in a prompt and
+compressed documents leave room for more of them; the reader finds its Z by content, not by position.
 """
 
 from __future__ import annotations
@@ -116,16 +118,25 @@ class TokenGroupCode:
         vocab_size: the text vocabulary the ids are built on.
         max_group: most text tokens one Z-token stands for.
         token_scale: the embedding norm of a Z-token; ``None`` measures it (mean token-embedding norm).
+        positions: ``"aligned"`` or ``"consecutive"`` (see the module docstring).
     """
 
     name = "token_groups"
     adapters = ("decompress",)
 
     def __init__(
-        self, embedding: Any, vocab_size: int, max_group: int, token_scale: float | None = None
+        self,
+        embedding: Any,
+        vocab_size: int,
+        max_group: int,
+        token_scale: float | None = None,
+        positions: str = "aligned",
     ) -> None:
         import torch
 
+        if positions not in ("aligned", "consecutive"):
+            raise ValueError(f"positions must be 'aligned' or 'consecutive'; got {positions!r}")
+        self.positions = positions
         self.embedding = embedding
         self.vocab_size = int(vocab_size)
         self.max_group = int(max_group)
@@ -144,7 +155,7 @@ class TokenGroupCode:
     def from_config(cls, config: Any, embedding: Any, state: dict[str, Any] | None = None) -> TokenGroupCode:
         """The code a :class:`~zcompress_integrations.core.latent.LatentConfig` describes (``state``: saved tensors)."""
         scale = None if state is None else float(state["token_scale"])
-        return cls(embedding, config.vocab_size, config.max_group, scale)
+        return cls(embedding, config.vocab_size, config.max_group, scale, config.positions)
 
     # ---- sizes -------------------------------------------------------------------------------------------
     @property
@@ -205,9 +216,14 @@ class TokenGroupCode:
         scale = torch.tensor(self.token_scale, dtype=torch.float32, device=dev)
         return (total * scale).to(weight.dtype)
 
-    def offsets(self, z_ids: Sequence[int]) -> tuple[list[int], int]:
-        sizes = [len(g) for g in self.groups(z_ids)]
+    def group_positions(self, sizes: Sequence[int]) -> tuple[list[int], int]:
+        """Position offsets of the Z-tokens of groups of ``sizes`` tokens, and the positions the code spans."""
+        if self.positions == "consecutive":
+            return list(range(len(sizes))), len(sizes)
         return group_starts(sizes), sum(sizes)
+
+    def offsets(self, z_ids: Sequence[int]) -> tuple[list[int], int]:
+        return self.group_positions([len(g) for g in self.groups(z_ids)])
 
     def text_length(self, z_ids: Sequence[int]) -> int | None:
         return sum(len(g) for g in self.groups(z_ids))
@@ -222,7 +238,9 @@ class TokenGroupCode:
         self.token_scale = float(state["token_scale"])
 
     def fingerprint_parts(self) -> list[bytes]:
-        return [
+        parts = [
             self.name.encode(),
             struct.pack("<IIIf", self.vocab_size, self.max_group, ROTATION_SEED, self.token_scale),
         ]
+        # only the new layout adds a part: codes written with aligned adapters keep their fingerprints
+        return parts + ([b"consecutive"] if self.positions == "consecutive" else [])

@@ -121,6 +121,9 @@ class ReaderConfig:
     seed: int = 0  # adapter init, separator, data order and groupings
     segment_len: int = 64  # text tokens per segment
     max_group: int = 4  # most text tokens one Z-token stands for
+    # where Z-tokens sit: "aligned" (at their group's first token; the shipped reader) or "consecutive"
+    # (0 .. m-1: a code takes as many positions as it has Z-tokens)
+    positions: Literal["aligned", "consecutive"] = "aligned"
     lora_r: int = 16  # LoRA rank of the reader (alpha = 2 x rank)
     group_probs: list[float] = field(default_factory=lambda: list(GROUP_PROBS))  # P(group size = 1, 2, ...)
     train_sep: bool = False  # also train the separator embedding (the shipped recipe keeps it fixed)

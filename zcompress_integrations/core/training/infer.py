@@ -136,6 +136,11 @@ def _check_inputs(
     codec: LatentCodec, windows: Any, held: Any, cfg: InferConfig
 ) -> tuple[Any, Any, list[float]]:
     """(train windows, held windows or None, normalised group_probs), checked against the codec."""
+    if codec.config.positions != "aligned":
+        raise ConfigError(
+            f"the infer adapter continues Z at aligned positions; these adapters' reader uses "
+            f"positions={codec.config.positions!r}: train infer on aligned-position adapters"
+        )
     arr = check_windows(codec, windows)
     held = None if held is None or not len(held) else check_windows(codec, held)
     if len(cfg.group_probs) > codec.config.max_group:

@@ -2,7 +2,8 @@
 
 The code is not learned, so it cannot collapse: each Z-token stands for a group of 1..``max_group`` consecutive text
 tokens and its embedding is fixed (``core/codes/token_groups.py``). What the adapter learns is to find and read
-it. Z-tokens sit at aligned position ids (where their group's first token sits), so reading is a local lookup.
+it. With ``positions="aligned"`` (the shipped reader) Z-tokens sit where their group's first token sits, so reading
+is a local lookup; with ``"consecutive"`` they take positions ``0 .. m-1`` and the reader finds them by content.
 
 Loss: teacher-forced reconstruction cross-entropy (text + end token) after the prefix ``[Z_1 .. Z_m, sep]``, over
 random partitions of training segments into groups (sizes drawn from ``group_probs``), so one adapter reads any
@@ -64,6 +65,7 @@ SHAPE_FIELDS = (
     "max_group",
     "lora_r",
     "train_sep",
+    "positions",
 )  # a resumed run cannot change these
 
 
@@ -97,7 +99,7 @@ def batch_inputs(codec: LatentCodec, seg: Any, groups: list[list[int]]) -> tuple
         m = len(token_groups)
         prefix = codec.decoder_prefix(codec.code.group_embeddings(token_groups).unsqueeze(0))[0]  # [m + 1, H]
         x[b, m_max - m : m_max + 1] = prefix
-        pos[b, m_max - m : m_max] = torch.as_tensor(group_starts(groups[b]))
+        pos[b, m_max - m : m_max] = torch.as_tensor(codec.code.group_positions(groups[b])[0])
         mask[b, m_max - m :] = 1
     x[:, m_max + 1 :] = codec.embed(seg)
     pos[:, m_max] = 0  # the separator: where the first token is predicted
@@ -366,7 +368,12 @@ def _setup(
         torch.backends.cuda.matmul.allow_tf32 = True
     L = cfg.segment_len
     latent = LatentConfig(
-        segment_len=L, max_slots=L, max_group=cfg.max_group, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r
+        segment_len=L,
+        max_slots=L,
+        max_group=cfg.max_group,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        positions=cfg.positions,
     )
     return backbone, LatentCodec.create(backbone, latent, seed=cfg.seed)
 
@@ -418,7 +425,9 @@ def _start_from(
     ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, task="reader")
-        changed = [k for k in SHAPE_FIELDS if state["config"].get(k) != getattr(cfg, k)]
+        # a field a checkpoint predates holds its default there
+        saved = {**{k: getattr(ReaderConfig(), k) for k in SHAPE_FIELDS}, **state["config"]}
+        changed = [k for k in SHAPE_FIELDS if saved[k] != getattr(cfg, k)]
         if changed:
             raise ConfigError(
                 f"resume: {ckpt_path} was trained with other {changed}; use init_from to change them"
