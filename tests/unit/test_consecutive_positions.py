@@ -155,3 +155,23 @@ def test_answer_prompt_places_consecutive_codes_after_each_other(
     assert x.shape[0] == fed and int(pos[-1]) == prompt_span(pieces) - 1 == fed - 1
     start = len(pieces[0])
     assert (pos[start : start + code.z_tokens] - start).tolist() == list(range(code.z_tokens))
+
+
+def test_learned_code_training_warns_when_its_reader_reads_aligned_positions(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The learned code reads Z at consecutive positions: starting it from an aligned reader is allowed (run 5
+    measured what that gives) but said; from a consecutive one it is quiet."""
+    from zcompress_integrations.core.training import CompressorConfig
+    from zcompress_integrations.core.training.compressor import _setup
+
+    for positions in ("aligned", "consecutive"):
+        _codec(tiny_model_dir, positions).save_pretrained(tmp_path / positions)
+        caplog.clear()
+        cfg = CompressorConfig(
+            init_reader=str(tmp_path / positions), segment_len=L, lora_r=2, codebook_size=16
+        )
+        with caplog.at_level("WARNING"):
+            _setup(cfg, load_backbone(str(tiny_model_dir), device="cpu"))
+        warned = [r for r in caplog.records if "consecutive positions" in r.getMessage()]
+        assert len(warned) == (1 if positions == "aligned" else 0)

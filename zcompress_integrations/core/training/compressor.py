@@ -194,6 +194,16 @@ def _setup(cfg: CompressorConfig, backbone: Any) -> tuple[Any, LatentCodec, Toke
             raise ConfigError(
                 f"init_reader must hold token-group adapters; {cfg.init_reader} holds {start.config.code!r}"
             )
+        if start.config.positions != "consecutive":
+            # run 5: the shipped (aligned) reader, given its targets exactly at these positions, reads worse than
+            # with zero Z (benchmarks/results/learned_code_run5/ceiling.json)
+            logger.warning(
+                "init_reader %s reads Z at positions %r; the learned code puts them at consecutive positions, where "
+                "such a reader does not read token-group embeddings: start from a reader trained with "
+                "--positions consecutive",
+                cfg.init_reader,
+                start.config.positions,
+            )
         peft_model = start.peft_model
         if "infer" in peft_model.peft_config:  # the learned code has no generation in Z space yet
             peft_model.delete_adapter("infer")
