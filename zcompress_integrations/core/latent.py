@@ -150,10 +150,10 @@ class LatentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"LatentConfig.{name} must be an integer >= 1; got {value!r}")
-        if self.positions not in ("aligned", "consecutive"):
-            raise ConfigError(
-                f"LatentConfig.positions must be 'aligned' or 'consecutive'; got {self.positions!r}"
-            )
+        from zcompress_integrations.core.codes.token_groups import POSITIONS
+
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"LatentConfig.positions must be one of {POSITIONS}; got {self.positions!r}")
         if self.max_decode_extra < 0 or self.vocab_size < 0:
             raise ConfigError("LatentConfig.max_decode_extra and vocab_size must be >= 0")
         if not 0 <= self.lora_dropout < 1:

@@ -33,9 +33,18 @@ if TYPE_CHECKING:
 
     from zcompress_integrations.core.latent import LatentCodec
 
-__all__ = ["TokenGroupCode", "group_ids", "id_groups", "even_groups", "surprisal_groups", "ROTATION_SEED"]
+__all__ = [
+    "TokenGroupCode",
+    "group_ids",
+    "id_groups",
+    "even_groups",
+    "surprisal_groups",
+    "ROTATION_SEED",
+    "POSITIONS",
+]
 
 ROTATION_SEED = 1234
+POSITIONS = ("aligned", "consecutive")  # where Z-tokens sit (see "Positions" above)
 
 
 def group_ids(tokens: Sequence[int], sizes: Sequence[int], vocab: int) -> list[int]:
@@ -134,8 +143,8 @@ class TokenGroupCode:
     ) -> None:
         import torch
 
-        if positions not in ("aligned", "consecutive"):
-            raise ValueError(f"positions must be 'aligned' or 'consecutive'; got {positions!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}")
         self.positions = positions
         self.embedding = embedding
         self.vocab_size = int(vocab_size)
