@@ -233,3 +233,58 @@ def test_reader_ce_joins_the_loss_at_ce_start(tmp_path: Path, tiny_model_dir: Pa
         assert r["loss"] == pytest.approx(ce_in_loss + sum(r[k] for k in others), abs=1e-3)
     with pytest.raises(ConfigError, match="ce_weight"):
         _config(tmp_path, ce_weight=-1.0)
+
+
+def test_init_from_starts_from_another_runs_weights(
+    tmp_path: Path, tiny_model_dir: Path, tiny_latent_adapters: Path
+) -> None:
+    """``init_from`` (an adapters directory or a checkpoint) loads the other run's weights, codebook included:
+    a run of 0 steps from them exports what it loaded, and no k-means overwrites the codebook at ``vq_start`` 0."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import train_compressor
+    from zcompress_integrations.errors import ConfigError
+
+    def load(out: Path) -> dict[str, Any]:
+        found = load_file(str(out / "adapters" / "latent_modules.safetensors"))
+        for adapter in ("compress", "decompress"):
+            found |= load_file(str(out / "adapters" / adapter / "adapter_model.safetensors"))
+        return found
+
+    rows = _segments(load_backbone(str(tiny_model_dir), device="cpu"))
+    first = tmp_path / "first"
+    train_compressor(
+        _config(first, eval_every=100),
+        backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+        segments=rows,
+    )
+    source = load(first)
+    for start in (first / "adapters", first / "checkpoint.pt"):
+        out = tmp_path / start.name
+        cfg = _config(out, steps=0, vq_start=0, eval_every=100)
+        train_compressor(
+            cfg, init_from=start, backbone=load_backbone(str(tiny_model_dir), device="cpu"), segments=rows
+        )
+        loaded = load(out)
+        assert loaded.keys() == source.keys()
+        for key in source:
+            torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=f"{start}: {key}")
+
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_compressor(
+            _config(tmp_path / "k32", codebook_size=32, steps=0),
+            init_from=first / "adapters",
+            backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+            segments=rows,
+        )
+    with pytest.raises(ConfigError, match="learned-code adapters"):
+        train_compressor(
+            _config(tmp_path / "tg", steps=0),
+            init_from=tiny_latent_adapters,
+            backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+            segments=rows,
+        )
+    with pytest.raises(ConfigError, match="exclude each other"):
+        train_compressor(_config(tmp_path / "both"), resume=True, init_from=first / "adapters")

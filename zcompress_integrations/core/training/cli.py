@@ -158,9 +158,7 @@ def run(args: argparse.Namespace) -> Path:
     elif args.task == "compressor":
         from zcompress_integrations.core.training.compressor import train_compressor
 
-        if args.init_from:
-            raise ConfigError("compressor: use --init-reader to choose the reader it starts from")
-        train_compressor(cfg, resume=args.resume)
+        train_compressor(cfg, resume=args.resume, init_from=args.init_from)
     elif args.task == "staged":
         from zcompress_integrations.core.training.staged import train_staged
 

@@ -48,7 +48,7 @@ from zcompress_integrations.core.training.reader import log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["train_compressor", "teacher_spans", "reader_ce", "diagnostics", "kmeans"]
+__all__ = ["train_compressor", "teacher_spans", "reader_ce", "diagnostics", "kmeans", "init_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,82 @@ def _apply(codec: LatentCodec, weights: dict[str, Any]) -> None:
     codec.refresh_fingerprint()
 
 
+def init_source(source: str | Path) -> dict[str, Any]:
+    """Weights to start from (``--init-from``), named as :func:`_weights` names them, plus ``"sep"``: a learned-code
+    adapters directory or a compressor run's ``checkpoint.pt``. The optimizer starts fresh."""
+    from safetensors.torch import load_file
+
+    from zcompress_integrations.core.latent import CONFIG_NAME, MODULES_NAME
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise ConfigError(f"init_from: {path} is not a latent adapters directory (no {CONFIG_NAME})")
+        kind = LatentConfig.load(path).code
+        if kind != "learned":
+            raise ConfigError(
+                f"init_from: {path} holds {kind!r} adapters; a compressor run starts from learned-code adapters "
+                "(use init_reader for a token-group reader)"
+            )
+        out: dict[str, Any] = {}
+        for adapter in (READER, COMPRESS):
+            saved = load_file(str(path / adapter / "adapter_model.safetensors"))
+            # peft drops the adapter name when saving: put it back to match the live parameter names
+            out.update({k.replace(".weight", f".{adapter}.weight"): v.float() for k, v in saved.items()})
+        modules = load_file(str(path / MODULES_NAME))
+        out["sep"] = modules.pop("sep")
+        out.update({f"code.{k}": v for k, v in modules.items()})
+        return out
+    if path.is_file():
+        return load_checkpoint(path, task="compressor")["trainable"]
+    raise ConfigError(
+        f"init_from: {source} is neither a learned-code adapters directory nor a checkpoint file"
+    )
+
+
+def _init_from(codec: LatentCodec, source: str | Path) -> None:
+    """Load :func:`init_source` weights into ``codec``, refusing any whose shape differs (another rank, K, ...)."""
+    import torch
+
+    weights = init_source(source)
+    live = {**_lora(codec, READER), **_lora(codec, COMPRESS)}
+    live.update({f"code.{k}": v for k, v in codec.code.state_dict().items()})
+    missing = sorted(set(live) - set(weights))
+    wrong = sorted(k for k in live if k in weights and weights[k].shape != live[k].shape)
+    if missing or wrong:
+        raise ConfigError(
+            f"init_from: {source} does not fit this config ({len(missing)} weights missing, shapes differ for "
+            f"{wrong[:3]}): give it the lora_r, codebook_size, codebooks and model it was trained with"
+        )
+    _apply(codec, weights)
+    if "sep" in weights:  # the separator the reader was trained with
+        with torch.no_grad():
+            codec.sep.copy_(weights["sep"].to(codec.sep))
+        codec.refresh_fingerprint()
+
+
+def _start(
+    codec: LatentCodec,
+    ckpt: Path,
+    resume: bool,
+    init_from: str | Path | None,
+    opt: Any,
+    rng: Any,
+    progress: dict[str, Any],
+) -> dict[str, Any]:
+    """Resume from ``ckpt`` (weights, optimizer, data stream) or load ``init_from`` weights; the progress to go on
+    from."""
+    if resume and ckpt.is_file():
+        state = load_checkpoint(ckpt, task="compressor")
+        _apply(codec, state["trainable"])
+        progress = restore(state, opt, rng, progress)
+        logger.info("resumed %s at step %d", ckpt, progress["step"])
+    elif init_from:
+        _init_from(codec, init_from)
+        logger.info("initialised from %s", init_from)
+    return progress
+
+
 def _rows(cfg: CompressorConfig, backbone: Any, segments: Any) -> tuple[Any, Any]:
     import numpy as np
     import torch
@@ -422,12 +498,25 @@ def _optimizer(codec: LatentCodec, cfg: CompressorConfig) -> tuple[list[Any], An
 
 
 def train_compressor(
-    cfg: CompressorConfig, *, resume: bool = False, backbone: Any = None, segments: Any = None
+    cfg: CompressorConfig,
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    backbone: Any = None,
+    segments: Any = None,
 ) -> tuple[LatentCodec, list[dict[str, Any]]]:
     """Train (or, with ``resume``, go on from ``cfg.out/checkpoint.pt``) the learned code; writes
-    ``cfg.out/{checkpoint.pt, log.jsonl, adapters/}``. Returns the codec and the logged rows."""
+    ``cfg.out/{checkpoint.pt, log.jsonl, adapters/}``. Returns the codec and the logged rows.
+
+    ``init_from``: start from another run's weights (:func:`init_source`), codebook included, with a fresh optimizer
+    and step 0: the k-means initialisation then runs only at a ``vq_start`` above 0."""
     import numpy as np
     import torch
+
+    if resume and init_from:
+        raise ConfigError(
+            "resume and init_from exclude each other: resume goes on from this run's own checkpoint"
+        )
 
     # 1. run folder, backbone, codec (reader from init_reader, fresh compress adapter and code)
     out = Path(cfg.out)
@@ -444,18 +533,13 @@ def train_compressor(
     progress = {"step": 0, "tokens": 0, "seconds": 0.0}
     step_fn = _Step(codec, teacher, cfg)
 
-    # 4. resume from this run's checkpoint
-    ckpt = out / CHECKPOINT_NAME
-    if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, task="compressor")
-        _apply(codec, state["trainable"])
-        progress = restore(state, opt, rng, progress)
-        logger.info("resumed %s at step %d", ckpt, progress["step"])
+    # 4. resume from this run's checkpoint, or start from another run's weights
+    progress = _start(codec, out / CHECKPOINT_NAME, resume, init_from, opt, rng, progress)
     records: list[dict[str, Any]] = []
 
     # 5. the loop
     codec.peft_model.train()
-    if cfg.vq_start == 0 and progress["step"] == 0:
+    if cfg.vq_start == 0 and progress["step"] == 0 and not init_from:
         step_fn.init_codebook(kmeans_rows, cfg.seed)
     while progress["step"] < cfg.steps:
         t0 = time.time()
