@@ -288,3 +288,27 @@ def test_init_from_starts_from_another_runs_weights(
         )
     with pytest.raises(ConfigError, match="exclude each other"):
         train_compressor(_config(tmp_path / "both"), resume=True, init_from=first / "adapters")
+
+
+def test_unused_rows_restart_from_distinct_recent_vectors() -> None:
+    """Dead codebook rows take different recent vectors while there are enough (run 8 drew ~2,000 rows from 256
+    vectors, so most repeated each other); with fewer vectors than dead rows, the repeats are not exact copies."""
+    import torch
+
+    from zcompress_integrations.core.training.compressor import restart_rows
+
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.nn.Parameter(torch.zeros(8, 4))
+    used = torch.tensor([1.0, 0, 0, 0, 0, 0, 2, 0])
+    vectors = torch.randn(6, 4, generator=gen)
+    assert restart_rows(codebook, used, vectors) == 6
+    dead = codebook.detach()[used == 0]
+    assert len({tuple(r.tolist()) for r in dead}) == 6  # all different
+    assert all(any(torch.equal(r, v) for v in vectors) for r in dead)  # each one of the recent vectors
+    assert codebook.detach()[used > 0].abs().sum() == 0  # used rows untouched
+
+    few = torch.randn(2, 4, generator=gen)
+    codebook = torch.nn.Parameter(torch.zeros(8, 4))
+    assert restart_rows(codebook, used, few) == 6
+    assert len({tuple(r.tolist()) for r in codebook.detach()[used == 0]}) == 6
+    assert restart_rows(codebook, torch.ones(8), few) == 0

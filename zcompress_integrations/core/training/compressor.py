@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,15 @@ from zcompress_integrations.core.training.reader import log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
 
-__all__ = ["train_compressor", "teacher_spans", "reader_ce", "diagnostics", "kmeans", "init_source"]
+__all__ = [
+    "train_compressor",
+    "teacher_spans",
+    "reader_ce",
+    "diagnostics",
+    "kmeans",
+    "init_source",
+    "restart_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +127,26 @@ def kmeans(vectors: Any, k: int, iters: int = 10, seed: int = 0) -> Any:
         counts = torch.bincount(assign, minlength=k).unsqueeze(-1)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
     return centres
+
+
+def restart_rows(codebook: Any, used: Any, vectors: Any) -> int:
+    """Set the rows of ``codebook [K, H]`` whose ``used [K]`` count is 0 to recent Z ``vectors [N, H]``, each to a
+    different vector while there are enough (run 8 drew them from one step's 256 vectors for ~2,000 rows, so most
+    restarted rows repeated each other); returns how many rows restarted."""
+    import torch
+
+    dead = (used == 0).nonzero().flatten()
+    if not len(dead) or not len(vectors):
+        return 0
+    pick = torch.randperm(len(vectors))[: len(dead)]
+    if len(pick) < len(dead):  # fewer vectors than dead rows: the rest repeat vectors, a little apart
+        extra = torch.randint(0, len(vectors), (len(dead) - len(pick),))
+        pick = torch.cat([pick, extra])
+    rows = vectors[pick].to(codebook)
+    rows[len(vectors) :] += 0.01 * vectors.float().std() * torch.randn_like(rows[len(vectors) :])
+    with torch.no_grad():
+        codebook[dead] = rows
+    return len(dead)
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -345,7 +374,8 @@ class _Step:
     def __init__(self, codec: LatentCodec, teacher: TokenGroupCode, cfg: CompressorConfig) -> None:
         self.codec, self.teacher, self.cfg = codec, teacher, cfg
         self.code = codec.code
-        self.buffer: list[Any] = []
+        # the Z vectors of the steps since the last restart (restarts come with checkpoints)
+        self.recent: deque[Any] = deque(maxlen=cfg.checkpoint_every)
         self.used: Any = None
 
     def __call__(
@@ -365,11 +395,11 @@ class _Step:
         stop_loss = F.binary_cross_entropy_with_logits(stops, target)
         budget = (torch.sigmoid(stops).mean() - 1.0 / ratio) ** 2
         z_rows, match, vq = [], [], []
-        self.buffer = []
+        step_vectors = []
         for b, sizes in enumerate(spans):
             ends = [s + g - 1 for s, g in zip(group_starts(sizes), sizes, strict=True)]
             e = code.to_z(hidden[b, ends])  # [m, H]
-            self.buffer.append(e.detach().cpu())  # this step's vectors: unused rows restart from them
+            step_vectors.append(e.detach().cpu())  # unused codebook rows restart from recent vectors
             short = [j for j, g in enumerate(sizes) if g <= TEACHER_GROUP]
             if short and cfg.match_weight > 0:
                 groups = [
@@ -383,6 +413,7 @@ class _Step:
                 self._count(idx[:, 0])
                 e = e + (q - e).detach()  # straight-through
             z_rows.append(e)
+        self.recent.append(torch.cat(step_vectors))
         with codec.adapter(READER, train=True):
             ce = reader_ce(codec, seg, z_rows)
             gap = self._contrast(seg, z_rows, ce)
@@ -443,16 +474,12 @@ class _Step:
         """Rows of codebook 1 unused since the last call take recent Z vectors; returns how many."""
         import torch
 
-        if self.used is None or not self.buffer:
+        if self.used is None or not self.recent:
             return 0
-        dead = (self.used == 0).nonzero().flatten()
-        data = torch.cat(self.buffer)
-        if len(dead):
-            pick = torch.randint(0, len(data), (len(dead),))
-            with torch.no_grad():
-                self.code.codebook[0, dead] = data[pick].to(self.code.codebook)
+        restarted = restart_rows(self.code.codebook[0], self.used, torch.cat(list(self.recent)))
         self.used = None
-        return len(dead)
+        self.recent.clear()
+        return restarted
 
 
 def _bookkeeping(
