@@ -45,7 +45,7 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import CompressorConfig
-from zcompress_integrations.core.training.reader import log_row
+from zcompress_integrations.core.training.reader import adapter_dir_weights, log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
 
@@ -277,9 +277,7 @@ def _apply(codec: LatentCodec, weights: dict[str, Any]) -> None:
 def init_source(source: str | Path) -> dict[str, Any]:
     """Weights to start from (``--init-from``), named as :func:`_weights` names them, plus ``"sep"``: a learned-code
     adapters directory or a compressor run's ``checkpoint.pt``. The optimizer starts fresh."""
-    from safetensors.torch import load_file
-
-    from zcompress_integrations.core.latent import CONFIG_NAME, MODULES_NAME
+    from zcompress_integrations.core.latent import CONFIG_NAME
 
     path = Path(source)
     if path.is_dir():
@@ -291,15 +289,7 @@ def init_source(source: str | Path) -> dict[str, Any]:
                 f"init_from: {path} holds {kind!r} adapters; a compressor run starts from learned-code adapters "
                 "(use init_reader for a token-group reader)"
             )
-        out: dict[str, Any] = {}
-        for adapter in (READER, COMPRESS):
-            saved = load_file(str(path / adapter / "adapter_model.safetensors"))
-            # peft drops the adapter name when saving: put it back to match the live parameter names
-            out.update({k.replace(".weight", f".{adapter}.weight"): v.float() for k, v in saved.items()})
-        modules = load_file(str(path / MODULES_NAME))
-        out["sep"] = modules.pop("sep")
-        out.update({f"code.{k}": v for k, v in modules.items()})
-        return out
+        return adapter_dir_weights(path, (READER, COMPRESS))
     if path.is_file():
         return load_checkpoint(path, task="compressor")["trainable"]
     raise ConfigError(

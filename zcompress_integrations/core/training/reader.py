@@ -184,23 +184,32 @@ def apply_weights(codec: LatentCodec, weights: dict[str, Any], adapter: str = RE
     codec.refresh_fingerprint()
 
 
+def adapter_dir_weights(path: Path, adapters: tuple[str, ...]) -> dict[str, Any]:
+    """The LoRA weights of ``adapters`` in an adapters directory, under their live parameter names, plus ``"sep"``
+    and the code's tensors (``"code.*"``), all fp32."""
+    from safetensors.torch import load_file
+
+    out: dict[str, Any] = {}
+    for adapter in adapters:
+        saved = load_file(str(path / adapter / "adapter_model.safetensors"))
+        # peft drops the adapter name when saving: put it back to match the live parameter names
+        out.update({k.replace(".weight", f".{adapter}.weight"): v.float() for k, v in saved.items()})
+    modules = load_file(str(path / MODULES_NAME))
+    out["sep"] = modules.pop("sep").float()
+    out.update({f"code.{k}": v for k, v in modules.items()})
+    return out
+
+
 def init_source(source: str | Path) -> dict[str, Any]:
     """Reader weights to start from (``--init-from``): an adapters directory (``"default"``: the shipped one) or
     a reader run's ``checkpoint.pt``, as :func:`reader_weights` names them. The optimizer starts fresh."""
-    from safetensors.torch import load_file
 
     path = default_adapter_dir() if str(source) == "default" else Path(source)
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
             raise ConfigError(f"init_from: {path} is not a latent adapters directory (no {CONFIG_NAME})")
         LatentConfig.load(path)  # refuses the removed code kinds
-        saved = load_file(str(path / READER / "adapter_model.safetensors"))
-        # peft drops the adapter name when saving: put it back to match the live parameter names
-        out = {k.replace(".weight", f".{READER}.weight"): v.float() for k, v in saved.items()}
-        modules = load_file(str(path / MODULES_NAME))
-        out["sep"] = modules.pop("sep").float()
-        out.update({f"code.{k}": v for k, v in modules.items()})
-        return out
+        return adapter_dir_weights(path, (READER,))
     if path.is_file():
         return load_checkpoint(path, task="reader")["trainable"]
     raise ConfigError(
