@@ -312,3 +312,25 @@ def test_unused_rows_restart_from_distinct_recent_vectors() -> None:
     assert restart_rows(codebook, used, few) == 6
     assert len({tuple(r.tolist()) for r in codebook.detach()[used == 0]}) == 6
     assert restart_rows(codebook, torch.ones(8), few) == 0
+
+
+def test_restarts_keep_to_the_schedule_and_wait_for_counts(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unused rows restart only at scheduled checkpoints (run 9's time-limited stop restarted 3,088 rows on one
+    step's counts), and only when the window holds enough quantised vectors to call a row unused."""
+    import logging
+
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import enough_counts, train_compressor
+
+    assert not enough_counts(torch.ones(16))  # 16 vectors for 16 rows: a zero count says little
+    assert enough_counts(torch.full((16,), 2.0))
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    cfg = _config(tmp_path / "restarts", steps=3, vq_start=0, checkpoint_every=2, eval_every=100)
+    with caplog.at_level(logging.INFO, logger="zcompress_integrations.core.training.compressor"):
+        train_compressor(cfg, backbone=backbone, segments=_segments(backbone))
+    restarts = [r.getMessage() for r in caplog.records if "unused codebook rows restarted" in r.getMessage()]
+    assert [m.split(":")[0] for m in restarts] == ["step 2"]  # not at step 3, the last (unscheduled) one
