@@ -5,8 +5,8 @@
 Train rows are averaged over windows of ``--window`` steps: the reader's CE with the row's own Z, the gap to the
 CE with another row's Z (the information Z carries; it must reach >= 1 nat/token), the match term (MSE of Z to the
 span's token-group embedding over the target's mean square: 1.0 is what an all-zero Z scores; the log holds it times
-the run's ``match_weight``, which ``--match-weight`` divides out), the VQ term, Z-tokens per segment, and wall
-seconds a step (eval rows included). Eval rows (inference path: the model's span ends and quantised ids) are
+the run's ``match_weight``, which ``--match-weight`` divides out), the VQ term, Z-tokens per segment, and seconds
+a training step (the log's ``seconds`` counts steps only, not evals or checkpoints). Eval rows (inference path: the model's span ends and quantised ids) are
 listed as logged. Prints to stdout.
 """
 
@@ -24,7 +24,7 @@ def tables(rows: list[dict], window: int, match_weight: float = 1.0) -> list[str
         "| Z per 64-token segment | s/step |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    last_s = 0.0
+    last_s, last_step = 0.0, 0
     top = max((r["step"] for r in train), default=0)
     for lo in range(1, top + 1, window):
         block = [r for r in train if lo <= r["step"] < lo + window]
@@ -35,8 +35,8 @@ def tables(rows: list[dict], window: int, match_weight: float = 1.0) -> list[str
             return sum(r.get(key) or 0.0 for r in block) / len(block)
 
         ratios = ",".join(sorted({f"{r['ratio']:g}x" for r in block}))
-        per_step = (block[-1]["seconds"] - last_s) / len(block)
-        last_s = block[-1]["seconds"]
+        per_step = (block[-1]["seconds"] - last_s) / max(block[-1]["step"] - last_step, 1)  # any log_every
+        last_s, last_step = block[-1]["seconds"], block[-1]["step"]
         lines.append(
             f"| {lo}-{block[-1]['step']} | {ratios} | {mean('ce'):.3f} | {mean('ce_gap'):+.3f} | "
             f"{mean('match') / match_weight:.3f} | {mean('vq'):.3f} | {mean('z_per_seg'):.1f} | {per_step:.1f} |"
@@ -45,13 +45,14 @@ def tables(rows: list[dict], window: int, match_weight: float = 1.0) -> list[str
     if evals:
         lines += [
             "",
-            "| eval at step | CE own Z, 2x | CE other Z, 2x | usage perplexity, 2x | achieved ratio, 2x / 4x asked "
-            "| Spearman(Z count, NLL), 2x / 4x |",
-            "| ---: | ---: | ---: | ---: | --- | --- |",
+            "| eval at step | CE own Z, 2x / 4x | CE other Z, 2x / 4x | usage perplexity, 2x / 4x "
+            "| achieved ratio, 2x / 4x asked | Spearman(Z count, NLL), 2x / 4x |",
+            "| ---: | --- | --- | --- | --- | --- |",
         ]
         for r in evals:
             lines.append(
-                f"| {r['step']} | {r['ce_true_2x']:.4f} | {r['ce_other_2x']:.4f} | {r['usage_ppl_2x']} | "
+                f"| {r['step']} | {r['ce_true_2x']:.3f} / {r.get('ce_true_4x', '-')} | "
+                f"{r['ce_other_2x']:.3f} / {r.get('ce_other_4x', '-')} | {r['usage_ppl_2x']} / {r.get('usage_ppl_4x', '-')} | "
                 f"{r.get('ratio_2x')} / {r.get('ratio_4x')} | {r.get('spearman_2x')} / {r.get('spearman_4x')} |"
             )
     return lines
