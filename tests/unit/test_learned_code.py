@@ -268,6 +268,8 @@ def test_init_from_starts_from_another_runs_weights(
             cfg, init_from=start, backbone=load_backbone(str(tiny_model_dir), device="cpu"), segments=rows
         )
         loaded = load(out)
+        recorded = json.loads((out / "adapters" / "zcompress_config.json").read_text())["training"]
+        assert recorded["init_from"] == str(start)  # the adapters say which run they went on from
         assert loaded.keys() == source.keys()
         for key in source:
             torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=f"{start}: {key}")

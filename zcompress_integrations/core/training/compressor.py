@@ -614,6 +614,7 @@ def train_compressor(
     codec.config.training = {
         "recipe": "learned code bootstrapped from the token-group reader (zcompress train compressor)",
         "init_reader": cfg.init_reader,
+        "init_from": str(init_from) if init_from else None,  # the steps below came after that run's
         "steps": progress["step"],
         "batch": cfg.batch_size,
         "ratios": cfg.ratios,
