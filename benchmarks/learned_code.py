@@ -59,8 +59,12 @@ def measure(zc: object, texts: list[str], ratio: float) -> dict:
     full = [i for i, s in enumerate(segs) if len(s) == codec.config.segment_len]
     full_counts = [counts[i] for i in full]
     rho_full = spearmanr(full_counts, [nll[i] for i in full]).statistic if len(set(full_counts)) > 1 else 0.0
+    # the usage check on these texts: perplexity of the first codebook's rows over every stored Z
+    first = [row[0] for c in codes for row in codec.code.indices_of(c.z_ids)]
+    freq = [first.count(v) / len(first) for v in set(first)] if first else [1.0]
     return {
         "target_ratio": ratio,
+        "usage_perplexity": round(math.exp(-sum(f * math.log(f) for f in freq)), 1),
         "achieved_ratio": sum(c.text_tokens for c in codes) / max(1, sum(c.z_tokens for c in codes)),
         "bleu4": float(bleu(hyps, texts)),
         "exact_match": sum(h == t for h, t in zip(hyps, texts, strict=True)) / len(texts),
@@ -183,14 +187,15 @@ def main(argv: list[str] | None = None) -> None:
         + (f"{brotli:.2f} bits/char." if brotli else "not installed."),
         "",
         "| target | achieved ratio | BLEU-4 | exact match | bits/char (whole code) | Spearman(Z count, segment NLL), "
-        "all segments | the same, full-length segments (count) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "all segments | the same, full-length segments (count) | usage perplexity, codebook 1 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['target_ratio']:g}x | {r['achieved_ratio']:.2f} | {r['bleu4']:.2f} | {r['exact_match']:.3f} | "
             f"{r['bits_per_char']:.2f} | {r['spearman_z_count_vs_segment_nll']:.3f} | "
-            f"{r.get('spearman_full_segments', float('nan')):.3f} ({r.get('full_segments', 0)}) |"
+            f"{r.get('spearman_full_segments', float('nan')):.3f} ({r.get('full_segments', 0)}) | "
+            f"{r.get('usage_perplexity', '-')} |"
         )
     lines += ["", f"![ratio vs BLEU-4]({out.name}.png)", "", "Samples (first 300 characters):", ""]
     for r in rows:
