@@ -40,6 +40,7 @@ def brotli_bits_per_char(texts: list[str]) -> float | None:
 def measure(zc: object, texts: list[str], ratio: float) -> dict:
     from scipy.stats import spearmanr
 
+    from zcompress_integrations.core.training.compressor import usage_perplexity
     from zcompress_integrations.core.zcode import ZCode
     from zcompress_integrations.eval.metrics import bleu
 
@@ -59,12 +60,11 @@ def measure(zc: object, texts: list[str], ratio: float) -> dict:
     full = [i for i, s in enumerate(segs) if len(s) == codec.config.segment_len]
     full_counts = [counts[i] for i in full]
     rho_full = spearmanr(full_counts, [nll[i] for i in full]).statistic if len(set(full_counts)) > 1 else 0.0
-    # the usage check on these texts: perplexity of the first codebook's rows over every stored Z
+    # the usage check on these texts: the first codebook's rows over every stored Z
     first = [row[0] for c in codes for row in codec.code.indices_of(c.z_ids)]
-    freq = [first.count(v) / len(first) for v in set(first)] if first else [1.0]
     return {
         "target_ratio": ratio,
-        "usage_perplexity": round(math.exp(-sum(f * math.log(f) for f in freq)), 1),
+        "usage_perplexity": usage_perplexity(first),
         "achieved_ratio": sum(c.text_tokens for c in codes) / max(1, sum(c.z_tokens for c in codes)),
         "bleu4": float(bleu(hyps, texts)),
         "exact_match": sum(h == t for h, t in zip(hyps, texts, strict=True)) / len(texts),

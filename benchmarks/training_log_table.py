@@ -6,8 +6,8 @@ Train rows are averaged over windows of ``--window`` steps: the reader's CE with
 CE with another row's Z (the information Z carries; it must reach >= 1 nat/token), the match term (MSE of Z to the
 span's token-group embedding over the target's mean square: 1.0 is what an all-zero Z scores; the log holds it times
 the run's ``match_weight``, which ``--match-weight`` divides out), the VQ term, Z-tokens per segment, and seconds
-a training step (the log's ``seconds`` counts steps only, not evals or checkpoints). Eval rows (inference path: the model's span ends and quantised ids) are
-listed as logged. Prints to stdout.
+a training step (the log's ``seconds`` counts steps only, not evals or checkpoints). Eval rows (inference path:
+the model's span ends and quantised ids) are listed as logged. Prints to stdout.
 """
 
 from __future__ import annotations

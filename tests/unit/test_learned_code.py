@@ -336,3 +336,12 @@ def test_restarts_keep_to_the_schedule_and_wait_for_counts(
         train_compressor(cfg, backbone=backbone, segments=_segments(backbone))
     restarts = [r.getMessage() for r in caplog.records if "unused codebook rows restarted" in r.getMessage()]
     assert [m.split(":")[0] for m in restarts] == ["step 2"]  # not at step 3, the last (unscheduled) one
+
+
+def test_usage_perplexity_counts_the_rows_in_use() -> None:
+    from zcompress_integrations.core.training.compressor import usage_perplexity
+
+    assert usage_perplexity([0, 1, 2, 3] * 5) == 4.0
+    assert usage_perplexity([7] * 9) == 1.0
+    assert usage_perplexity([]) == 1.0
+    assert 1.0 < usage_perplexity([0, 0, 0, 1]) < 2.0

@@ -58,6 +58,7 @@ __all__ = [
     "init_source",
     "restart_rows",
     "enough_counts",
+    "usage_perplexity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,15 @@ def enough_counts(used: Any, per_row: float = RESTART_COUNTS_PER_ROW) -> bool:
     return float(used.sum()) >= per_row * len(used)
 
 
+def usage_perplexity(rows: list[int]) -> float:
+    """exp(entropy) of the codebook rows used (``rows``: one row index per Z), to 0.1; 1.0 for none."""
+    import math
+    from collections import Counter
+
+    freq = [n / len(rows) for n in Counter(rows).values()]
+    return round(math.exp(-sum(f * math.log(f) for f in freq)), 1)
+
+
 def _spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -178,11 +188,6 @@ def diagnostics(codec: LatentCodec, held: Any, ratios: list[float], batch: int =
     for ratio in ratios:
         ids = code.write(codec, rows, ratio, batch, False)
         counts = [len(z) for z in ids]
-        usage = torch.bincount(
-            torch.tensor([row[0] for z in ids for row in code.indices_of(z)] or [0]),
-            minlength=code.codebook_size,
-        ).float()
-        p = usage / usage.sum()
         ce, ce_other = [], []
         with torch.no_grad(), codec.reading():
             for s in range(0, len(rows), batch):
@@ -194,7 +199,7 @@ def diagnostics(codec: LatentCodec, held: Any, ratios: list[float], batch: int =
         out[f"ratio_{tag}"] = round(held.numel() / max(sum(counts), 1), 3)
         out[f"ce_true_{tag}"] = round(sum(ce) / len(ce), 4)
         out[f"ce_other_{tag}"] = round(sum(ce_other) / len(ce_other), 4)
-        out[f"usage_ppl_{tag}"] = round(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())), 1)
+        out[f"usage_ppl_{tag}"] = usage_perplexity([row[0] for z in ids for row in code.indices_of(z)])
         out[f"spearman_{tag}"] = round(_spearman([float(c) for c in counts], seg_nll), 3)
     return out
 
@@ -396,12 +401,12 @@ class _Step:
         step_vectors = []
         tokens = seg.tolist()  # one device-to-host copy, not one per span (GPU)
         for b, sizes in enumerate(spans):
-            ends = [s + g - 1 for s, g in zip(group_starts(sizes), sizes, strict=True)]
+            starts = group_starts(sizes)
+            ends = [s + g - 1 for s, g in zip(starts, sizes, strict=True)]
             e = code.to_z(hidden[b, ends])  # [m, H]
             step_vectors.append(e.detach().cpu())  # unused codebook rows restart from recent vectors
             short = [j for j, g in enumerate(sizes) if g <= TEACHER_GROUP]
             if short and cfg.match_weight > 0:
-                starts = group_starts(sizes)
                 groups = [tokens[b][starts[j] : starts[j] + sizes[j]] for j in short]
                 goal = self.teacher.group_embeddings(groups).float()
                 match.append(F.mse_loss(e[short], goal) / goal.pow(2).mean())
