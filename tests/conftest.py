@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,55 @@ def tiny_compressor(tiny_model_dir: Path) -> Any:
     from zcompress_integrations import ZCompressor
 
     return ZCompressor.from_pretrained(tiny_model_dir, adapters=None, window=64)
+
+
+class LoopWatch:
+    """Makes ``compress_batch`` wait until the event loop has ticked: a call run on the loop's own thread can never
+    see a tick, times out its wait and fails :meth:`check` (no timing assumptions about how fast the model is)."""
+
+    def __init__(self, compressor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ticks = 0
+        self.ticks_during_calls: list[int] = []
+        self.call_threads: list[int] = []
+        self._ticked = threading.Event()
+        real = compressor.compress_batch
+
+        def compress_batch(texts: Any, **kwargs: Any) -> Any:
+            self.call_threads.append(threading.get_ident())
+            start = self.ticks
+            self._ticked.clear()
+            self._ticked.wait(timeout=10)
+            self.ticks_during_calls.append(self.ticks - start)
+            return real(texts, **kwargs)
+
+        monkeypatch.setattr(compressor, "compress_batch", compress_batch)
+
+    async def run(self, awaitable: Any) -> Any:
+        """Await ``awaitable`` while a ticker task counts the loop's turns."""
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                self.ticks += 1
+                self._ticked.set()
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        try:
+            return await awaitable
+        finally:
+            stop.set()
+            await task
+
+    def check(self) -> None:
+        assert self.call_threads and threading.get_ident() not in self.call_threads
+        assert min(self.ticks_during_calls) >= 1  # the loop ran while the compress call was in progress
+
+
+@pytest.fixture
+def loop_watch(tiny_compressor: Any, monkeypatch: pytest.MonkeyPatch) -> LoopWatch:
+    """A :class:`LoopWatch` on the shared tiny compressor."""
+    return LoopWatch(tiny_compressor, monkeypatch)
 
 
 @pytest.fixture(scope="session")
