@@ -1,6 +1,10 @@
 """Train the learned code on a lent CUDA machine in one prepared call, and bring back what CPU users load.
 
-    python scripts/gpu_train_compressor.py --config CFG.json --out DIR --stop-after-s 470 [--weights-digest HEX]
+    python scripts/gpu_train_compressor.py --config CFG.json --out DIR --stop-after-s 470 [--weights-digest HEX] \
+        [--init-from ADAPTERS]
+
+What the machine needs (the backbone's GGUF, the gguf wheel, the data, the adapters) travels with
+``scripts/gpu_bundle.py``.
 
 The same ``train_compressor`` as ``zcompress train compressor``, with three things a short lease needs:
 
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after-s", type=float, default=470.0)
     ap.add_argument("--weights-digest", default="", help="weights_digest of the backbone on the CPU")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument(
+        "--init-from", default=None, help="adapters the run goes on from (as zcompress train compressor)"
+    )
     ap.add_argument("--print-digest", action="store_true", help="print the loaded backbone's digest and exit")
     args = ap.parse_args(argv)
 
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     raw = json.loads(Path(args.config).read_text())
     cfg = CompressorConfig(**(raw | {"device": args.device}))
-    expected = LatentConfig.load(Path(cfg.init_reader)).backbone_fingerprint
+    expected = LatentConfig.load(Path(args.init_from or cfg.init_reader)).backbone_fingerprint
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.stop_after_s
     compressor.out_of_time = lambda cfg, progress: time.time() >= deadline  # wall clock, evals included
     try:
-        _, records = compressor.train_compressor(cfg, backbone=backbone)
+        _, records = compressor.train_compressor(cfg, backbone=backbone, init_from=args.init_from)
         report["steps"] = max((r.get("step", 0) for r in records), default=0)
     finally:
         report["wall_s"] = round(time.time() - started, 1)
