@@ -60,6 +60,9 @@ def measure(zc: object, texts: list[str], ratio: float) -> dict:
     full = [i for i, s in enumerate(segs) if len(s) == codec.config.segment_len]
     full_counts = [counts[i] for i in full]
     rho_full = spearmanr(full_counts, [nll[i] for i in full]).statistic if len(set(full_counts)) > 1 else 0.0
+    # Z-tokens per text token against NLL per text token: a short segment's length cancels on both sides
+    density = [counts[i] / max(1, len(s)) for i, s in enumerate(segs)]
+    rho_density = spearmanr(density, nll).statistic if len(set(density)) > 1 else 0.0
     # the usage check on these texts: the first codebook's rows over every stored Z
     first = [row[0] for c in codes for row in codec.code.indices_of(c.z_ids)]
     return {
@@ -72,6 +75,7 @@ def measure(zc: object, texts: list[str], ratio: float) -> dict:
         "spearman_z_count_vs_segment_nll": float(rho),
         "spearman_full_segments": float(rho_full),
         "full_segments": len(full),
+        "spearman_z_per_token_vs_nll": float(rho_density),
         "compress_s": round(t1 - t0, 1),
         "decompress_s": round(t2 - t1, 1),
         "samples": [{"ref": texts[i][:300], "hyp": hyps[i][:300]} for i in range(2)],
@@ -187,15 +191,16 @@ def main(argv: list[str] | None = None) -> None:
         + (f"{brotli:.2f} bits/char." if brotli else "not installed."),
         "",
         "| target | achieved ratio | BLEU-4 | exact match | bits/char (whole code) | Spearman(Z count, segment NLL), "
-        "all segments | the same, full-length segments (count) | usage perplexity, codebook 1 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "all segments | the same, full-length segments (count) | Spearman(Z per token, NLL per token), all segments | "
+        "usage perplexity, codebook 1 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['target_ratio']:g}x | {r['achieved_ratio']:.2f} | {r['bleu4']:.2f} | {r['exact_match']:.3f} | "
             f"{r['bits_per_char']:.2f} | {r['spearman_z_count_vs_segment_nll']:.3f} | "
             f"{r.get('spearman_full_segments', float('nan')):.3f} ({r.get('full_segments', 0)}) | "
-            f"{r.get('usage_perplexity', '-')} |"
+            f"{r.get('spearman_z_per_token_vs_nll', float('nan')):.3f} | {r.get('usage_perplexity', '-')} |"
         )
     lines += ["", f"![ratio vs BLEU-4]({out.name}.png)", "", "Samples (first 300 characters):", ""]
     for r in rows:
