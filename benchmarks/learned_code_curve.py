@@ -75,6 +75,7 @@ def stored_rows() -> list[dict]:
         ("learned_code_run8/eval_200.json", "learned run 8 (K = 2 x 4096)", "model"),
         ("learned_code_run9/eval_200.json", "learned run 9 (K = 2 x 4096; GPU)", "model"),
         ("learned_code_run10/eval_200.json", "learned run 10 (run 9 + 8x)", "model"),
+        ("learned_code_run11/eval_200.json", "learned run 11 (run 10, match weight 0.5)", "model"),
     ):
         for r in _load(name)["rows"]:
             rows.append(
