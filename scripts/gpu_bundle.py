@@ -61,7 +61,7 @@ def pack(
     if out.exists():
         shutil.rmtree(out)
     bundles: list[Path] = []
-    room = 0
+    room = parts = 0
     manifest: dict[str, Any] = {"files": []}
 
     def next_bundle() -> Path:
@@ -80,10 +80,10 @@ def pack(
                 if room == 0:
                     bundle = next_bundle()
                 n = min(room, entry["bytes"] - offset)
-                name = f"part{sum(len(e['parts']) for e in manifest['files']) + len(entry['parts']):04d}"
+                name = f"part{parts:04d}"
                 (bundle / name).write_bytes(f.read(n))
                 entry["parts"].append(name)
-                offset, room, first = offset + n, room - n, False
+                offset, room, first, parts = offset + n, room - n, False, parts + 1
         manifest["files"].append(entry)
     (bundles[-1] / MANIFEST).write_text(json.dumps(manifest, indent=1))
     (bundles[-1] / "config.json").write_text(json.dumps(config, indent=1))

@@ -1,11 +1,13 @@
-"""scripts/gpu_train_compressor.py, the pieces that run before and after training on a lent GPU: the weights digest
-that checks the backbone there against the CPU's, and the adapters tar split into parts that come back."""
+"""scripts/gpu_train_compressor.py and scripts/gpu_bundle.py, the pieces that run before and after training on a lent
+GPU: the bundles that carry the files there, the weights digest that checks the backbone there against the CPU's,
+and the adapters tar split into parts that come back."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 from types import ModuleType
@@ -15,10 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gpu_train_compressor", ROOT / "scripts/gpu_train_compressor.py"
-    )
+def _script(name: str = "gpu_train_compressor") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"scripts/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -58,17 +58,9 @@ def test_adapters_come_back_in_parts_that_rebuild_the_directory(tmp_path: Path, 
             assert (tmp_path / "back" / "adapters" / f.relative_to(src)).read_bytes() == f.read_bytes()
 
 
-def _bundle_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_bundle", ROOT / "scripts/gpu_bundle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bundles_stay_under_the_limit_and_rebuild_every_file(tmp_path: Path) -> None:
-    script = _bundle_script()
-    rng = __import__("random").Random(0)
+    script = _script("gpu_bundle")
+    rng = random.Random(0)
     src = tmp_path / "src"
     (src / "reader").mkdir(parents=True)
     sizes = {"model.gguf": 2500, "segments.npy": 700, "reader/a.safetensors": 1000, "reader/b.json": 0}
@@ -100,7 +92,7 @@ def test_hide_takes_big_tracked_files_out_of_the_tree_and_restore_brings_them_ba
 ) -> None:
     import subprocess
 
-    script = _bundle_script()
+    script = _script("gpu_bundle")
     monkeypatch.chdir(tmp_path)
 
     def git(*args: str) -> str:
