@@ -53,6 +53,8 @@ __all__ = [
     "train_compressor",
     "teacher_spans",
     "reader_ce",
+    "reader_logits",
+    "sampled_inputs",
     "diagnostics",
     "kmeans",
     "init_source",
@@ -82,9 +84,22 @@ def teacher_spans(codec: LatentCodec, seg: Any, ratio: float, max_span: int) -> 
     return out
 
 
-def reader_ce(codec: LatentCodec, seg: Any, z_rows: list[Any]) -> Any:
+def reader_ce(codec: LatentCodec, seg: Any, z_rows: list[Any], inputs: Any = None) -> Any:
     """Mean CE (nats/token) of ``seg [B, n]`` plus its end token read after ``[Z rows[b] (m_b x H), sep]``, with Z at
-    consecutive positions (the learned code's layout: ``0 .. m-1``, the separator at 0, text token i at i + 1)."""
+    consecutive positions (the learned code's layout: ``0 .. m-1``, the separator at 0, text token i at i + 1).
+    ``inputs [B, n]``: the text tokens the reader reads (default ``seg``; :func:`sampled_inputs` mixes in its own
+    predictions); the targets are always ``seg``."""
+    import torch
+
+    logits = reader_logits(codec, seg if inputs is None else inputs, z_rows)
+    end = torch.full((seg.shape[0], 1), codec.end_token, dtype=seg.dtype, device=seg.device)
+    target = torch.cat([seg, end], 1)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def reader_logits(codec: LatentCodec, seg: Any, z_rows: list[Any]) -> Any:
+    """``[B, n + 1, V]`` the reader's logits for text token i (and, last, the end token) after
+    ``[Z rows[b], sep, seg[b, :i]]``."""
     import torch
 
     batch, n = seg.shape
@@ -103,10 +118,20 @@ def reader_ce(codec: LatentCodec, seg: Any, z_rows: list[Any]) -> Any:
     x = torch.cat([torch.stack(rows), codec.embed(seg)], 1)  # keeps the graph to the Z vectors
     pos[:, m_max + 1 :] = torch.arange(1, n + 1, device=dev)
     hidden = codec.lm.model(inputs_embeds=x, position_ids=pos, attention_mask=mask).last_hidden_state
-    logits = codec.lm.lm_head(hidden[:, -n - 1 :]).float()  # [B, n + 1, V]
-    end = torch.full((batch, 1), codec.end_token, dtype=seg.dtype, device=dev)
-    target = torch.cat([seg, end], 1)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    return codec.lm.lm_head(hidden[:, -n - 1 :]).float()
+
+
+def sampled_inputs(codec: LatentCodec, seg: Any, z_rows: list[Any], share: float, generator: Any) -> Any:
+    """Scheduled sampling: ``seg [B, n]`` with each token, with probability ``share``, replaced by the reader's
+    greedy prediction of it given the true prefix (one pass without gradient). Call under the reader adapter."""
+    import torch
+
+    if share <= 0:
+        return seg
+    with torch.no_grad():
+        predicted = reader_logits(codec, seg, [z.detach() for z in z_rows])[:, :-1].argmax(-1)
+    swap = torch.rand(seg.shape, generator=generator).to(seg.device) < share
+    return torch.where(swap, predicted.to(seg.dtype), seg)
 
 
 def kmeans(vectors: Any, k: int, iters: int = 10, seed: int = 0) -> Any:
@@ -382,7 +407,13 @@ class _Step:
         self.used: Any = None
 
     def __call__(
-        self, seg: Any, ratio: float, quantised: bool, ce_weight: float = 1.0
+        self,
+        seg: Any,
+        ratio: float,
+        quantised: bool,
+        ce_weight: float = 1.0,
+        sampling: float = 0.0,
+        generator: Any = None,
     ) -> tuple[Any, dict[str, float]]:
         import torch
         import torch.nn.functional as F
@@ -418,8 +449,9 @@ class _Step:
             z_rows.append(e)
         self.recent.append(torch.cat(step_vectors))
         with codec.adapter(READER, train=True):
-            ce = reader_ce(codec, seg, z_rows)
-            gap = self._contrast(seg, z_rows, ce)
+            inputs = sampled_inputs(codec, seg, z_rows, sampling, generator)
+            ce = reader_ce(codec, seg, z_rows, inputs)
+            gap = self._contrast(seg, z_rows, ce, inputs)
         parts = {
             "ce": ce_weight * ce,
             "contrast": cfg.contrast_weight * torch.relu(cfg.contrast_margin - gap)
@@ -435,13 +467,14 @@ class _Step:
             "ce": round(float(ce.detach()), 4),  # the reader's CE itself, whatever its weight in the loss
             "z_per_seg": sum(map(len, spans)) / len(spans),
             "ce_gap": round(float(gap.detach()), 4) if gap is not None else None,
+            "sampled": round(float((inputs != seg).float().mean()), 4),  # share of inputs not the true token
         }
 
-    def _contrast(self, seg: Any, z_rows: list[Any], ce: Any) -> Any:
+    def _contrast(self, seg: Any, z_rows: list[Any], ce: Any, inputs: Any) -> Any:
         """CE with the next row's Z minus CE with the row's own (``None`` when off or the batch has one row)."""
         if self.cfg.contrast_weight <= 0 or len(z_rows) < 2:
             return None
-        return reader_ce(self.codec, seg, z_rows[1:] + z_rows[:1]) - ce
+        return reader_ce(self.codec, seg, z_rows[1:] + z_rows[:1], inputs) - ce
 
     def _count(self, idx: Any) -> None:
         import torch
@@ -590,7 +623,12 @@ def train_compressor(
         ratio = float(allowed[int(rng.integers(0, len(allowed)))])
         # 5b. forward (quantised from vq_start), backward (the reader from reader_start), clip, step
         ce_weight = cfg.ce_weight if step >= cfg.ce_start else 0.0
-        loss, parts = step_fn(seg, ratio, step >= cfg.vq_start, ce_weight)
+        sampling = (
+            cfg.sampling * min(1.0, (step + 1) / cfg.sampling_ramp) if cfg.sampling_ramp else cfg.sampling
+        )
+        # a generator per step, so a resumed run draws what it would have drawn
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        loss, parts = step_fn(seg, ratio, step >= cfg.vq_start, ce_weight, sampling, gen)
         loss.backward()
         if step < cfg.reader_start:  # the reader stays as it was (peft turns every adapter's grads on)
             for p in _lora(codec, READER).values():

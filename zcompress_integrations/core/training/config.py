@@ -242,6 +242,11 @@ class CompressorConfig:
     # (run 1 without it: CE true 6.56 vs other 6.55 nats, no information in Z). 0 = off (one reader pass less)
     contrast_weight: float = 1.0
     contrast_margin: float = 1.0  # nats/token by which a segment's own Z must beat another's
+    # scheduled sampling: the share of the reader's input text tokens replaced by its own greedy prediction (from
+    # a first pass with the true prefix), so it learns to go on from its own errors as it must free-running; the
+    # targets stay the true tokens. 0 = off (teacher forcing, one reader pass less)
+    sampling: float = 0.0
+    sampling_ramp: int = 0  # steps over which the share grows linearly from 0 to ``sampling`` (0 = at once)
     steps: int = 1000  # optimizer steps in all (a resumed run stops here too)
     batch_size: int = 8  # segments per step
     lr: float = 1e-3  # peak learning rate (AdamW, no weight decay)
@@ -263,8 +268,10 @@ class CompressorConfig:
         _at_least(self, 2, "codebook_size")
         _at_least(self, 0, "held", "max_data_tokens", "vq_start", "reader_start", "ce_start")
         _at_least(self, 0, "match_weight", "ce_weight", "stop_weight", "budget_weight", "commit_weight")
-        _at_least(self, 0, "contrast_weight", "contrast_margin")
+        _at_least(self, 0, "contrast_weight", "contrast_margin", "sampling_ramp")
         _check_schedule(self)
+        if not 0 <= self.sampling <= 1:
+            raise ConfigError(f"CompressorConfig.sampling must be in [0, 1]; got {self.sampling!r}")
         if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):
             raise ConfigError(
                 f"CompressorConfig.ratios must be numbers in [1, max_span={self.max_span}]; got {self.ratios!r}"
