@@ -63,6 +63,15 @@ CODES = {
         text_tokens=50,
         params={"segment_len": 32, "ratio_x100": 400},
     ),
+    "latent_lengths": _code(
+        codec="latent",
+        k=4096 * 4096,
+        z_ids=(1, 4096 * 4096 - 1, 3, 900, 17),
+        segments=(3, 2),
+        segment_tokens=(30, 20),
+        text_tokens=50,
+        params={"segment_len": 32, "ratio_x100": 400},
+    ),
     "latent_residual": _code(
         codec="latent",
         k=4096,
@@ -190,7 +199,13 @@ def test_every_bit_flip_of_the_json_text_raises_or_leaves_the_same_code(name: st
     print(f"\n[json] {name}: {8 * len(raw)} bit flips: {counts}")
 
 
-_OPTIONAL_DEFAULTS: dict[str, Any] = {"is_bytes": False, "residual": "", "segments": [], "params": {}}
+_OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "is_bytes": False,
+    "residual": "",
+    "segments": [],
+    "segment_tokens": [],
+    "params": {},
+}
 
 
 def _mutations(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -218,6 +233,10 @@ def _mutations(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         out.append((f"{key}+1", {**data, key: data[key] + 1}))
     out.append(("params.extra", {**data, "params": {**data["params"], "extra": 1}}))
     out.append(("segments+[1]", {**data, "segments": [*data["segments"], 1]}))
+    if data["segment_tokens"]:
+        first, *rest = data["segment_tokens"]
+        out.append(("segment_tokens[0]+1", {**data, "segment_tokens": [first + 1, *rest]}))
+        out.append(("segment_tokens[:-1]", {**data, "segment_tokens": data["segment_tokens"][:-1]}))
     return out
 
 
@@ -355,7 +374,8 @@ FORGED = {
     "segment_len=2^30": _forge(flags=1, params=[(b"segment_len", 2**30)]),
     "residual=2^40": _forge(n_residual=2**40),
     "residual beyond payload": _forge(n_residual=100, payload=b"\x00" * 10),
-    "unknown flag": _forge(flags=4),
+    "unknown flag": _forge(flags=8),
+    "segment-token flag, no segments": _forge(flags=4),
     "latent segments != z ids": _forge(flags=1, k=16, n_z=2, segments=(1,), payload=b"\x12"),
     "latent tokens > segments*len": _forge(
         flags=1, k=16, n_z=1, segments=(1,), text_tokens=40, params=[(b"segment_len", 32)], payload=b"\x10"

@@ -98,6 +98,51 @@ def test_codes_are_finite_vocabulary_and_round_trip(trained: tuple[str, Path, li
     assert zc.decompress(restored) == TEXT
 
 
+def test_the_reader_writes_each_segments_stored_length(
+    trained: tuple[str, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learned Z ids do not say how many text tokens a segment holds, so the code stores it, and the reader writes
+    exactly that many, its end token banned; the old container (no counts) still decodes, stopping at the end
+    token. Token-group codes store nothing more (their ids give the lengths)."""
+    import dataclasses
+
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.core import backbone as backbone_mod
+
+    model_dir, out, _ = trained
+    zc = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    codec = zc.latent_codec
+    text = TEXT * 4
+    code = zc.compress(text, mode="latent", ratio=2.0)
+    assert code.segment_tokens == tuple(len(s) for s in codec.segments(text.encode()))
+    assert len(code.segment_tokens) == len(code.segments) > 1
+    calls: list[dict] = []
+    real = backbone_mod.decode_batch
+
+    def spy(*args: object, **kwargs: object) -> list[list[int]]:
+        out = real(*args, **kwargs)
+        calls.append(
+            {"limits": kwargs["limits"], "banned": kwargs["banned"], "written": [len(t) for t in out]}
+        )
+        return out
+
+    monkeypatch.setattr(backbone_mod, "decode_batch", spy)
+    zc.decompress(type(code).from_bytes(code.to_bytes()))
+    assert sorted(n for c in calls for n in c["written"]) == sorted(code.segment_tokens)
+    assert all(b == [codec.end_token] for c in calls for b in c["banned"])
+    calls.clear()
+    old = dataclasses.replace(code, segment_tokens=())
+    assert len(old.to_bytes()) == len(code.to_bytes()) - len(code.segments)
+    assert isinstance(zc.decompress(type(code).from_bytes(old.to_bytes())), str)
+    assert all(b == [] for c in calls for b in c["banned"])
+
+
+def test_token_group_codes_store_no_segment_lengths(tiny_latent_compressor: Any) -> None:
+    code = tiny_latent_compressor.compress(TEXT * 4, mode="latent", ratio=2.0)
+    assert len(code.segments) > 1 and code.segment_tokens == ()
+    assert code.to_bytes()[3] & 4 == 0  # the container's flags: no per-segment counts
+
+
 def test_z_positions_are_consecutive(trained: tuple[str, Path, list]) -> None:
     from zcompress_integrations import ZCompressor
 
@@ -129,8 +174,10 @@ def test_lengths_are_the_models_choice(trained: tuple[str, Path, list]) -> None:
     assert len(never) == -(-len(tokens) // 8)
 
 
-def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """A run cut at step 2 and resumed ends where the uncut run ends (same weights, same log)."""
+@pytest.mark.parametrize("sampling", [0.0, 0.5])
+def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path, sampling: float) -> None:
+    """A run cut at step 2 and resumed ends where the uncut run ends (same weights, same log), with scheduled
+    sampling's draws too."""
     import torch
     from safetensors.torch import load_file
 
@@ -140,11 +187,12 @@ def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     rows = _segments(backbone)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    train_compressor(_config(whole, eval_every=100), backbone=backbone, segments=rows)
+    over = dict(eval_every=100, sampling=sampling)
+    train_compressor(_config(whole, **over), backbone=backbone, segments=rows)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
-    train_compressor(_config(cut, steps=2, eval_every=100), backbone=backbone, segments=rows)
+    train_compressor(_config(cut, steps=2, **over), backbone=backbone, segments=rows)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
-    train_compressor(_config(cut, eval_every=100), resume=True, backbone=backbone, segments=rows)
+    train_compressor(_config(cut, **over), resume=True, backbone=backbone, segments=rows)
     a = load_file(str(whole / "adapters" / "latent_modules.safetensors"))
     b = load_file(str(cut / "adapters" / "latent_modules.safetensors"))
     assert a.keys() == b.keys()
@@ -161,6 +209,41 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         _config(tmp_path, codebook_size=1)
     with pytest.raises(ConfigError, match="contrast_weight"):
         _config(tmp_path, contrast_weight=-1.0)
+    with pytest.raises(ConfigError, match="sampling"):
+        _config(tmp_path, sampling=1.5)
+
+
+def test_scheduled_sampling_feeds_the_readers_own_predictions(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """With share 1 every input text token is the reader's greedy prediction of it from the true prefix; with 0 the
+    true text; training logs the share of inputs that are not the true token, growing over the ramp."""
+    import torch
+
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.codes.learned import COMPRESS
+    from zcompress_integrations.core.latent import READER
+    from zcompress_integrations.core.training.compressor import (
+        reader_logits,
+        sampled_inputs,
+        train_compressor,
+    )
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    cfg = _config(tmp_path / "ss", steps=4, sampling=1.0, sampling_ramp=4, eval_every=100)
+    codec, records = train_compressor(cfg, backbone=backbone, segments=_segments(backbone))
+    shares = [r["sampled"] for r in records if r["kind"] == "train"]
+    assert shares[0] < shares[-1] and 0 < shares[-1] <= 1  # ramp: 1/4 of the tokens at step 0, all at step 3
+    seg = torch.as_tensor(_segments(backbone)[:3])
+    with torch.no_grad(), codec.adapter(COMPRESS):
+        hidden = codec.code.compress_hidden(codec, seg, 2.0)
+    z_rows = [codec.code.to_z(hidden[b, 1::2]) for b in range(3)]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad(), codec.adapter(READER):
+        greedy = reader_logits(codec, seg, z_rows)[:, :-1].argmax(-1)
+        assert torch.equal(sampled_inputs(codec, seg, z_rows, 1.0, gen), greedy)
+        assert torch.equal(sampled_inputs(codec, seg, z_rows, 0.0, gen), seg)
+        half = sampled_inputs(codec, seg, z_rows, 0.5, gen)
+    assert bool(((half == seg) | (half == greedy)).all())
+    assert not torch.equal(greedy, seg)  # a random reader does not already predict the text
 
 
 def test_compressed_documents_fit_where_their_text_does_not(trained: tuple[str, Path, list]) -> None:
@@ -345,3 +428,24 @@ def test_usage_perplexity_counts_the_rows_in_use() -> None:
     assert usage_perplexity([7] * 9) == 1.0
     assert usage_perplexity([]) == 1.0
     assert 1.0 < usage_perplexity([0, 0, 0, 1]) < 2.0
+
+
+def test_decode_batch_never_writes_a_banned_token(tiny_model_dir: Path) -> None:
+    import torch
+
+    from zcompress_integrations.core.backbone import decode_batch, load_backbone
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    ids = torch.tensor(backbone.tokenizer("The quick brown fox")["input_ids"])
+    prefix = backbone.model.get_input_embeddings()(ids).detach()
+    vocab = backbone.text_vocab_size
+
+    def run(banned: list[list[int]] | None) -> list[list[int]]:
+        with torch.inference_mode():
+            return decode_batch(backbone.model, [prefix, prefix], 12, vocab=vocab, eos=set(), banned=banned)
+
+    free = run(None)
+    favourite = max(set(free[0]), key=free[0].count)
+    held = run([[favourite], []])
+    assert favourite not in held[0] and len(held[0]) == 12
+    assert held[1] == free[1]  # the other row is untouched

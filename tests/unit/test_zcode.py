@@ -36,6 +36,14 @@ CODES = {
         segments=(2, 1),
         params={"ratio_x100": 400, "custom_name": 3},
     ),
+    "latent_lengths": _code(
+        codec="latent",
+        k=4096 * 4096,
+        z_ids=(1, 4096 * 4096 - 1, 3),
+        segments=(2, 1),
+        segment_tokens=(10, 7),
+        params={"segment_len": 16, "ratio_x100": 400},
+    ),
     "k2": _code(k=2, z_ids=(0, 1, 1, 0, 1, 1, 1, 0, 1)),
     "path2": _code(
         params={"window": 256, "lanes": 64, "lane0": 63, "threads": 1, "freq_bits": 24, "start": 0, "path": 2}
@@ -165,3 +173,25 @@ def test_path_param_is_a_known_name_and_range_checked() -> None:
         params = {**with_path.params, "path": bad}
         with pytest.raises(CorruptCodeError, match="path"):
             ZCode.from_bytes(_code(params=params).to_bytes())
+
+
+def test_segment_tokens_cost_a_byte_a_segment_and_are_checked() -> None:
+    with_lengths = CODES["latent_lengths"]
+    without = _code(**{**_fields(with_lengths), "segment_tokens": ()})
+    assert without.to_bytes()[3] & 4 == 0  # codes without the counts keep their old bytes (no flag)
+    assert len(with_lengths.to_bytes()) - len(without.to_bytes()) == 2
+    assert ZCode.from_bytes(with_lengths.to_bytes()).segment_tokens == (10, 7)
+    for bad in [(10,), (10, 6), (17, 0)]:  # a count missing, a wrong sum, a segment over segment_len
+        forged = ZCode(**{**_fields(with_lengths), "segment_tokens": bad})
+        with pytest.raises(CorruptCodeError):  # a missing count shifts every field after it
+            ZCode.from_bytes(forged.to_bytes())
+        with pytest.raises(CorruptCodeError, match="per-segment text tokens"):
+            ZCode.from_json(forged.to_json())
+    with pytest.raises(CorruptCodeError, match="exact Z code has no per-segment"):
+        ZCode.from_bytes(_code(segments=(17,), segment_tokens=(17,)).to_bytes())
+
+
+def _fields(code: ZCode) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(code, f.name) for f in dataclasses.fields(code)}

@@ -371,6 +371,16 @@ def read_prompt(
     )
 
 
+def _without(logits: Any, ban: list[tuple[int, list[int]]]) -> Any:
+    """``logits [B, V]`` with ``-inf`` at each ``(row, tokens)`` of ``ban`` (a copy; the same tensor when empty)."""
+    if not ban:
+        return logits
+    logits = logits.clone()
+    for b, toks in ban:
+        logits[b, toks] = float("-inf")
+    return logits
+
+
 def decode_batch(
     model: Any,
     prefixes: list[Any],
@@ -385,6 +395,7 @@ def decode_batch(
     head_context: Any = None,
     temperature: float = 0.0,
     seed: int = 0,
+    banned: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
 
@@ -393,7 +404,8 @@ def decode_batch(
     to floating-point summation order; ``positions`` (one ``[P_b]`` tensor per row) sets them instead, and
     generated tokens continue from the prefix's last position. A row stops at a token in ``eos`` (not returned)
     or when ``finished(tokens)`` says so, or after ``limits[b]`` tokens; the loop ends when every row has stopped
-    or after ``max_new`` tokens.
+    or after ``max_new`` tokens. Row b never writes a token of ``banned[b]`` (e.g. the end token of a row whose
+    length is known).
 
     With ``head_lengths``, the first ``head_lengths[b]`` rows of each prefix run first, inside ``head_context()``
     (see :func:`read_prompt`): heads and tails are padded separately (masked), so every row's head ends at the
@@ -426,8 +438,9 @@ def decode_batch(
     done = [False] * batch
     tokens: list[list[int]] = [[] for _ in range(batch)]
     next_pos = pos[:, -1:] + 1
+    ban = [(b, list(t)) for b, t in enumerate(banned or []) if t]
     for _ in range(max_new):
-        logits = out.logits[:, -1, :vocab]
+        logits = _without(out.logits[:, -1, :vocab], ban)
         if generator is None:
             nxt = logits.argmax(-1)
         else:

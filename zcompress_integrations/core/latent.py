@@ -505,6 +505,9 @@ class LatentCodec:
         for i, item in enumerate(items):
             seg_ids = ids_per_seg[pos : pos + len(seg_lists[i])]
             pos += len(seg_lists[i])
+            # where the ids do not say how many text tokens a segment holds (learned code), the code stores it: a
+            # reader left to write its end token overruns (1.43x the characters, benchmarks/results/length_oracle)
+            implied = all(self.code.text_length(ids) is not None for ids in seg_ids)
             codes.append(
                 ZCode(
                     z_ids=tuple(z for seg in seg_ids for z in seg),
@@ -517,6 +520,7 @@ class LatentCodec:
                     is_bytes=isinstance(item, bytes),
                     segments=tuple(len(seg) for seg in seg_ids),
                     params={"segment_len": self.config.segment_len, "ratio_x100": round(ratio * 100)},
+                    segment_tokens=() if implied else tuple(len(s) for s in seg_lists[i]),
                 )
             )
         if exact:
@@ -587,6 +591,10 @@ class LatentCodec:
         from zcompress_integrations.core.backbone import decode_batch
 
         segs = [(i, seg) for i, code in enumerate(codes) for seg in self._segment_ids(code)]
+        # each segment's text tokens: from its ids, else stored in the code (exact: the end token is banned), else
+        # unknown (the reader stops at its end token)
+        stored = [n for code in codes for n in (code.segment_tokens or [None] * len(code.segments))]
+        lengths = [self.code.text_length(ids) or n for (_, ids), n in zip(segs, stored, strict=True)]
         outputs: list[list[int]] = [[] for _ in segs]
         order = sorted(range(len(segs)), key=lambda j: len(segs[j][1]))
         max_new = self.config.segment_len + self.config.max_decode_extra
@@ -594,15 +602,15 @@ class LatentCodec:
         with self.reading(), torch.inference_mode():
             for chunk in _progress(chunks, progress, "latent decompress"):
                 prefixes, positions = zip(*(self.segment_prefix(segs[j][1]) for j in chunk), strict=True)
-                limits = [self.code.text_length(segs[j][1]) or max_new for j in chunk]
                 decoded = decode_batch(
                     self.lm,
                     list(prefixes),
-                    max_new,
+                    max(lengths[j] or max_new for j in chunk),
                     vocab=self.backbone.text_vocab_size,
                     eos={self.end_token},
                     positions=[torch.tensor(p) for p in positions],
-                    limits=limits,
+                    limits=[lengths[j] or max_new for j in chunk],
+                    banned=[[self.end_token] if stored[j] else [] for j in chunk],
                 )
                 for j, toks in zip(chunk, decoded, strict=True):
                     outputs[j] = toks

@@ -6,7 +6,8 @@ of the backbone (+ adapters) that made it, and a checksum of the original text. 
 
 * binary (``to_bytes`` / ``from_bytes``): compact; Z ids are bit-packed at ``ceil(log2 k)`` bits each, the
   container ends with a CRC-32 so that damage is detected before any decoding starts;
-  layout: ``ZC``, version, flags, varints (k, text tokens, text chars, Z count, segment count), segments, params
+  layout: ``ZC``, version, flags, varints (k, text tokens, text chars, Z count, segment count), segments, each
+  segment's text tokens (only with flag 4: codes whose Z ids do not say where a segment ends), params
   (count; each a name, as a one-byte index for the codecs' known names, and a varint value), residual length,
   packed Z ids, residual, fingerprint (4), checksum (4), CRC-32 (4);
 * JSON (``to_json`` / ``from_json``): readable, for logs and metadata stores;
@@ -70,6 +71,7 @@ _MAGIC = b"ZC"
 _STRING_PREFIX = "zc1:"
 _FLAG_LATENT = 1
 _FLAG_BYTES = 2
+_FLAG_SEGMENT_TOKENS = 4  # each segment's text-token count follows the segments
 CodecKind = Literal["exact", "latent"]
 # Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
 # Append only: the index of a name is part of the binary format.
@@ -297,7 +299,7 @@ def _check_envelope(data: bytes) -> tuple[bytes, int, int]:
             f"{FORMAT_VERSION}); upgrade zcompress-integrations"
         )
     flags = data[3]
-    if flags & ~(_FLAG_LATENT | _FLAG_BYTES):
+    if flags & ~(_FLAG_LATENT | _FLAG_BYTES | _FLAG_SEGMENT_TOKENS):
         raise CorruptCodeError(f"Z code has unknown flags {flags:#04x}")
     return body, version, flags
 
@@ -375,6 +377,8 @@ class ZCode:
         is_bytes: the original was ``bytes`` rather than ``str``.
         residual: extra bytes that make a lossy code exact (latent codec, ``exact=True``); empty otherwise.
         segments: Z-tokens per window (latent) or text tokens per window (exact), in order.
+        segment_tokens: text tokens per segment (latent codes whose Z ids do not say where a segment ends: the
+            reader writes exactly this many); empty when not stored.
         params: small integer settings the decoder needs to take the encoder's exact path (window size,
             lanes, thread count, frequency precision...).
         version: format version.
@@ -392,6 +396,7 @@ class ZCode:
     segments: tuple[int, ...] = ()
     params: dict[str, int] = field(default_factory=dict)
     version: int = FORMAT_VERSION
+    segment_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.codec not in ("exact", "latent"):
@@ -405,6 +410,7 @@ class ZCode:
             raise ValueError("checksum and fingerprint must be 4 bytes each")
         object.__setattr__(self, "z_ids", tuple(int(z) for z in self.z_ids))
         object.__setattr__(self, "segments", tuple(int(s) for s in self.segments))
+        object.__setattr__(self, "segment_tokens", tuple(int(s) for s in self.segment_tokens))
         if any(not str(k) or not str(k).isascii() for k in self.params):
             raise ValueError(f"params names must be non-empty ASCII; got {sorted(self.params)}")
         object.__setattr__(self, "params", {str(k): int(v) for k, v in sorted(self.params.items())})
@@ -446,6 +452,8 @@ class ZCode:
         self._check_params(lim)
         if self.codec == "exact":
             self._check_exact_shape()
+            if self.segment_tokens:
+                raise CorruptCodeError("an exact Z code has no per-segment text-token counts")
         else:
             self._check_latent_shape(lim)
 
@@ -505,17 +513,33 @@ class ZCode:
                 f"latent Z code claims {self.text_tokens} text tokens in {len(self.segments)} segments of at "
                 f"most {seg_len}: impossible"
             )
+        if self.segment_tokens and (
+            len(self.segment_tokens) != len(self.segments)
+            or sum(self.segment_tokens) != self.text_tokens
+            or any(not 0 <= t <= seg_len for t in self.segment_tokens)
+        ):
+            raise CorruptCodeError(
+                f"latent Z code's per-segment text tokens ({len(self.segment_tokens)} counts, sum "
+                f"{sum(self.segment_tokens)}) do not fit its {len(self.segments)} segments of at most {seg_len} "
+                f"and {self.text_tokens} text tokens"
+            )
 
     # ---- binary form -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Compact binary form; see the module docstring for the layout."""
         out = bytearray(_MAGIC)
         out.append(self.version)
-        out.append((_FLAG_LATENT if self.codec == "latent" else 0) | (_FLAG_BYTES if self.is_bytes else 0))
+        out.append(
+            (_FLAG_LATENT if self.codec == "latent" else 0)
+            | (_FLAG_BYTES if self.is_bytes else 0)
+            | (_FLAG_SEGMENT_TOKENS if self.segment_tokens else 0)
+        )
         for value in (self.k, self.text_tokens, self.text_chars, len(self.z_ids), len(self.segments)):
             _put_varint(out, value)
         for seg in self.segments:
             _put_varint(out, seg)
+        for tokens in self.segment_tokens:
+            _put_varint(out, tokens)
         _put_varint(out, len(self.params))
         for key, value in self.params.items():
             if key in _KNOWN_PARAMS:
@@ -546,8 +570,11 @@ class ZCode:
         reader.pos = 4
         # Every size is checked against the limits and against the bytes left before anything is allocated.
         k, text_tokens, text_chars, n_z = _read_sizes(reader, lim)
-        n_seg = reader.count("segments", lim.max_segments)
+        n_seg = reader.count("segments", lim.max_segments, 2 if flags & _FLAG_SEGMENT_TOKENS else 1)
         segments = tuple(reader.varint() for _ in range(n_seg))
+        if flags & _FLAG_SEGMENT_TOKENS and not n_seg:
+            raise CorruptCodeError("Z code flags per-segment text tokens but has no segments")
+        segment_tokens = tuple(reader.varint() for _ in range(n_seg if flags & _FLAG_SEGMENT_TOKENS else 0))
         params = _read_params(reader, lim)
         z_ids, residual = _read_payload(reader, lim, n_z, _bits_per_id(k))
         fingerprint, checksum = body[-8:-4], body[-4:]
@@ -565,6 +592,7 @@ class ZCode:
                 segments=segments,
                 params=params,
                 version=version,
+                segment_tokens=segment_tokens,
             )
         except ValueError as exc:
             raise CorruptCodeError(f"Z code fields are inconsistent: {exc}") from exc
@@ -609,6 +637,7 @@ class ZCode:
             "text_chars": self.text_chars,
             "is_bytes": self.is_bytes,
             "segments": list(self.segments),
+            "segment_tokens": list(self.segment_tokens),
             "params": dict(self.params),
             "residual": base64.b64encode(self.residual).decode("ascii"),
             "fingerprint": self.fingerprint.hex(),
@@ -645,6 +674,7 @@ class ZCode:
                 segments=_int_list(data, "segments", lim.max_segments, required=False),
                 params={str(name): _int_field(params, name, "params.") for name in params},
                 version=version,
+                segment_tokens=_int_list(data, "segment_tokens", lim.max_segments, required=False),
             )
         except ValueError as exc:  # the constructor's own checks (z ids out of range, bad names...)
             if isinstance(exc, CorruptCodeError):
