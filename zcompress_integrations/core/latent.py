@@ -506,7 +506,7 @@ class LatentCodec:
             seg_ids = ids_per_seg[pos : pos + len(seg_lists[i])]
             pos += len(seg_lists[i])
             # where the ids do not say how many text tokens a segment holds (learned code), the code stores it: a
-            # reader left to write its end token overruns (1.43x the characters, benchmarks/results/length_oracle)
+            # reader left to write its end token overruns (benchmarks/results/segment_lengths.md)
             implied = all(self.code.text_length(ids) is not None for ids in seg_ids)
             codes.append(
                 ZCode(
