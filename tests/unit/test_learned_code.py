@@ -449,3 +449,24 @@ def test_decode_batch_never_writes_a_banned_token(tiny_model_dir: Path) -> None:
     held = run([[favourite], []])
     assert favourite not in held[0] and len(held[0]) == 12
     assert held[1] == free[1]  # the other row is untouched
+
+
+def test_decode_batch_logits_hook_rewrites_every_steps_logits(tiny_model_dir: Path) -> None:
+    """The hook sees each step's ``[B, V]`` logits; rows that take one combined row decode in lockstep (how
+    ``benchmarks/context_decoding_probe.py`` decodes with and without Z)."""
+    import torch
+
+    from zcompress_integrations.core.backbone import decode_batch, load_backbone
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    embed = backbone.model.get_input_embeddings()
+    a = embed(torch.tensor(backbone.tokenizer("The quick brown fox")["input_ids"])).detach()
+    b = embed(torch.tensor(backbone.tokenizer("Compression")["input_ids"])).detach()
+    vocab = backbone.text_vocab_size
+    with torch.inference_mode():
+        apart = decode_batch(backbone.model, [a, b], 8, vocab=vocab, eos=set())
+        shared = decode_batch(
+            backbone.model, [a, b], 8, vocab=vocab, eos=set(), logits_hook=lambda x: x[:1].expand_as(x)
+        )
+    assert shared[0] == shared[1] == apart[0]  # both rows took row 0's choices
+    assert apart[1] != apart[0]

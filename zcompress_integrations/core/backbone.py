@@ -396,6 +396,7 @@ def decode_batch(
     temperature: float = 0.0,
     seed: int = 0,
     banned: Sequence[Sequence[int]] | None = None,
+    logits_hook: Any = None,
 ) -> list[list[int]]:
     """Decoding after embedding prefixes ``[P_b, H]`` of different lengths: left-padded, KV-cached, batched.
 
@@ -405,7 +406,8 @@ def decode_batch(
     generated tokens continue from the prefix's last position. A row stops at a token in ``eos`` (not returned)
     or when ``finished(tokens)`` says so, or after ``limits[b]`` tokens; the loop ends when every row has stopped
     or after ``max_new`` tokens. Row b never writes a token of ``banned[b]`` (e.g. the end token of a row whose
-    length is known).
+    length is known). ``logits_hook(logits [B, V]) -> [B, V]`` rewrites each step's logits before the choice (e.g.
+    rows that decode together from two prefixes and take the same token).
 
     With ``head_lengths``, the first ``head_lengths[b]`` rows of each prefix run first, inside ``head_context()``
     (see :func:`read_prompt`): heads and tails are padded separately (masked), so every row's head ends at the
@@ -440,7 +442,8 @@ def decode_batch(
     next_pos = pos[:, -1:] + 1
     ban = [(b, list(t)) for b, t in enumerate(banned or []) if t]
     for _ in range(max_new):
-        logits = _without(out.logits[:, -1, :vocab], ban)
+        logits = out.logits[:, -1, :vocab]
+        logits = _without(logits if logits_hook is None else logits_hook(logits), ban)
         if generator is None:
             nxt = logits.argmax(-1)
         else:
