@@ -13,7 +13,8 @@ Ids and size. A Z id is ``i_1 + K * i_2 + K^2 * i_3 ...`` (``K = codebook_size``
 stored Z costs ``log2(k)`` bits: 12 bits at the default 4096 x 1, against 63 for a token-group Z.
 
 Reading. A Z id's input embedding is the sum of its codebook rows; the reader (the ``decompress`` adapter) sees
-``[Z_1 .. Z_m, sep]`` and writes the segment back until it writes the end token.
+``[Z_1 .. Z_m, sep]`` and writes the segment back: as many text tokens as the container stores for the segment
+(``ZCode.segment_tokens``; the ids do not say it), or, in a container without the counts, until its end token.
 
 Positions. Z-tokens take consecutive positions (``0 .. m-1``): a code of ``m`` Z-tokens spans ``m`` positions in a
 prompt, so compressed documents leave room for more of them in the backbone's window.
@@ -229,7 +230,7 @@ class LearnedCode:
         return list(range(len(z_ids))), len(z_ids)
 
     def text_length(self, z_ids: Sequence[int]) -> int | None:
-        return None  # the reader decides: it writes the end token
+        return None  # the ids do not say: the container stores it (ZCode.segment_tokens)
 
     # ---- persistence -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
