@@ -76,6 +76,8 @@ def stored_rows() -> list[dict]:
         ("learned_code_run9/eval_200.json", "learned run 9 (K = 2 x 4096; GPU)", "model"),
         ("learned_code_run10/eval_200.json", "learned run 10 (run 9 + 8x)", "model"),
         ("learned_code_run11/eval_200.json", "learned run 11 (run 10, match weight 0.5)", "model"),
+        ("learned_code_run11/eval_200_lengths.json", "learned run 11, stored segment lengths", "model"),
+        ("learned_code_run12/eval_200.json", "learned run 12 (run 11 + scheduled sampling)", "model"),
     ):
         for r in _load(name)["rows"]:
             rows.append(
