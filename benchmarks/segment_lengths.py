@@ -7,8 +7,8 @@ Learned Z ids say how many Z-tokens a segment has, not how many text tokens. A l
 varint a segment in its container) and the reader writes exactly that many tokens, its end token banned. Without
 the counts (the container before them, which still decodes) the reader writes until it writes the end token (up to
 ``segment_len + max_decode_extra`` tokens), so a segment can end early or run on into a loop. This decodes the same
-stored codes both ways through the shipped ``decompress_batch``. Texts: paragraphs of 300-900 characters from the last 100 records of
-``../shared/data/train/wikipedia_en_06.jsonl``, training-corpus text that ``segments5m.npy`` (the first 5M tokens
+stored codes both ways through the shipped ``decompress_batch``. Texts: paragraphs of 300-900 characters from the
+last 100 records of ``../shared/data/train/wikipedia_en_06.jsonl``, training-corpus text that ``segments5m.npy`` (the first 5M tokens
 of the corpus) never reached: a development set, so that nothing here is chosen on the evaluation paragraphs.
 
 Run 11's adapters, which the committed results used, are in commit fdc7562.
