@@ -137,6 +137,31 @@ def default_compressor() -> Any:
     return ZCompressor.from_pretrained()
 
 
+@pytest.fixture
+def answer_data(tmp_path: Path) -> Path:
+    """A folder shaped like the training split's answer files (``core/training/from_z.py``): one HotpotQA example
+    (a supporting paragraph and a distractor) and three Natural Questions ones."""
+    import json
+
+    data = tmp_path / "qa"
+    (data / "hotpotqa").mkdir(parents=True)
+    (data / "natural_questions").mkdir()
+    hp = {
+        "question": "Who jumps?",
+        "answer": "the fox",
+        "supporting_facts": [["Fox", [0], ["x"]]],
+        "context": [["Fox", ["The quick brown fox jumps."]], ["Dog", ["The lazy dog sleeps."]]],
+    }
+    nq = {
+        "question": "What sleeps?",
+        "answers": ["the dog"],
+        "ctxs": [{"title": "Dog", "text": "The lazy dog sleeps."}],
+    }
+    (data / "hotpotqa" / "hotpotqa_train_100.jsonl").write_text(json.dumps(hp) + "\n")
+    (data / "natural_questions" / "nq_open_oracle_500.jsonl").write_text((json.dumps(nq) + "\n") * 3)
+    return data
+
+
 @pytest.fixture(scope="session")
 def tiny_latent_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Token-group adapters (the shipped code kind) for the tiny model, trained for 2 steps by the real reader

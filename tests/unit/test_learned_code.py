@@ -174,10 +174,12 @@ def test_lengths_are_the_models_choice(trained: tuple[str, Path, list]) -> None:
     assert len(never) == -(-len(tokens) // 8)
 
 
-@pytest.mark.parametrize("sampling", [0.0, 0.5])
-def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path, sampling: float) -> None:
+@pytest.mark.parametrize(("sampling", "qa_weight"), [(0.0, 0.0), (0.5, 0.0), (0.0, 1.0)])
+def test_resume_is_exact(
+    tmp_path: Path, tiny_model_dir: Path, answer_data: Path, sampling: float, qa_weight: float
+) -> None:
     """A run cut at step 2 and resumed ends where the uncut run ends (same weights, same log), with scheduled
-    sampling's draws too."""
+    sampling's draws and the answer examples' draws too."""
     import torch
     from safetensors.torch import load_file
 
@@ -187,7 +189,7 @@ def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path, sampling: float) 
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     rows = _segments(backbone)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    over = dict(eval_every=100, sampling=sampling)
+    over = dict(eval_every=100, sampling=sampling, qa_weight=qa_weight, qa_data=str(answer_data), qa_held=1)
     train_compressor(_config(whole, **over), backbone=backbone, segments=rows)
     backbone = load_backbone(str(tiny_model_dir), device="cpu")
     train_compressor(_config(cut, steps=2, **over), backbone=backbone, segments=rows)
@@ -198,6 +200,36 @@ def test_resume_is_exact(tmp_path: Path, tiny_model_dir: Path, sampling: float) 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_answer_from_z_term_trains_the_reader_on_the_writers_codes(
+    tmp_path: Path, tiny_model_dir: Path, answer_data: Path
+) -> None:
+    """With ``qa_weight`` each step from ``reader_start`` adds the answer-from-Z loss over contexts the current
+    writer codes: logged per step, its held-apart CE at every curriculum ratio before and after, on the card."""
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.compressor import train_compressor
+
+    backbone = load_backbone(str(tiny_model_dir), device="cpu")
+    cfg = _config(
+        tmp_path / "qa",
+        steps=6,
+        lr=3e-3,
+        eval_every=6,
+        qa_weight=1.0,
+        qa_data=str(answer_data),
+        qa_batch=2,
+        qa_held=2,
+    )
+    _, records = train_compressor(cfg, backbone=backbone, segments=_segments(backbone))
+    train = [r for r in records if r["kind"] == "train"]
+    assert "answer" not in train[0] and all(r["answer"] > 0 for r in train[1:])  # from reader_start = 1
+    rows = [r for r in records if r["kind"] == "answers"]
+    assert [r["step"] for r in rows] == [0, 6]
+    assert set(rows[0]) == {"kind", "step", "held_answer_ce_2x", "held_answer_ce_4x"}
+    assert rows[-1]["held_answer_ce_2x"] < rows[0]["held_answer_ce_2x"]
+    card = json.loads((tmp_path / "qa" / "adapters" / "zcompress_config.json").read_text())
+    assert card["training"]["answer_from_z"]["examples_seen"] == 2 * 5
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
@@ -211,6 +243,8 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         _config(tmp_path, contrast_weight=-1.0)
     with pytest.raises(ConfigError, match="sampling"):
         _config(tmp_path, sampling=1.5)
+    with pytest.raises(ConfigError, match="CompressorConfig.qa_data"):
+        _config(tmp_path, qa_weight=1.0)
 
 
 def test_scheduled_sampling_feeds_the_readers_own_predictions(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -286,7 +286,7 @@ def test_init_from_default_maps_the_shipped_names_onto_the_live_parameters(backb
 
 
 def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
-    tiny_model_dir: Path, backbone: Any, segments: np.ndarray, tmp_path: Path
+    tiny_model_dir: Path, backbone: Any, segments: np.ndarray, tmp_path: Path, answer_data: Path
 ) -> None:
     """The answer loss reads Z with the adapter and answers on the base model: gradients reach the adapter (only
     through the Z reading), and a reader run with qa_weight logs a held-out answer CE that falls."""
@@ -317,22 +317,6 @@ def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
     assert identity != pytest.approx(float(loss.detach()), abs=1e-4)
     assert plain == pytest.approx(plain_identity, abs=1e-5)
 
-    data = tmp_path / "qa"
-    (data / "hotpotqa").mkdir(parents=True)
-    (data / "natural_questions").mkdir()
-    hp = {
-        "question": "Who jumps?",
-        "answer": "the fox",
-        "supporting_facts": [["Fox", [0], ["x"]]],
-        "context": [["Fox", ["The quick brown fox jumps."]], ["Dog", ["The lazy dog sleeps."]]],
-    }
-    nq = {
-        "question": "What sleeps?",
-        "answers": ["the dog"],
-        "ctxs": [{"title": "Dog", "text": "The lazy dog sleeps."}],
-    }
-    (data / "hotpotqa" / "hotpotqa_train_100.jsonl").write_text(json.dumps(hp) + "\n")
-    (data / "natural_questions" / "nq_open_oracle_500.jsonl").write_text((json.dumps(nq) + "\n") * 3)
     cfg = _reader_cfg(
         tmp_path / "run",
         steps=8,
@@ -340,7 +324,7 @@ def test_answer_from_z_loss_trains_the_reader_through_the_base_models_reading(
         held=4,
         eval_every=8,
         qa_weight=1.0,
-        qa_data=str(data),
+        qa_data=str(answer_data),
         qa_batch=2,
         qa_held=2,
     )

@@ -53,18 +53,20 @@ EXIT_USAGE = 2
 
 
 def _field_help(cls: type) -> dict[str, str]:
-    """Each field's help: its comment in the dataclass source, after it or on the lines right above it."""
+    """Each field's help: its comment in the dataclass source (or a base dataclass's), after it or on the lines
+    right above it."""
     helps: dict[str, str] = {}
-    above: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
-            continue
-        m = re.match(r"(\w+): [^#]*(?:#\s*(.+))?$", text)
-        if m and (m[2] or above):
-            helps[m[1]] = m[2] or " ".join(above)
-        above = []
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        above: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("# "))
+                continue
+            m = re.match(r"(\w+): [^#]*(?:#\s*(.+))?$", text)
+            if m and (m[2] or above):
+                helps[m[1]] = m[2] or " ".join(above)
+            above = []
     return helps
 
 

@@ -21,6 +21,12 @@ Span ends. During training a segment's spans are the surprisal-balanced groups (
 model's NLL, at the ratio's count); the stop head learns to predict them (``stop_weight``) under a length budget
 (``budget_weight`` x (mean stop probability - 1 / ratio)^2). At inference the stop head alone decides (``span_ends``).
 
+Answers from Z (``qa_weight`` > 0, from ``reader_start``): each step adds the answer-from-Z loss of ``qa_batch``
+examples (``core/training/from_z.py``: HotpotQA / Natural Questions training examples and "repeat the document"
+prompts), their contexts written by the current writer at a curriculum ratio; the reader learns to lay out Z for a
+base model that answers and summarises (what ``generate`` does), not only for its own reconstruction. Logged as
+``answer`` per step and, in ``answers`` rows, the held-apart answer CE at every ratio.
+
 Diagnostics (``log.jsonl`` eval rows, on held-apart segments, with the inference path: the model's own span ends
 and quantised ids): reader CE with the true Z vs with another segment's Z (must differ by >= 1 nat/token if Z
 carries information), codebook usage perplexity, achieved ratio, and Spearman(Z count, segment NLL) per ratio.
@@ -45,6 +51,7 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import CompressorConfig
+from zcompress_integrations.core.training.from_z import AnswerLoss
 from zcompress_integrations.core.training.reader import adapter_dir_weights, log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
@@ -531,8 +538,10 @@ def _bookkeeping(
     held: Any,
     row: dict[str, Any],
     records: list[dict[str, Any]],
+    answers: AnswerLoss | None,
 ) -> bool:
-    """Log, restart unused codebook rows, checkpoint and run the diagnostics when due; True when out of time."""
+    """Log, restart unused codebook rows, checkpoint and run the diagnostics (and the held-apart answer CE) when
+    due; True when out of time."""
     out, step = Path(cfg.out), progress["step"]
     stop = out_of_time(cfg, progress)
     last = step == cfg.steps or stop
@@ -549,7 +558,20 @@ def _bookkeeping(
         codec.peft_model.eval()
         log_row(out, diagnostics(codec, held, cfg.ratios) | {"step": step}, records)
         codec.peft_model.train()
+    if answers is not None and due(step, cfg.eval_every, last):
+        log_row(out, answer_row(codec, answers, cfg.ratios, step), records)
     return stop
+
+
+def answer_row(codec: LatentCodec, answers: AnswerLoss, ratios: list[float], step: int) -> dict[str, Any]:
+    """The held-apart answer CE (nats/token) with each context written by the current writer at each ratio."""
+    codec.peft_model.eval()
+    row: dict[str, Any] = {"kind": "answers", "step": step}
+    for ratio in ratios:
+        row[f"held_answer_ce_{ratio:g}x"] = round(answers.held_ce(ratio), 4)
+    codec.peft_model.train()
+    codec.peft_model.base_model.set_adapter(READER)
+    return row
 
 
 def _optimizer(codec: LatentCodec, cfg: CompressorConfig) -> tuple[list[Any], Any]:
@@ -598,12 +620,13 @@ def train_compressor(
     # 3. what trains and the optimizer; the data stream
     params, opt = _optimizer(codec, cfg)
     rng = np.random.default_rng(cfg.seed)
-    progress = {"step": 0, "tokens": 0, "seconds": 0.0}
+    progress = {"step": 0, "tokens": 0, "seconds": 0.0, "qa_seen": 0}
     step_fn = _Step(codec, teacher, cfg)
 
     # 4. resume from this run's checkpoint, or start from another run's weights
-    progress = _start(codec, out / CHECKPOINT_NAME, resume, init_from, opt, rng, progress)
+    progress = {"qa_seen": 0} | _start(codec, out / CHECKPOINT_NAME, resume, init_from, opt, rng, progress)
     records: list[dict[str, Any]] = []
+    answers = _answers(codec, cfg, progress, records)
 
     # 5. the loop
     codec.peft_model.train()
@@ -623,9 +646,7 @@ def train_compressor(
         ratio = float(allowed[int(rng.integers(0, len(allowed)))])
         # 5b. forward (quantised from vq_start), backward (the reader from reader_start), clip, step
         ce_weight = cfg.ce_weight if step >= cfg.ce_start else 0.0
-        sampling = (
-            cfg.sampling * min(1.0, (step + 1) / cfg.sampling_ramp) if cfg.sampling_ramp else cfg.sampling
-        )
+        sampling = _sampling_share(cfg, step)
         # a generator per step, so a resumed run draws what it would have drawn
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         loss, parts = step_fn(seg, ratio, step >= cfg.vq_start, ce_weight, sampling, gen)
@@ -633,6 +654,9 @@ def train_compressor(
         if step < cfg.reader_start:  # the reader stays as it was (peft turns every adapter's grads on)
             for p in _lora(codec, READER).values():
                 p.grad = None
+        elif answers is not None:  # reads ids the writer made without gradient: trains the reader (and rows)
+            parts["answer"] = round(answers.backward(cfg, rng, train_rows, backbone.tokenizer, allowed), 4)
+            progress["qa_seen"] += cfg.qa_batch
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -649,10 +673,40 @@ def train_compressor(
             "loss": round(float(loss.detach()), 4),
             "lr": lr,
         }
-        if _bookkeeping(cfg, codec, step_fn, opt, rng, progress, held, row | parts, records):
+        if _bookkeeping(cfg, codec, step_fn, opt, rng, progress, held, row | parts, records, answers):
             break
 
     # 6. the adapters directory
+    _export(codec, cfg, init_from, progress, answers)
+    return codec, records
+
+
+def _answers(
+    codec: LatentCodec, cfg: CompressorConfig, progress: dict[str, Any], records: list[dict[str, Any]]
+) -> AnswerLoss | None:
+    """The answer-from-Z term when ``cfg.qa_weight`` > 0 (contexts written afresh each time: the writer trains
+    along), with a first held-apart row on a run at step 0."""
+    if cfg.qa_weight <= 0:
+        return None
+    answers = AnswerLoss(codec, cfg, seed=cfg.seed, cache_codes=False)
+    if progress["step"] == 0:
+        log_row(Path(cfg.out), answer_row(codec, answers, cfg.ratios, 0), records)
+    return answers
+
+
+def _sampling_share(cfg: CompressorConfig, step: int) -> float:
+    """Scheduled sampling's share at ``step``: ``cfg.sampling``, reached linearly over ``cfg.sampling_ramp`` steps."""
+    return cfg.sampling * min(1.0, (step + 1) / cfg.sampling_ramp) if cfg.sampling_ramp else cfg.sampling
+
+
+def _export(
+    codec: LatentCodec,
+    cfg: CompressorConfig,
+    init_from: str | Path | None,
+    progress: dict[str, Any],
+    answers: AnswerLoss | None,
+) -> None:
+    """Write ``cfg.out/adapters`` with the run's training card."""
     codec.peft_model.eval()
     codec.config.training = {
         "recipe": "learned code bootstrapped from the token-group reader (zcompress train compressor)",
@@ -665,6 +719,13 @@ def train_compressor(
         "wall_s": round(progress["seconds"]),
         "data": [str(d) for d in cfg.data],
     }
+    if answers is not None:
+        codec.config.training["answer_from_z"] = {
+            "weight": cfg.qa_weight,
+            "examples_per_step": cfg.qa_batch,
+            "repeat_share": cfg.qa_repeat,
+            "examples_seen": progress["qa_seen"],
+            "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
+        }
     codec.refresh_fingerprint()
-    codec.save_pretrained(out / "adapters")
-    return codec, records
+    codec.save_pretrained(Path(cfg.out) / "adapters")

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
+    "AnswerSettings",
     "ReaderConfig",
     "InferConfig",
     "PrepareConfig",
@@ -108,7 +109,32 @@ def _check_schedule(cfg: Any) -> None:
 
 
 @dataclass
-class ReaderConfig:
+class AnswerSettings:
+    """The answer-from-Z term a reader-training task may add (``core/training/from_z.py``): fields shared by the
+    configs that train a reader."""
+
+    # add this times the answer-from-Z loss (core/training/from_z.py) to each step; 0 = reconstruction only
+    qa_weight: float = 0.0
+    # folder with hotpotqa/hotpotqa_train_100.jsonl and natural_questions/nq_open_oracle_500.jsonl
+    qa_data: str | None = None
+    qa_batch: int = 4  # answer examples per step
+    qa_repeat: float = 0.25  # share of them that are "repeat the document" prompts
+    qa_held: int = 24  # answer examples held apart for the held-out answer CE
+
+
+def _check_answers(cfg: AnswerSettings) -> None:
+    _at_least(cfg, 1, "qa_batch")
+    _at_least(cfg, 0, "qa_held", "qa_weight")
+    if not 0 <= cfg.qa_repeat <= 1:
+        raise ConfigError(f"{type(cfg).__name__}.qa_repeat must be in [0, 1]; got {cfg.qa_repeat!r}")
+    if cfg.qa_weight > 0 and not cfg.qa_data:
+        raise ConfigError(
+            f"{type(cfg).__name__}.qa_data must name the answer-examples folder when qa_weight > 0"
+        )
+
+
+@dataclass
+class ReaderConfig(AnswerSettings):
     """Train the token-group code's reader (the ``decompress`` LoRA): teacher-forced reconstruction of training
     segments after ``[Z_1 .. Z_m, sep]``, over random groupings (sizes drawn from ``group_probs``), so one adapter
     reads any grouping the compressor chooses at any ratio up to ``max_group``."""
@@ -142,24 +168,14 @@ class ReaderConfig:
     # 0 = no limit; else stop (checkpoint, eval, export) after this many minutes of training
     max_minutes: float = 0.0
     max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
-    # add this times the answer-from-Z loss (core/training/from_z.py) to each step; 0 = reconstruction only
-    qa_weight: float = 0.0
-    # folder with hotpotqa/hotpotqa_train_100.jsonl and natural_questions/nq_open_oracle_500.jsonl
-    qa_data: str | None = None
-    qa_batch: int = 4  # answer examples per step
-    qa_repeat: float = 0.25  # share of them that are "repeat the document" prompts
-    qa_held: int = 24  # answer examples held apart for the held-out answer CE
 
     def __post_init__(self) -> None:
         _check(self)
-        _at_least(self, 1, "segment_len", "max_group", "lora_r", "qa_batch")
-        _at_least(self, 0, "held", "max_data_tokens", "qa_held", "qa_weight")
+        _at_least(self, 1, "segment_len", "max_group", "lora_r")
+        _at_least(self, 0, "held", "max_data_tokens")
         _check_schedule(self)
         _check_probs(self, self.max_group)
-        if not 0 <= self.qa_repeat <= 1:
-            raise ConfigError(f"ReaderConfig.qa_repeat must be in [0, 1]; got {self.qa_repeat!r}")
-        if self.qa_weight > 0 and not self.qa_data:
-            raise ConfigError("ReaderConfig.qa_data must name the answer-examples folder when qa_weight > 0")
+        _check_answers(self)
 
 
 @dataclass
@@ -206,9 +222,10 @@ class InferConfig:
 
 
 @dataclass
-class CompressorConfig:
+class CompressorConfig(AnswerSettings):
     """Train the learned code (``core/codes/learned.py``): the ``compress`` LoRA with which the backbone writes its
-    own Z-tokens, its stop head and codebook, bootstrapped from a trained token-group reader."""
+    own Z-tokens, its stop head and codebook, bootstrapped from a trained token-group reader; optionally with the
+    answer-from-Z term (:class:`AnswerSettings`)."""
 
     # jsonl files with a "text" field, or one .npy of segments [N, >= segment_len] (zcompress train prepare)
     data: list[str] = field(default_factory=list)
@@ -272,6 +289,7 @@ class CompressorConfig:
         _check_schedule(self)
         if not 0 <= self.sampling <= 1:
             raise ConfigError(f"CompressorConfig.sampling must be in [0, 1]; got {self.sampling!r}")
+        _check_answers(self)
         if not self.ratios or any(not 1 <= r <= self.max_span for r in self.ratios):
             raise ConfigError(
                 f"CompressorConfig.ratios must be numbers in [1, max_span={self.max_span}]; got {self.ratios!r}"

@@ -17,12 +17,17 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zcompress_integrations.errors import ConfigError
 
+if TYPE_CHECKING:
+    from zcompress_integrations.core.latent import LatentCodec
+    from zcompress_integrations.core.training.config import AnswerSettings
+
 __all__ = [
     "AnswerExample",
+    "AnswerLoss",
     "ANSWER_FILES",
     "load_answer_examples",
     "repeat_example",
@@ -113,3 +118,66 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
             logits_to_keep=len(answer),
         )
     return torch.nn.functional.cross_entropy(out.logits[0].float(), answer_ids)
+
+
+class AnswerLoss:
+    """The answer-from-Z loss over the training examples of ``cfg.qa_data`` (the first ``cfg.qa_held`` held apart).
+
+    ``cache_codes``: make each context's code once per ratio and keep it (a fixed code: the token-group reader's
+    training); off, every call writes the code again (a writer that trains along: the learned code's)."""
+
+    def __init__(
+        self, codec: LatentCodec, cfg: AnswerSettings, *, seed: int, cache_codes: bool = True
+    ) -> None:
+        from zcompress_integrations.core.compressor import ZCompressor
+
+        examples = load_answer_examples(cfg.qa_data, seed=seed)  # type: ignore[arg-type]
+        if len(examples) <= cfg.qa_held:
+            raise ConfigError(
+                f"{type(cfg).__name__}.qa_held={cfg.qa_held} leaves none of the {len(examples)} answer examples"
+            )
+        self.codec, self.zc = codec, ZCompressor.from_codec(codec)
+        self.held, self.train = examples[: cfg.qa_held], examples[cfg.qa_held :]
+        self.cache_codes = cache_codes
+        self.codes: dict[Any, Any] = {}
+
+    def __call__(self, example: AnswerExample, ratio: float) -> Any:
+        import torch
+
+        key = (example, ratio)
+        codes = self.codes.get(key)
+        if codes is None:
+            with torch.no_grad():
+                codes = self.codec.compress_batch([text for _, text in example.context], ratio=ratio)
+            if self.cache_codes:
+                self.codes[key] = codes
+        return answer_loss(self.zc, codes, example)
+
+    def backward(
+        self, cfg: AnswerSettings, rng: Any, rows: Any, tokenizer: Any, ratios: list[float]
+    ) -> float:
+        """Backpropagate ``cfg.qa_weight`` times the mean answer loss of ``cfg.qa_batch`` examples drawn with
+        ``rng`` (a share ``cfg.qa_repeat`` of them "repeat the document" prompts over training ``rows``), each at a
+        ratio drawn from ``ratios``, one forward each: their lengths differ, the gradients add up. Returns the mean
+        answer loss (nats/token)."""
+        from zcompress_integrations.core.latent import READER
+
+        total = 0.0
+        for _ in range(cfg.qa_batch):
+            if rng.random() < cfg.qa_repeat:
+                example = repeat_example(tokenizer.decode(rows[rng.integers(0, len(rows))].tolist()))
+            else:
+                example = self.train[int(rng.integers(0, len(self.train)))]
+            ratio = float(rng.choice(ratios))
+            loss = self(example, ratio)
+            (cfg.qa_weight / cfg.qa_batch * loss).backward()
+            self.codec.peft_model.base_model.set_adapter(READER)  # the answer loss toggles adapter layers
+            total += float(loss.detach())
+        return total / cfg.qa_batch
+
+    def held_ce(self, ratio: float) -> float:
+        """Mean answer CE (nats/token) of the held-apart examples with their contexts coded at ``ratio``."""
+        import torch
+
+        with torch.no_grad():
+            return sum(float(self(e, ratio)) for e in self.held) / len(self.held)

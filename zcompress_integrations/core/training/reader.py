@@ -38,6 +38,7 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import ReaderConfig
+from zcompress_integrations.core.training.from_z import AnswerLoss
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
 
@@ -258,58 +259,6 @@ def write_adapters(
     return out
 
 
-class AnswerLoss:
-    """The answer-from-Z loss over fixed examples; each context's code is made once per ratio and cached."""
-
-    def __init__(self, codec: LatentCodec, cfg: ReaderConfig) -> None:
-        from zcompress_integrations.core.compressor import ZCompressor
-        from zcompress_integrations.core.training.from_z import load_answer_examples
-
-        examples = load_answer_examples(cfg.qa_data, seed=cfg.seed)  # type: ignore[arg-type]
-        if len(examples) <= cfg.qa_held:
-            raise ConfigError(
-                f"ReaderConfig.qa_held={cfg.qa_held} leaves none of the {len(examples)} answer examples"
-            )
-        self.codec, self.zc = codec, ZCompressor.from_codec(codec)
-        self.held, self.train = examples[: cfg.qa_held], examples[cfg.qa_held :]
-        self.codes: dict[Any, Any] = {}
-
-    def __call__(self, example: Any, ratio: float) -> Any:
-        import torch
-
-        from zcompress_integrations.core.training.from_z import answer_loss
-
-        key = (example, ratio)
-        if key not in self.codes:
-            with torch.no_grad():
-                self.codes[key] = self.codec.compress_batch(
-                    [text for _, text in example.context], ratio=ratio
-                )
-        return answer_loss(self.zc, self.codes[key], example)
-
-    def backward(self, cfg: ReaderConfig, rng: Any, rows: Any, tokenizer: Any) -> int:
-        """Backpropagate ``cfg.qa_weight`` times the mean answer loss of ``cfg.qa_batch`` examples drawn with
-        ``rng`` (a share ``cfg.qa_repeat`` of them "repeat the document" prompts over training ``rows``), one
-        forward each: their lengths differ, the gradients add up. Returns how many examples it used."""
-        from zcompress_integrations.core.training.from_z import repeat_example
-
-        for _ in range(cfg.qa_batch):
-            if rng.random() < cfg.qa_repeat:
-                example = repeat_example(tokenizer.decode(rows[rng.integers(0, len(rows))].tolist()))
-            else:
-                example = self.train[int(rng.integers(0, len(self.train)))]
-            ratio = float(rng.choice([2.0, float(cfg.max_group)]))
-            (cfg.qa_weight / cfg.qa_batch * self(example, ratio)).backward()
-            self.codec.peft_model.base_model.set_adapter(READER)  # the answer loss toggles adapter layers
-        return cfg.qa_batch
-
-    def held_ce(self) -> float:
-        import torch
-
-        with torch.no_grad():
-            return sum(float(self(e, 2.0)) for e in self.held) / len(self.held)
-
-
 def evaluate(
     codec: LatentCodec,
     held: Any,
@@ -330,7 +279,7 @@ def evaluate(
             row[f"held_ce_{name}"] = round(held_ce(codec, held, groups), 4)
             row[f"held_ce_{name}_shuffled"] = round(held_ce(codec, held, groups, shuffle=True), 4)
     if answers is not None:
-        row["held_answer_ce_2x"] = round(answers.held_ce(), 4)
+        row["held_answer_ce_2x"] = round(answers.held_ce(2.0), 4)
     codec.peft_model.train()
     codec.peft_model.base_model.set_adapter(READER)
     return row
@@ -492,7 +441,7 @@ def train_reader(
 
     # 5. the answer-from-Z loss (optional) and the fixed held-out groupings; a first eval row on a fresh run
     #    (a run resumed with the answer loss logs where it starts too)
-    answers = AnswerLoss(codec, cfg) if cfg.qa_weight > 0 else None
+    answers = AnswerLoss(codec, cfg, seed=cfg.seed) if cfg.qa_weight > 0 else None
     eval_groups = _eval_groups(cfg, len(held))
     records: list[dict[str, Any]] = []
     if progress["step"] == 0 or answers is not None:
@@ -513,7 +462,8 @@ def train_reader(
         loss = reconstruction_loss(codec, seg, groups)
         loss.backward()
         if answers is not None:
-            progress["qa_seen"] += answers.backward(cfg, rng, train_rows, backbone.tokenizer)
+            answers.backward(cfg, rng, train_rows, backbone.tokenizer, [2.0, float(cfg.max_group)])
+            progress["qa_seen"] += cfg.qa_batch
         # 6c. clip, step
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
