@@ -7,7 +7,8 @@ CE with another row's Z (the information Z carries; it must reach >= 1 nat/token
 span's token-group embedding over the target's mean square: 1.0 is what an all-zero Z scores; the log holds it times
 the run's ``match_weight``, which ``--match-weight`` divides out), the VQ term, Z-tokens per segment, and seconds
 a training step (the log's ``seconds`` counts steps only, not evals or checkpoints). Eval rows (inference path:
-the model's span ends and quantised ids) are listed as logged. Prints to stdout.
+the model's span ends and quantised ids) and answer rows (held-apart answer-from-Z CE, runs with ``qa_weight``) are
+listed as logged. Prints to stdout.
 """
 
 from __future__ import annotations
@@ -54,6 +55,23 @@ def tables(rows: list[dict], window: int, match_weight: float = 1.0) -> list[str
                 f"| {r['step']} | {r['ce_true_2x']:.3f} / {r.get('ce_true_4x', '-')} | "
                 f"{r['ce_other_2x']:.3f} / {r.get('ce_other_4x', '-')} | {r['usage_ppl_2x']} / {r.get('usage_ppl_4x', '-')} | "
                 f"{r.get('ratio_2x')} / {r.get('ratio_4x')} | {r.get('spearman_2x')} / {r.get('spearman_4x')} |"
+            )
+    answers = [r for r in rows if r["kind"] == "answers"]
+    if answers:
+        keys = sorted(
+            (k for k in answers[0] if k.startswith("held_answer_ce_")), key=lambda k: float(k[15:-1])
+        )
+        lines += [
+            "",
+            "| answers at step | " + " | ".join(f"held-apart answer CE, {k[15:]}" for k in keys) + " |",
+            "| ---: |" + " ---: |" * len(keys),
+        ]
+        lines += [f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in answers]
+        shown = [r for r in train if r.get("answer") is not None]
+        if shown:
+            lines.append(
+                f"\nTrain rows' answer loss, mean over {len(shown)} steps: "
+                f"{sum(r['answer'] for r in shown) / len(shown):.3f} nats/token."
             )
     return lines
 
