@@ -78,6 +78,7 @@ def stored_rows() -> list[dict]:
         ("learned_code_run11/eval_200.json", "learned run 11 (run 10, match weight 0.5)", "model"),
         ("learned_code_run11/eval_200_lengths.json", "learned run 11, stored segment lengths", "model"),
         ("learned_code_run12/eval_200.json", "learned run 12 (run 11 + scheduled sampling)", "model"),
+        ("learned_code_run13/eval_200.json", "learned run 13 (run 12 + answer-from-Z term)", "model"),
     ):
         for r in _load(name)["rows"]:
             rows.append(
