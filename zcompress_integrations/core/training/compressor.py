@@ -51,7 +51,7 @@ from zcompress_integrations.core.training.checkpoint import (
     save_checkpoint,
 )
 from zcompress_integrations.core.training.config import CompressorConfig
-from zcompress_integrations.core.training.from_z import AnswerLoss
+from zcompress_integrations.core.training.from_z import AnswerLoss, answer_card
 from zcompress_integrations.core.training.reader import adapter_dir_weights, log_row
 from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
 from zcompress_integrations.errors import ConfigError
@@ -720,12 +720,6 @@ def _export(
         "data": [str(d) for d in cfg.data],
     }
     if answers is not None:
-        codec.config.training["answer_from_z"] = {
-            "weight": cfg.qa_weight,
-            "examples_per_step": cfg.qa_batch,
-            "repeat_share": cfg.qa_repeat,
-            "examples_seen": progress["qa_seen"],
-            "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
-        }
+        codec.config.training["answer_from_z"] = answer_card(cfg, progress["qa_seen"])
     codec.refresh_fingerprint()
     codec.save_pretrained(Path(cfg.out) / "adapters")

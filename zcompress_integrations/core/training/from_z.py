@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnswerExample",
     "AnswerLoss",
+    "answer_card",
     "ANSWER_FILES",
     "load_answer_examples",
     "repeat_example",
@@ -118,6 +119,17 @@ def answer_loss(zc: Any, codes: list[Any], example: AnswerExample) -> Any:
             logits_to_keep=len(answer),
         )
     return torch.nn.functional.cross_entropy(out.logits[0].float(), answer_ids)
+
+
+def answer_card(cfg: AnswerSettings, examples_seen: int) -> dict[str, Any]:
+    """The adapters' training-card entry for the answer-from-Z term of a run."""
+    return {
+        "weight": cfg.qa_weight,
+        "examples_per_step": cfg.qa_batch,
+        "repeat_share": cfg.qa_repeat,
+        "examples_seen": examples_seen,
+        "data": f"{cfg.qa_data} (first {cfg.qa_held} held apart) + repeat prompts",
+    }
 
 
 class AnswerLoss:
