@@ -175,6 +175,19 @@ def test_path_param_is_a_known_name_and_range_checked() -> None:
             ZCode.from_bytes(_code(params=params).to_bytes())
 
 
+def test_latent_parameter_names_are_stored_compactly_and_old_spellings_still_parse() -> None:
+    code = CODES["latent_lengths"]
+    raw = code.to_bytes()
+    assert b"segment_len" not in raw and b"ratio_x100" not in raw
+    # the same code as written before these names were known: each name spelled out after its length byte
+    spelled = bytes.fromhex(
+        "5a430105808080081150030202010a07020a726174696f5f7831303090030b7365676d656e745f6c656e10"
+        "00000001ffffff000003aabbccdd01020304eefccc0d"
+    )
+    assert len(spelled) - len(raw) == len("ratio_x100") + len("segment_len") - 2  # an index byte each instead
+    assert ZCode.from_bytes(spelled) == code
+
+
 def test_segment_tokens_cost_a_byte_a_segment_and_are_checked() -> None:
     with_lengths = CODES["latent_lengths"]
     without = _code(**{**_fields(with_lengths), "segment_tokens": ()})

@@ -75,7 +75,11 @@ _FLAG_SEGMENT_TOKENS = 4  # each segment's text-token count follows the segments
 CodecKind = Literal["exact", "latent"]
 # Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
 # Append only: the index of a name is part of the binary format.
-_KNOWN_PARAMS = ("window", "lanes", "lane0", "threads", "freq_bits", "start", "path")
+_KNOWN_PARAMS = (
+    *("window", "lanes", "lane0", "threads", "freq_bits", "start", "path"),
+    # the latent codes' names, appended later: before, a latent code spelled them out (~25 bytes); those still parse
+    *("segment_len", "ratio_x100", "generated"),
+)
 _MAX_VARINT_BYTES = 10  # 70 bits: any larger field is malformed
 _ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 
