@@ -53,7 +53,13 @@ from zcompress_integrations.core.training.checkpoint import (
 from zcompress_integrations.core.training.config import CompressorConfig
 from zcompress_integrations.core.training.from_z import AnswerLoss, answer_card
 from zcompress_integrations.core.training.reader import adapter_dir_weights, log_row
-from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
+from zcompress_integrations.core.training.schedule import (
+    allowed_ratios,
+    curriculum_ratio,
+    due,
+    out_of_time,
+    set_lr,
+)
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
@@ -635,15 +641,12 @@ def train_compressor(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, cfg, step)
         # 5a. a batch and a ratio from the curriculum
         seg = torch.as_tensor(
             train_rows[rng.integers(0, len(train_rows), cfg.batch_size)], device=backbone.device
         )
-        allowed = cfg.ratios[: 1 + step // cfg.curriculum_every]
-        ratio = float(allowed[int(rng.integers(0, len(allowed)))])
+        ratio = curriculum_ratio(cfg, step, rng)
         # 5b. forward (quantised from vq_start), backward (the reader from reader_start), clip, step
         ce_weight = cfg.ce_weight if step >= cfg.ce_start else 0.0
         sampling = _sampling_share(cfg, step)
@@ -655,7 +658,9 @@ def train_compressor(
             for p in _lora(codec, READER).values():
                 p.grad = None
         elif answers is not None:  # reads ids the writer made without gradient: trains the reader (and rows)
-            parts["answer"] = round(answers.backward(cfg, rng, train_rows, backbone.tokenizer, allowed), 4)
+            parts["answer"] = round(
+                answers.backward(cfg, rng, train_rows, backbone.tokenizer, allowed_ratios(cfg, step)), 4
+            )
             progress["qa_seen"] += cfg.qa_batch
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

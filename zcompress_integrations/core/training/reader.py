@@ -39,7 +39,7 @@ from zcompress_integrations.core.training.checkpoint import (
 )
 from zcompress_integrations.core.training.config import ReaderConfig
 from zcompress_integrations.core.training.from_z import AnswerLoss, answer_card
-from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
+from zcompress_integrations.core.training.schedule import due, out_of_time, set_lr
 from zcompress_integrations.errors import ConfigError
 
 __all__ = [
@@ -445,9 +445,7 @@ def train_reader(
     codec.peft_model.train()
     while progress["step"] < cfg.steps:
         t0 = time.time()
-        lr = get_lr(progress["step"], lr=cfg.lr, **schedule_of(cfg))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, cfg, progress["step"])
         # 6a. a batch: random rows, each cut into random groups
         rows_now = train_rows[rng.integers(0, len(train_rows), cfg.batch_size)]
         seg = torch.as_tensor(rows_now, device=backbone.device)  # [B, L]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["get_lr", "schedule_of", "due", "out_of_time"]
+__all__ = ["get_lr", "schedule_of", "set_lr", "allowed_ratios", "curriculum_ratio", "due", "out_of_time"]
 
 
 def get_lr(
@@ -38,6 +38,26 @@ def schedule_of(cfg: Any) -> dict[str, Any]:
     """:func:`get_lr`'s keyword arguments (all but ``lr``) from a task config."""
     names = ("steps", "warmup_steps", "decay", "decay_start", "min_lr_frac")
     return {name: getattr(cfg, name) for name in names}
+
+
+def set_lr(opt: Any, cfg: Any, step: int) -> float:
+    """Give every parameter group of ``opt`` the learning rate of ``step`` under ``cfg``'s schedule; return it."""
+    lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def allowed_ratios(cfg: Any, step: int) -> list[float]:
+    """The ratios the curriculum allows at ``step``: ``cfg.ratios`` in order, one more every
+    ``cfg.curriculum_every`` steps."""
+    return list(cfg.ratios[: 1 + step // cfg.curriculum_every])
+
+
+def curriculum_ratio(cfg: Any, step: int, rng: Any) -> float:
+    """One of :func:`allowed_ratios`, drawn with ``rng`` (a numpy generator; one draw)."""
+    allowed = allowed_ratios(cfg, step)
+    return float(allowed[int(rng.integers(0, len(allowed)))])
 
 
 def due(step: int, every: int, last: bool) -> bool:

@@ -55,7 +55,7 @@ from zcompress_integrations.core.training.compressor import (
 )
 from zcompress_integrations.core.training.config import StagedConfig
 from zcompress_integrations.core.training.reader import log_row
-from zcompress_integrations.core.training.schedule import due, get_lr, out_of_time, schedule_of
+from zcompress_integrations.core.training.schedule import curriculum_ratio, due, out_of_time, set_lr
 
 __all__ = ["train_staged", "span_embeddings", "teacher_ids", "writer_loss", "init_vocabulary", "fit_to_z"]
 
@@ -339,14 +339,11 @@ def train_staged(
     while progress["step"] < cfg.steps:
         t0 = time.time()
         step = progress["step"]
-        lr = get_lr(step, lr=cfg.lr, **schedule_of(cfg))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, cfg, step)
         seg = torch.as_tensor(
             train_rows[rng.integers(0, len(train_rows), cfg.batch_size)], device=backbone.device
         )
-        allowed = cfg.ratios[: 1 + step // cfg.curriculum_every]
-        ratio = float(allowed[int(rng.integers(0, len(allowed)))])
+        ratio = curriculum_ratio(cfg, step, rng)
         reading = step < cfg.reader_steps
         if step == cfg.reader_steps and cfg.writer_fit_rows:  # the writer's first step: a least-squares start
             _fit_writer(codec, teacher, cfg, train_rows, out, records)
