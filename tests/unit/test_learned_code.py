@@ -329,6 +329,14 @@ def test_span_count_is_the_stop_heads_expected_count() -> None:
     ends = span_ends(logits, 40, 16)
     assert len(ends) == 3 and all(0 < b - a <= 16 for a, b in zip([-1, *ends], ends, strict=False))
     assert span_ends([], 0, 16) == []
+    # a count asked for: the highest-scoring places for that many ends, still within 1..length and max_span
+    logits = [-4.0] * 32
+    for t, score in ((5, 3.0), (12, 4.0), (20, 2.0), (31, 4.0)):
+        logits[t] = score
+    assert span_ends(logits, 32, 16, count=3) == [12, 20, 31]
+    assert span_ends(logits, 32, 16, count=2) == [15, 31]  # an end at 12 would leave a 19-token span
+    assert len(span_ends(logits, 32, 16, count=1)) == 2  # no span over 16 tokens
+    assert len(span_ends(logits, 32, 16, count=99)) == 32
 
 
 def test_reader_ce_joins_the_loss_at_ce_start(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -57,10 +57,12 @@ def quantize(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
     return total, torch.stack(picks, -1)
 
 
-def span_ends(stop_logits: Sequence[float], length: int, max_span: int) -> list[int]:
+def span_ends(stop_logits: Sequence[float], length: int, max_span: int, count: int | None = None) -> list[int]:
     """Indices of the tokens that end a span. The segment gets the stop head's expected span count,
     ``round(sum(sigmoid(stop_logits)))`` (at least ``ceil(length / max_span)``, at most ``length``), placed where
     their summed stop logits are highest, with the last end at the last token and no span longer than ``max_span``.
+    ``count`` asks for that many spans instead (a decoder re-encoding a candidate text to compare it with a stored
+    code), within the same bounds.
 
     Training pulls the mean stop probability toward ``1 / ratio`` (the length budget), so the count follows the
     requested ratio on average and moves with how the head scores the content. A fixed threshold (stop where the
@@ -70,7 +72,9 @@ def span_ends(stop_logits: Sequence[float], length: int, max_span: int) -> list[
     if length <= 0:
         return []
     logits = np.clip(np.asarray(list(stop_logits)[:length], dtype=np.float64), -60.0, 60.0)
-    count = min(max(round(float((1.0 / (1.0 + np.exp(-logits))).sum())), -(-length // max_span), 1), length)
+    if count is None:
+        count = round(float((1.0 / (1.0 + np.exp(-logits))).sum()))
+    count = min(max(count, -(-length // max_span), 1), length)
     # exactly ``count`` ends, the last at the last token, no span over ``max_span``: the placement with the highest
     # summed stop logit (dynamic programme over spans); a tiny evenness term only breaks ties
     even = length / count
