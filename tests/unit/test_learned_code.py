@@ -137,6 +137,16 @@ def test_the_reader_writes_each_segments_stored_length(
     assert all(b == [] for c in calls for b in c["banned"])
 
 
+def test_only_a_learned_code_is_calibrated(tiny_latent_compressor: Any) -> None:
+    import torch
+
+    from zcompress_integrations.core.training.calibrate import stop_offsets
+    from zcompress_integrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only a learned code has a stop head"):
+        stop_offsets(tiny_latent_compressor.latent_codec, torch.zeros(2, 8, dtype=torch.long), [2.0])
+
+
 def test_token_group_codes_store_no_segment_lengths(tiny_latent_compressor: Any) -> None:
     code = tiny_latent_compressor.compress(TEXT * 4, mode="latent", ratio=2.0)
     assert len(code.segments) > 1 and code.segment_tokens == ()
@@ -172,6 +182,57 @@ def test_lengths_are_the_models_choice(trained: tuple[str, Path, list]) -> None:
         never = code.write(zc.latent_codec, [tokens], 2.0, 8, False)[0]
     assert len(always) == len(tokens)
     assert len(never) == -(-len(tokens) // 8)
+
+
+def test_calibration_sets_the_mean_length_and_keeps_old_codes_valid(
+    trained: tuple[str, Path, list], tmp_path: Path
+) -> None:
+    """``zcompress train calibrate`` biases the stop head per ratio so that training segments come out at the
+    requested ratio through the shipped write path; the adapters' files (and so the fingerprint, and the codes made
+    before) stay as they were, and the source directory is left alone."""
+    from zcompress_integrations import ZCompressor
+    from zcompress_integrations.core.backbone import load_backbone
+    from zcompress_integrations.core.training.calibrate import calibrate
+    from zcompress_integrations.core.training.cli import main
+    from zcompress_integrations.core.training.config import CalibrateConfig
+
+    model_dir, out, _ = trained
+    backbone = load_backbone(model_dir, device="cpu")
+    rows = _segments(backbone)
+    before = ZCompressor.from_pretrained(model_dir, adapters=out / "adapters", window=64)
+    old_code = before.compress(TEXT * 3, mode="latent", ratio=2.0)
+    cfg = CalibrateConfig(
+        adapters=str(out / "adapters"), out=str(tmp_path / "cal"), ratios=[2.0, 4.0], skip=8
+    )
+    written = calibrate(cfg, backbone=backbone, segments=rows)
+    config = json.loads((written / "zcompress_config.json").read_text())
+    assert set(config["stop_offsets"]) == {"2", "4"}
+    assert (
+        "stop_offsets" not in json.loads((out / "adapters" / "zcompress_config.json").read_text())
+        or not (json.loads((out / "adapters" / "zcompress_config.json").read_text())["stop_offsets"])
+    )
+    zc = ZCompressor.from_pretrained(model_dir, adapters=written, window=64)
+    codec = zc.latent_codec
+    assert codec.fingerprint == before.latent_codec.fingerprint
+    assert zc.decompress(old_code) == before.decompress(old_code)
+    calibrated_rows = [list(map(int, r)) for r in rows[8 : 8 + cfg.rows]]
+    for ratio in (2.0, 4.0):
+        ids = codec.code.write(codec, calibrated_rows, ratio, 8, False)
+        achieved = sum(map(len, calibrated_rows)) / sum(map(len, ids))
+        assert abs(achieved / ratio - 1) < 0.1, (ratio, achieved)
+    # between calibrated ratios the bias interpolates in log2(ratio); outside, the nearest one holds
+    low, high = config["stop_offsets"]["2"], config["stop_offsets"]["4"]
+    assert codec.code.stop_offset(2.0 * 2**0.5) == pytest.approx((low + high) / 2)
+    assert codec.code.stop_offset(1.5) == pytest.approx(low) and codec.code.stop_offset(
+        16.0
+    ) == pytest.approx(high)
+    # bad settings and bad offsets in a config are refused with what to do
+    assert main(["calibrate", "--adapters", str(out / "adapters"), "--ratios", "0.5"]) == 2
+    from zcompress_integrations.core.latent import LatentConfig
+    from zcompress_integrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibrate"):
+        LatentConfig(code="learned", stop_offsets={"fast": 1.0})
 
 
 @pytest.mark.parametrize(("sampling", "qa_weight"), [(0.0, 0.0), (0.5, 0.0), (0.0, 1.0)])

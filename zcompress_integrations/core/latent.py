@@ -85,6 +85,23 @@ def check_ratio(ratio: float, cap: float) -> float:
     return value
 
 
+def _check_stop_offsets(offsets: dict[str, float]) -> None:
+    for key, offset in offsets.items():
+        try:
+            ratio = float(key)
+        except ValueError:
+            ratio = float("nan")
+        if (
+            not (math.isfinite(ratio) and ratio >= 1)
+            or not isinstance(offset, int | float)
+            or not math.isfinite(offset)
+        ):
+            raise ConfigError(
+                f"LatentConfig.stop_offsets maps ratios >= 1 to finite offsets; got {key!r}: {offset!r} "
+                "(rerun `zcompress train calibrate`)"
+            )
+
+
 @dataclass
 class LatentConfig:
     """Settings of a latent codec; saved as ``zcompress_config.json`` beside the adapters.
@@ -106,6 +123,9 @@ class LatentConfig:
         codebook_size / codebooks / max_span: the learned code's vocabulary (``codebook_size ** codebooks`` ids)
             and most text tokens one of its Z-tokens stands for.
         vocab_size: text vocabulary size the token-group code is built on (set by :meth:`LatentCodec.create`).
+        stop_offsets: the learned code's stop-head calibration: a bias added to its stop logits per requested
+            ratio (keys ``f"{ratio:g}"``), set by ``zcompress train calibrate`` so that the achieved ratio on
+            training text is the requested one; other ratios interpolate in log2(ratio). Empty: no bias.
         training: how the adapters were trained (free-form, for the model card).
     """
 
@@ -130,6 +150,7 @@ class LatentConfig:
     codebooks: int = 1
     max_span: int = 16
     version: int = LATENT_VERSION
+    stop_offsets: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -163,6 +184,7 @@ class LatentConfig:
         check_ratio(self.default_ratio, code_class(self.code).ratio_cap(self))
         if not math.isfinite(self.calib_nll) or self.calib_nll <= 0:
             raise ConfigError(f"LatentConfig.calib_nll must be > 0; got {self.calib_nll!r}")
+        _check_stop_offsets(self.stop_offsets)
 
     def lora_config(self) -> Any:
         """The peft ``LoraConfig`` every adapter of this codec uses."""

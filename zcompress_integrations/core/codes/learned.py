@@ -57,7 +57,9 @@ def quantize(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
     return total, torch.stack(picks, -1)
 
 
-def span_ends(stop_logits: Sequence[float], length: int, max_span: int, count: int | None = None) -> list[int]:
+def span_ends(
+    stop_logits: Sequence[float], length: int, max_span: int, count: int | None = None
+) -> list[int]:
     """Indices of the tokens that end a span. The segment gets the stop head's expected span count,
     ``round(sum(sigmoid(stop_logits)))`` (at least ``ceil(length / max_span)``, at most ``length``), placed where
     their summed stop logits are highest, with the last end at the last token and no span longer than ``max_span``.
@@ -109,7 +111,14 @@ class LearnedCode:
     name = "learned"
     adapters = ("decompress", COMPRESS)
 
-    def __init__(self, embedding: Any, codebook_size: int, codebooks: int, max_span: int) -> None:
+    def __init__(
+        self,
+        embedding: Any,
+        codebook_size: int,
+        codebooks: int,
+        max_span: int,
+        stop_offsets: dict[str, float] | None = None,
+    ) -> None:
         import torch
 
         weight = embedding.weight
@@ -118,6 +127,8 @@ class LearnedCode:
         self.codebook_size = int(codebook_size)
         self.codebooks = int(codebooks)
         self.max_span = int(max_span)
+        # (log2 ratio, offset), sorted: the stop head's calibration (LatentConfig.stop_offsets)
+        self.stop_offsets = sorted((math.log2(float(r)), float(b)) for r, b in (stop_offsets or {}).items())
         dev = weight.device
         scale = float(weight.detach().float().norm(dim=1).mean())
         gen = torch.Generator().manual_seed(0)
@@ -134,7 +145,7 @@ class LearnedCode:
 
     @classmethod
     def from_config(cls, config: Any, embedding: Any, state: dict[str, Any] | None = None) -> LearnedCode:
-        code = cls(embedding, config.codebook_size, config.codebooks, config.max_span)
+        code = cls(embedding, config.codebook_size, config.codebooks, config.max_span, config.stop_offsets)
         if state is not None:
             code.load_state_dict(state)
         return code
@@ -163,6 +174,20 @@ class LearnedCode:
     def ratio_vector(self, ratio: float) -> torch.Tensor:
         """``[H]`` input embedding that tells the compress pass the requested ratio."""
         return self.ratio_embed[0] + math.log2(ratio) * self.ratio_embed[1]
+
+    def stop_offset(self, ratio: float) -> float:
+        """The calibration's bias on the stop logits at ``ratio``: linear in log2(ratio) between calibrated
+        ratios, the nearest one's outside them, 0 without a calibration."""
+        points = self.stop_offsets
+        if not points:
+            return 0.0
+        x = math.log2(ratio)
+        if x <= points[0][0]:
+            return points[0][1]
+        for (x0, b0), (x1, b1) in zip(points, points[1:], strict=False):
+            if x <= x1:
+                return b0 + (b1 - b0) * (x - x0) / (x1 - x0)
+        return points[-1][1]
 
     def compress_hidden(self, codec: LatentCodec, seg: torch.Tensor, ratio: float) -> torch.Tensor:
         """``[B, n, H]`` hidden states of the compress pass over ``seg [B, n]`` (call under the compress adapter)."""
@@ -195,11 +220,12 @@ class LearnedCode:
             for s in range(0, len(members), batch_size if length >= _NLL_ALONE_BELOW else 1)
         ]
         dev = self.codebook.device
+        offset = self.stop_offset(ratio)
         with codec.adapter(COMPRESS), torch.inference_mode():
             for chunk in _progress(chunks, progress, "latent compress"):
                 seg = torch.tensor([segments[i] for i in chunk], device=dev)
                 hidden = self.compress_hidden(codec, seg, ratio)  # [B, n, H]
-                stops = self.stop(hidden).squeeze(-1)  # [B, n]
+                stops = self.stop(hidden).squeeze(-1) + offset  # [B, n]
                 for row, i in enumerate(chunk):
                     ends = span_ends(stops[row].tolist(), seg.shape[1], self.max_span)
                     _, idx = quantize(self.to_z(hidden[row, ends]), self.codebook)

@@ -5,6 +5,7 @@
     zcompress train infer --adapters runs/reader/adapters --data 'train/*.jsonl' --out runs/infer
     zcompress train compressor --data segments.npy --out runs/compressor [--resume]   # the learned code
     zcompress train staged --data segments.npy --out runs/staged [--resume]   # the learned code, in stages
+    zcompress train calibrate --adapters runs/compressor/adapters --data segments.npy   # its mean length
 
 Every field of the task's config dataclass (``core/training/config.py``) is a flag; ``--config FILE`` reads a
 YAML or JSON file of the same keys (flags on the command line win). ``--resume`` goes on from ``OUT/checkpoint.pt``
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from zcompress_integrations.core.training.config import (
+    CalibrateConfig,
     CompressorConfig,
     InferConfig,
     PrepareConfig,
@@ -46,6 +48,10 @@ TASKS: dict[str, tuple[type, str]] = {
     "staged": (
         StagedConfig,
         "train the learned code in stages: k-means vocabulary, reader of its ids, writer of its ids",
+    ),
+    "calibrate": (
+        CalibrateConfig,
+        "set a learned code's stop-head bias per ratio so that training text comes out at the requested ratio",
     ),
     "prepare": (PrepareConfig, "tokenise jsonl files into the .npy of segments the reader trains on"),
 }
@@ -102,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         helps = _field_help(cls)
         for name, hint in get_type_hints(cls).items():
             _add_field(p, name, hint, defaults[name], helps.get(name, name.replace("_", " ")))
-        if task != "prepare":
+        if task not in ("prepare", "calibrate"):
             p.add_argument(
                 "--resume", action="store_true", help="go on from OUT/checkpoint.pt when there is one"
             )
@@ -145,6 +151,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> Path:
     """Run the task ``args`` describe; returns what it wrote."""
     cfg = config_from_args(args)
+    if args.task == "calibrate":
+        from zcompress_integrations.core.training.calibrate import calibrate
+
+        return calibrate(cfg)
     if args.task == "prepare":
         from zcompress_integrations.core.backbone import load_backbone
         from zcompress_integrations.core.training.data import write_segments

@@ -18,6 +18,7 @@ __all__ = [
     "InferConfig",
     "PrepareConfig",
     "CompressorConfig",
+    "CalibrateConfig",
     "Device",
     "Decay",
     "config_from_dict",
@@ -358,6 +359,33 @@ class StagedConfig:
             raise ConfigError(
                 f"StagedConfig.ratios must be numbers in [1, max_span={self.max_span}]; got {self.ratios!r}"
             )
+
+
+@dataclass
+class CalibrateConfig:
+    """Calibrate a learned code's stop head: per requested ratio, the bias on its stop logits with which the code
+    of training segments comes out at that ratio (``LatentConfig.stop_offsets``). Nothing is trained; the writer
+    still chooses each segment's count and span ends, only the mean count is set."""
+
+    adapters: str = ""  # learned-code adapters to calibrate
+    data: list[str] = field(default_factory=list)  # training text: jsonl files with a "text" field, or a .npy
+    out: str = ""  # where to write the calibrated adapters ("" = in place)
+    ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # the ratios to calibrate
+    rows: int = 512  # training segments to calibrate on
+    skip: int = 64  # leave out the first rows (the compressor's ``held`` rows: its held-apart diagnostics)
+    model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
+    device: Device = "cpu"  # where to run
+    batch_size: int = 32  # segments per compress pass
+    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        _at_least(self, 1, "rows", "batch_size")
+        _at_least(self, 0, "skip", "max_data_tokens")
+        if not self.adapters:
+            raise ConfigError("CalibrateConfig.adapters is required: a learned-code adapters directory")
+        if not self.ratios or any(not r > 1 for r in self.ratios):
+            raise ConfigError(f"CalibrateConfig.ratios must be ratios > 1; got {self.ratios!r}")
 
 
 @dataclass
