@@ -456,6 +456,17 @@ def test_init_from_starts_from_another_runs_weights(
         loaded = load(out)
         recorded = json.loads((out / "adapters" / "zcompress_config.json").read_text())["training"]
         assert recorded["init_from"] == str(start)  # the adapters say which run they went on from
+        if start.name == "adapters":  # and still do after a resumed continuation (run 14's card lost it)
+            went_on = tmp_path / "went_on"
+            for steps, how in ((1, {"init_from": start}), (2, {"resume": True})):
+                train_compressor(
+                    _config(went_on, steps=steps, vq_start=0, eval_every=100, checkpoint_every=1),
+                    backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+                    segments=rows,
+                    **how,
+                )
+            resumed = json.loads((went_on / "adapters" / "zcompress_config.json").read_text())["training"]
+            assert resumed["init_from"] == str(start) and resumed["steps"] == 2
         assert loaded.keys() == source.keys()
         for key in source:
             torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=f"{start}: {key}")

@@ -152,8 +152,9 @@ def make_state(
 
 def restore(state: dict[str, Any], optimizer: Any, data_rng: Any, progress: dict[str, Any]) -> dict[str, Any]:
     """Put the optimizer, every RNG and the data stream back where ``state`` left them (the weights are the task's
-    to load); returns the saved ``progress`` counters."""
+    to load); returns the saved ``progress`` counters (a counter the checkpoint predates keeps its value in
+    ``progress``)."""
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     data_rng.bit_generator.state = state["data"]["rng"]
-    return {k: state["data"][k] for k in progress}
+    return {k: state["data"].get(k, progress[k]) for k in progress}

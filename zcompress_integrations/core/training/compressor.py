@@ -387,6 +387,7 @@ def _start(
         logger.info("resumed %s at step %d", ckpt, progress["step"])
     elif init_from:
         _init_from(codec, init_from)
+        progress["init_from"] = str(init_from)
         logger.info("initialised from %s", init_from)
     return progress
 
@@ -626,7 +627,8 @@ def train_compressor(
     # 3. what trains and the optimizer; the data stream
     params, opt = _optimizer(codec, cfg)
     rng = np.random.default_rng(cfg.seed)
-    progress = {"step": 0, "tokens": 0, "seconds": 0.0, "qa_seen": 0}
+    # init_from is kept in the checkpoint: a resumed run's card still names the run it went on from
+    progress = {"step": 0, "tokens": 0, "seconds": 0.0, "qa_seen": 0, "init_from": None}
     step_fn = _Step(codec, teacher, cfg)
 
     # 4. resume from this run's checkpoint, or start from another run's weights
@@ -682,7 +684,7 @@ def train_compressor(
             break
 
     # 6. the adapters directory
-    _export(codec, cfg, init_from, progress, answers)
+    _export(codec, cfg, progress["init_from"], progress, answers)
     return codec, records
 
 
