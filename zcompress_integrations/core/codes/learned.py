@@ -5,9 +5,10 @@ Writing. The backbone reads a segment with its ``compress`` LoRA adapter on, aft
 text token; the segment gets the head's expected number of spans (the sum of its stop probabilities), ending at its
 highest-scoring tokens (and at the last token; no span is longer than ``max_span``): the number of Z-tokens is the
 model's choice, not a formula, and spans can be short where the text is surprising and long where it is
-predictable (``span_ends``). The hidden state at a span's last token, turned by
-``to_z``, is quantised by residual vector quantisation over ``codebooks`` codebooks of ``codebook_size`` rows each:
-codebook 1 takes the nearest row, codebook 2 the nearest row to what is left, and so on.
+predictable (``span_ends``); a calibration (``zcompress train calibrate``, ``LatentConfig.stop_offsets``) may add a
+bias per ratio to the stop logits so that the mean count meets the request. The hidden state at a span's last token,
+turned by ``to_z``, is quantised by residual vector quantisation over ``codebooks`` codebooks of ``codebook_size``
+rows each: codebook 1 takes the nearest row, codebook 2 the nearest row to what is left, and so on.
 
 Ids and size. A Z id is ``i_1 + K * i_2 + K^2 * i_3 ...`` (``K = codebook_size``), so ``k = K ** codebooks`` and a
 stored Z costs ``log2(k)`` bits: 12 bits at the default 4096 x 1, against 63 for a token-group Z.
