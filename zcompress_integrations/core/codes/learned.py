@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from zcompress_integrations.core.latent import LatentCodec
 
-__all__ = ["LearnedCode", "COMPRESS", "quantize", "span_ends"]
+__all__ = ["LearnedCode", "COMPRESS", "quantize", "span_count", "span_ends"]
 
 COMPRESS = "compress"  # the LoRA adapter with which the backbone writes Z
 
@@ -58,6 +58,12 @@ def quantize(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tenso
     return total, torch.stack(picks, -1)
 
 
+def span_count(count: float, length: int, max_span: int) -> int:
+    """``count`` spans rounded and kept within what a segment of ``length`` tokens allows: at least
+    ``ceil(length / max_span)`` (and 1), at most ``length``."""
+    return min(max(round(count), -(-length // max_span), 1), length)
+
+
 def span_ends(
     stop_logits: Sequence[float], length: int, max_span: int, count: int | None = None
 ) -> list[int]:
@@ -77,7 +83,7 @@ def span_ends(
     logits = np.clip(np.asarray(list(stop_logits)[:length], dtype=np.float64), -60.0, 60.0)
     if count is None:
         count = round(float((1.0 / (1.0 + np.exp(-logits))).sum()))
-    count = min(max(count, -(-length // max_span), 1), length)
+    count = span_count(count, length, max_span)
     # exactly ``count`` ends, the last at the last token, no span over ``max_span``: the placement with the highest
     # summed stop logit (dynamic programme over spans); a tiny evenness term only breaks ties
     even = length / count

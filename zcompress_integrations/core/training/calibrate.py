@@ -26,9 +26,11 @@ def _counts(logits: Any, offset: float, max_span: int) -> int:
     """Z-tokens of all rows of ``logits [N, n]`` at ``offset``, counted as ``span_ends`` counts them."""
     import torch
 
+    from zcompress_integrations.core.codes.learned import span_count
+
     n = logits.shape[1]
-    expected = torch.sigmoid(logits.double() + offset).sum(-1).round()
-    return int(expected.clamp(min=max(-(-n // max_span), 1), max=n).sum())
+    expected = torch.sigmoid(logits.double() + offset).sum(-1).tolist()
+    return sum(span_count(e, n, max_span) for e in expected)
 
 
 def stop_offsets(codec: Any, rows: Any, ratios: list[float], batch_size: int = 32) -> dict[str, float]:
