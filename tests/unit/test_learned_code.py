@@ -468,6 +468,30 @@ def test_init_from_starts_from_another_runs_weights(
         for key in source:
             torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=f"{start}: {key}")
 
+    # fewer codebooks than the source: the first ones kept (residual VQ's coarse code), and the continuation logs
+    # where it starts from at step 0; more codebooks than the source are refused
+    two = tmp_path / "two"
+    train_compressor(
+        _config(two, codebooks=2, steps=1, vq_start=0, eval_every=100),
+        backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+        segments=rows,
+    )
+    _, records = train_compressor(
+        _config(tmp_path / "one", codebooks=1, steps=0, vq_start=0, eval_every=100),
+        init_from=two / "adapters",
+        backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+        segments=rows,
+    )
+    torch.testing.assert_close(load(tmp_path / "one")["codebook"], load(two)["codebook"][:1], rtol=0, atol=0)
+    start_rows = [r for r in records if r["kind"] == "eval" and r["step"] == 0]
+    assert len(start_rows) == 1 and math.isfinite(start_rows[0]["ce_true_2x"])
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_compressor(
+            _config(tmp_path / "three", codebooks=3, steps=0),
+            init_from=two / "adapters",
+            backbone=load_backbone(str(tiny_model_dir), device="cpu"),
+            segments=rows,
+        )
     with pytest.raises(ConfigError, match="does not fit"):
         train_compressor(
             _config(tmp_path / "k32", codebook_size=32, steps=0),

@@ -355,12 +355,18 @@ def _init_from(codec: LatentCodec, source: str | Path) -> None:
     weights = init_source(source)
     live = {**_lora(codec, READER), **_lora(codec, COMPRESS)}
     live.update({f"code.{k}": v for k, v in codec.code.state_dict().items()})
+    book, have = weights.get("code.codebook"), live["code.codebook"]
+    if book is not None and book.shape[0] > have.shape[0] and book.shape[1:] == have.shape[1:]:
+        # fewer codebooks than the source: residual VQ's first ones are the coarse code on their own
+        logger.info("init_from: the first %d of %d codebooks kept", have.shape[0], book.shape[0])
+        weights = {**weights, "code.codebook": book[: have.shape[0]].clone()}
     missing = sorted(set(live) - set(weights))
     wrong = sorted(k for k in live if k in weights and weights[k].shape != live[k].shape)
     if missing or wrong:
         raise ConfigError(
             f"init_from: {source} does not fit this config ({len(missing)} weights missing, shapes differ for "
-            f"{wrong[:3]}): give it the lora_r, codebook_size, codebooks and model it was trained with"
+            f"{wrong[:3]}): give it the lora_r, codebook_size and model it was trained with, and at most its "
+            "codebooks"
         )
     _apply(codec, weights)
     if "sep" in weights:  # the separator the reader was trained with
@@ -634,6 +640,11 @@ def train_compressor(
     # 4. resume from this run's checkpoint, or start from another run's weights
     progress = {"qa_seen": 0} | _start(codec, out / CHECKPOINT_NAME, resume, init_from, opt, rng, progress)
     records: list[dict[str, Any]] = []
+    if init_from and progress["step"] == 0 and len(held):
+        # where the continuation starts, as its own diagnostics see it (another config may read the weights
+        # differently from the run they came from: fewer codebooks, other ratios)
+        codec.peft_model.eval()
+        log_row(out, diagnostics(codec, held, cfg.ratios) | {"step": 0}, records)
     answers = _answers(codec, cfg, progress, records)
 
     # 5. the loop
