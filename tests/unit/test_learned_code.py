@@ -217,6 +217,30 @@ def test_calibration_sets_the_mean_length_and_keeps_old_codes_valid(
         ids = codec.code.write(codec, calibrated_rows, ratio, 8, False)
         achieved = sum(map(len, calibrated_rows)) / sum(map(len, ids))
         assert abs(achieved / ratio - 1) < 0.1, (ratio, achieved)
+    # jsonl data: paragraphs cut as compress cuts them (a short last segment each), so that texts like them come
+    # out at the requested ratio through compress itself
+    sentences = _CORPUS.split(". ")
+    paragraphs = [". ".join(sentences[i % 4 :] + sentences[: i % 4]) * (1 + i % 3) for i in range(12)]
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": "\n".join(paragraphs[i : i + 3])}) + "\n" for i in (0, 3, 6, 9))
+    )
+    cut = CalibrateConfig(
+        adapters=str(out / "adapters"), data=[str(data)], out=str(tmp_path / "cut"), ratios=[2.0], skip=0
+    )
+    zc_cut = ZCompressor.from_pretrained(model_dir, adapters=calibrate(cut, backbone=backbone), window=64)
+    recorded = json.loads((tmp_path / "cut" / "zcompress_config.json").read_text())["training"]
+    # every segment of every paragraph, as compress cuts them (not the records packed into full rows)
+    cut_segments = sum(len(zc_cut.latent_codec.segments(p.encode())) for p in paragraphs)
+    assert recorded["stop_calibration"] == {
+        "segments": cut_segments,
+        "cut": "paragraphs",
+        "data": [str(data)],
+    }
+    codes = zc_cut.compress_batch(paragraphs, mode="latent", ratio=2.0)
+    assert any(len(c.segments) > 1 for c in codes)  # more than one segment per paragraph: the cut matters
+    achieved = sum(c.text_tokens for c in codes) / sum(c.z_tokens for c in codes)
+    assert abs(achieved / 2.0 - 1) < 0.1, achieved
     # between calibrated ratios the bias interpolates in log2(ratio); outside, the nearest one holds
     low, high = config["stop_offsets"]["2"], config["stop_offsets"]["4"]
     assert codec.code.stop_offset(2.0 * 2**0.5) == pytest.approx((low + high) / 2)

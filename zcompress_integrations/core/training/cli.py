@@ -5,7 +5,7 @@
     zcompress train infer --adapters runs/reader/adapters --data 'train/*.jsonl' --out runs/infer
     zcompress train compressor --data segments.npy --out runs/compressor [--resume]   # the learned code
     zcompress train staged --data segments.npy --out runs/staged [--resume]   # the learned code, in stages
-    zcompress train calibrate --adapters runs/compressor/adapters --data segments.npy   # its mean length
+    zcompress train calibrate --adapters runs/compressor/adapters --data 'train/*.jsonl'   # its mean length
 
 Every field of the task's config dataclass (``core/training/config.py``) is a flag; ``--config FILE`` reads a
 YAML or JSON file of the same keys (flags on the command line win). ``--resume`` goes on from ``OUT/checkpoint.pt``

@@ -368,11 +368,15 @@ class CalibrateConfig:
     still chooses each segment's count and span ends, only the mean count is set."""
 
     adapters: str = ""  # learned-code adapters to calibrate
-    data: list[str] = field(default_factory=list)  # training text: jsonl files with a "text" field, or a .npy
+    # training text: jsonl files with a "text" field (each line a paragraph, cut as compress cuts it), or a .npy
+    # of full rows (zcompress train prepare)
+    data: list[str] = field(default_factory=list)
     out: str = ""  # where to write the calibrated adapters ("" = in place)
     ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # the ratios to calibrate
     rows: int = 512  # training segments to calibrate on
-    skip: int = 64  # leave out the first rows (the compressor's ``held`` rows: its held-apart diagnostics)
+    skip: int = (
+        64  # leave out the first segments (of a .npy: the compressor's ``held`` rows, its diagnostics)
+    )
     model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
     device: Device = "cpu"  # where to run
     batch_size: int = 32  # segments per compress pass
