@@ -73,6 +73,8 @@ def test_reconstruction_figures_are_sane(all_results: tuple[Path, dict[str, Any]
         assert d["n"] == 2
         assert d["exact"]["exactness"] == 1.0
         assert d["exact"]["ratio"] > 0 and d["exact"]["bits_per_char"] > 0
+        # bits/char is what is stored, the whole container: more than the payload by its fixed bytes
+        assert d["exact"]["bits_per_char"] > d["exact"]["payload_bits_per_char"] > 0
         assert d["cross_entropy_bits_per_token"] > 0 and d["exact"]["bound"] > 0
         # A lossless code cannot beat the model's cross-entropy (2% for the coder's end bits and rounding).
         assert d["exact"]["ratio"] <= d["exact"]["bound"] * 1.02
