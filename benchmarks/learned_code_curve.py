@@ -80,6 +80,7 @@ def stored_rows() -> list[dict]:
         ("learned_code_run12/eval_200.json", "learned run 12 (run 11 + scheduled sampling)", "model"),
         ("learned_code_run13/eval_200.json", "learned run 13 (run 12 + answer-from-Z term)", "model"),
         ("learned_code_run14/eval_200.json", "learned run 14 (run 13 + lr decay, calibrated)", "model"),
+        ("learned_code_run15/eval_200.json", "learned run 15 (K = 4096 x 1, from run 14)", "model"),
     ):
         for r in _load(name)["rows"]:
             rows.append(
