@@ -137,7 +137,6 @@ def calibrate(cfg: CalibrateConfig, *, backbone: Any = None, segments: Any = Non
             segments, cut = load_rows(backbone.tokenizer, files, codec.config.segment_len), "rows"
         else:
             segments, cut = paragraph_segments(codec, files, cfg.skip + cfg.rows), "paragraphs"
-    segments = [[int(t) for t in seg] for seg in segments]
     if len(segments) <= cfg.skip:
         raise ConfigError(f"calibrate: need more than skip={cfg.skip} segments; got {len(segments)}")
     segments = segments[cfg.skip : cfg.skip + cfg.rows]

@@ -374,18 +374,16 @@ class CalibrateConfig:
     out: str = ""  # where to write the calibrated adapters ("" = in place)
     ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # the ratios to calibrate
     rows: int = 512  # training segments to calibrate on
-    skip: int = (
-        64  # leave out the first segments (of a .npy: the compressor's ``held`` rows, its diagnostics)
-    )
+    # leave out the first segments (of a .npy: the compressor's ``held`` rows, its diagnostics)
+    skip: int = 64
     model: str | None = None  # backbone name or path; None = the embedded SmolLM2-135M
     device: Device = "cpu"  # where to run
     batch_size: int = 32  # segments per compress pass
-    max_data_tokens: int = 0  # jsonl data: stop reading after this many tokens (0 = all)
 
     def __post_init__(self) -> None:
         _check(self)
         _at_least(self, 1, "rows", "batch_size")
-        _at_least(self, 0, "skip", "max_data_tokens")
+        _at_least(self, 0, "skip")
         if not self.adapters:
             raise ConfigError("CalibrateConfig.adapters is required: a learned-code adapters directory")
         if not self.ratios or any(not r > 1 for r in self.ratios):
