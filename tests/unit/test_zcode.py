@@ -166,9 +166,12 @@ def test_invalid_fields_are_rejected(overrides: dict[str, object]) -> None:
 def test_path_param_is_a_known_name_and_range_checked() -> None:
     plain = _code()
     with_path = CODES["path2"]
-    # a known name costs a zero length and a one-byte index: 3 bytes with its value, not 1 + 4 + 1
-    assert len(with_path.to_bytes()) - len(plain.to_bytes()) == 3
+    # path 2 is the format's default: a known name at its default costs only its mask bit
+    assert len(with_path.to_bytes()) == len(plain.to_bytes())
     assert ZCode.from_bytes(with_path.to_bytes()).params["path"] == 2
+    path3 = _code(params={**with_path.params, "path": 3})
+    assert len(path3.to_bytes()) - len(plain.to_bytes()) == 1  # a value off its default: one varint
+    assert ZCode.from_bytes(path3.to_bytes()).params["path"] == 3
     for bad in (0, 256):
         params = {**with_path.params, "path": bad}
         with pytest.raises(CorruptCodeError, match="path"):
@@ -186,6 +189,63 @@ def test_latent_parameter_names_are_stored_compactly_and_old_spellings_still_par
     )
     assert len(spelled) - len(raw) == len("ratio_x100") + len("segment_len") - 2  # an index byte each instead
     assert ZCode.from_bytes(spelled) == code
+
+
+# Containers written before the masked parameter block (flag 8): each known name as a zero length, a one-byte
+# index and its value. They must parse to the same codes for as long as the format is read.
+INDEXED_CONTAINERS = {
+    "path2": "5a4301008020115005000700041800023f0001400006020005000003010000800200000fff0118000010aabbccdd01020304db866c60",
+    "latent_lengths": "5a430105808080081150030202010a07020008900300071000000001ffffff000003aabbccdd01020304ee1f8fc8",
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDEXED_CONTAINERS))
+def test_containers_from_before_the_parameter_masks_still_parse(name: str) -> None:
+    old = bytes.fromhex(INDEXED_CONTAINERS[name])
+    assert old[3] & 8 == 0
+    assert ZCode.from_bytes(old) == CODES[name]
+    assert CODES[name].to_bytes()[3] & 8  # what is written now has the flag
+
+
+def test_parameters_at_their_defaults_cost_only_their_mask_bits() -> None:
+    usual = {"window": 256, "lanes": 1, "lane0": 0, "threads": 1, "freq_bits": 24, "start": 1, "path": 2}
+    code = _code(params=usual)
+    raw = code.to_bytes()
+    empty = _code(params={}).to_bytes()
+    # seven names at their defaults: 3 bytes (two masks, a zero count), as for no parameters; the indexed form
+    # spent 23 on them (a count, then a zero, an index and a value each; 256 takes two bytes)
+    assert len(raw) == len(empty) == 34
+    assert ZCode.from_bytes(raw) == code and ZCode.from_bytes(raw).params == usual
+    assert ZCode.from_bytes(empty).params == {}  # a name left out stays out: it does not take its default
+    one_off = _code(params={**usual, "lanes": 2, "lane0": 1})
+    assert len(one_off.to_bytes()) - len(raw) == 2  # the two values that differ
+    assert ZCode.from_bytes(one_off.to_bytes()).params == one_off.params
+
+
+def _forged(monkeypatch: pytest.MonkeyPatch, block: bytes) -> bytes:
+    """A container whose parameter block is ``block`` (with a valid CRC), written by the real writer."""
+    from zcompress_integrations.core import zcode
+
+    monkeypatch.setattr(zcode, "_write_params", lambda out, params: out.extend(block))
+    return _code(params={}).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (bytes([0x80, 0x08, 0, 0]), "unknown parameter #10"),  # a mask bit past the known names
+        (bytes([0x01, 0x02, 5, 0]), "does not name"),  # a value for a name not present
+        (bytes([0x01, 0x01, 0x80, 0x02, 0]), "at its default"),  # window=256 spelled out
+        (bytes([0x80, 0x02, 0, 0]), "no default"),  # ratio_x100 present without its value
+        (bytes([0, 0, 1, 6]) + b"window" + bytes([5]), "known parameter"),  # a known name spelled out
+        (bytes([0, 0, 2, 1]) + b"a" + bytes([1, 1]) + b"a" + bytes([2]), "twice"),
+    ],
+)
+def test_malformed_parameter_masks_are_refused(
+    monkeypatch: pytest.MonkeyPatch, block: bytes, message: str
+) -> None:
+    with pytest.raises(CorruptCodeError, match=message):
+        ZCode.from_bytes(_forged(monkeypatch, block))
 
 
 def test_segment_tokens_cost_a_byte_a_segment_and_are_checked() -> None:

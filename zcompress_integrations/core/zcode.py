@@ -7,9 +7,10 @@ of the backbone (+ adapters) that made it, and a checksum of the original text. 
 * binary (``to_bytes`` / ``from_bytes``): compact; Z ids are bit-packed at ``ceil(log2 k)`` bits each, the
   container ends with a CRC-32 so that damage is detected before any decoding starts;
   layout: ``ZC``, version, flags, varints (k, text tokens, text chars, Z count, segment count), segments, each
-  segment's text tokens (only with flag 4: codes whose Z ids do not say where a segment ends), params
-  (count; each a name, as a one-byte index for the codecs' known names, and a varint value), residual length,
-  packed Z ids, residual, fingerprint (4), checksum (4), CRC-32 (4);
+  segment's text tokens (only with flag 4: codes whose Z ids do not say where a segment ends), params (flag 8:
+  a mask of the known names present, a mask of those not at their default, their values, then any other names
+  spelled out; before flag 8: a count, then each name as a one-byte index or spelled out, and its value),
+  residual length, packed Z ids, residual, fingerprint (4), checksum (4), CRC-32 (4);
 * JSON (``to_json`` / ``from_json``): readable, for logs and metadata stores;
 * text (``to_string`` / ``from_string``): ``"zc1:" + base64url(binary)``, safe in any string-valued metadata; this
   is also the form a latent code takes in a prompt: ``ZCompressor.generate`` (and so ``ChatZCompress`` and
@@ -72,6 +73,9 @@ _STRING_PREFIX = "zc1:"
 _FLAG_LATENT = 1
 _FLAG_BYTES = 2
 _FLAG_SEGMENT_TOKENS = 4  # each segment's text-token count follows the segments
+_FLAG_PARAM_MASKS = (
+    8  # the parameter block starts with two bit masks over the known names (see _write_params)
+)
 CodecKind = Literal["exact", "latent"]
 # Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
 # Append only: the index of a name is part of the binary format.
@@ -80,6 +84,19 @@ _KNOWN_PARAMS = (
     # the latent codes' names, appended later: before, a latent code spelled them out (~25 bytes); those still parse
     *("segment_len", "ratio_x100", "generated"),
 )
+# The value a known parameter takes when a masked parameter block (flag 8) lists it without a value: the codecs'
+# usual settings (one lane, one thread, the default window, path 2, SmolLM2's start token, 64-token segments).
+# Part of the binary format: never change a value here; a new default needs a new name.
+_PARAM_DEFAULTS = {
+    "window": 256,
+    "lanes": 1,
+    "lane0": 0,
+    "threads": 1,
+    "freq_bits": 24,
+    "start": 1,
+    "path": 2,
+    "segment_len": 64,
+}
 _MAX_VARINT_BYTES = 10  # 70 bits: any larger field is malformed
 _ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 
@@ -303,7 +320,7 @@ def _check_envelope(data: bytes) -> tuple[bytes, int, int]:
             f"{FORMAT_VERSION}); upgrade zcompress-integrations"
         )
     flags = data[3]
-    if flags & ~(_FLAG_LATENT | _FLAG_BYTES | _FLAG_SEGMENT_TOKENS):
+    if flags & ~(_FLAG_LATENT | _FLAG_BYTES | _FLAG_SEGMENT_TOKENS | _FLAG_PARAM_MASKS):
         raise CorruptCodeError(f"Z code has unknown flags {flags:#04x}")
     return body, version, flags
 
@@ -352,6 +369,74 @@ def _read_params(reader: _Reader, lim: CodeLimits) -> dict[str, int]:
         if name in params:
             raise CorruptCodeError(f"Z code names parameter {name!r} twice")
         params[name] = reader.varint()
+    return params
+
+
+def _write_params(out: bytearray, params: dict[str, int]) -> None:
+    """The masked parameter block (flag 8): a varint mask of the known names present (bit i: ``_KNOWN_PARAMS[i]``),
+    a varint mask of those whose value follows (the others are at ``_PARAM_DEFAULTS``), their values in index
+    order, then the count of other names and each as a length, ASCII bytes and a value. A code at the usual
+    settings spends 3 bytes here, where one index and value a name took ~21."""
+    present = stored = 0
+    values = []
+    for index, name in enumerate(_KNOWN_PARAMS):
+        if name in params:
+            present |= 1 << index
+            if params[name] != _PARAM_DEFAULTS.get(name):
+                stored |= 1 << index
+                values.append(params[name])
+    _put_varint(out, present)
+    _put_varint(out, stored)
+    for value in values:
+        _put_varint(out, value)
+    others = {name: value for name, value in params.items() if name not in _KNOWN_PARAMS}
+    _put_varint(out, len(others))
+    for name, value in others.items():
+        raw = name.encode("ascii")
+        _put_varint(out, len(raw))
+        out += raw
+        _put_varint(out, value)
+
+
+def _read_masked_params(reader: _Reader, lim: CodeLimits) -> dict[str, int]:
+    """Inverse of :func:`_write_params`: the known names from the masks, then the names spelled out."""
+    params = _read_known_params(reader)
+    for _ in range(reader.count("parameters", max(0, lim.max_params - len(params)), 3)):
+        size = reader.varint()
+        if not 1 <= size <= MAX_PARAM_NAME:
+            raise CorruptCodeError(f"Z code has a parameter name of {size} bytes (1 to {MAX_PARAM_NAME})")
+        raw = reader.take(size)
+        if not raw.isascii():
+            raise CorruptCodeError("Z code has a malformed parameter name (not ASCII)")
+        name = raw.decode("ascii")
+        if name in _KNOWN_PARAMS:
+            raise CorruptCodeError(f"Z code spells out the known parameter {name!r} (it belongs in the mask)")
+        if name in params:
+            raise CorruptCodeError(f"Z code names parameter {name!r} twice")
+        params[name] = reader.varint()
+    return params
+
+
+def _read_known_params(reader: _Reader) -> dict[str, int]:
+    """The two masks and the values that follow them; a bit past the known names, a value for a name not present,
+    a value spelled out at its default, or one left out of a name without a default is an error."""
+    present, stored = reader.varint(), reader.varint()
+    if present >> len(_KNOWN_PARAMS):
+        raise CorruptCodeError(f"Z code names an unknown parameter #{present.bit_length() - 1}")
+    if stored & ~present:
+        raise CorruptCodeError("Z code gives a value for a parameter it does not name")
+    params: dict[str, int] = {}
+    for index, name in enumerate(_KNOWN_PARAMS):
+        if not present >> index & 1:
+            continue
+        if stored >> index & 1:
+            params[name] = reader.varint()
+            if params[name] == _PARAM_DEFAULTS.get(name):  # one code, one byte string
+                raise CorruptCodeError(f"Z code spells out parameter {name!r} at its default")
+        elif name in _PARAM_DEFAULTS:
+            params[name] = _PARAM_DEFAULTS[name]
+        else:
+            raise CorruptCodeError(f"Z code leaves out the value of parameter {name!r}, which has no default")
     return params
 
 
@@ -537,6 +622,7 @@ class ZCode:
             (_FLAG_LATENT if self.codec == "latent" else 0)
             | (_FLAG_BYTES if self.is_bytes else 0)
             | (_FLAG_SEGMENT_TOKENS if self.segment_tokens else 0)
+            | _FLAG_PARAM_MASKS
         )
         for value in (self.k, self.text_tokens, self.text_chars, len(self.z_ids), len(self.segments)):
             _put_varint(out, value)
@@ -544,16 +630,7 @@ class ZCode:
             _put_varint(out, seg)
         for tokens in self.segment_tokens:
             _put_varint(out, tokens)
-        _put_varint(out, len(self.params))
-        for key, value in self.params.items():
-            if key in _KNOWN_PARAMS:
-                _put_varint(out, 0)
-                _put_varint(out, _KNOWN_PARAMS.index(key))
-            else:
-                raw = key.encode("ascii")
-                _put_varint(out, len(raw))
-                out += raw
-            _put_varint(out, value)
+        _write_params(out, self.params)
         _put_varint(out, len(self.residual))
         out += _pack_ids(self.z_ids, _bits_per_id(self.k))
         out += self.residual
@@ -579,7 +656,7 @@ class ZCode:
         if flags & _FLAG_SEGMENT_TOKENS and not n_seg:
             raise CorruptCodeError("Z code flags per-segment text tokens but has no segments")
         segment_tokens = tuple(reader.varint() for _ in range(n_seg if flags & _FLAG_SEGMENT_TOKENS else 0))
-        params = _read_params(reader, lim)
+        params = _read_masked_params(reader, lim) if flags & _FLAG_PARAM_MASKS else _read_params(reader, lim)
         z_ids, residual = _read_payload(reader, lim, n_z, _bits_per_id(k))
         fingerprint, checksum = body[-8:-4], body[-4:]
         try:
