@@ -1,6 +1,6 @@
 """Write the README's results table from a `zcompress eval` results.json (never by hand).
 
-    python benchmarks/readme_results.py benchmarks/results/eval_limit20_run8/results.json
+    python benchmarks/readme_results.py benchmarks/results/eval_limit20_run9/results.json
 
 Replaces the block between ``<!-- eval:start -->`` and ``<!-- eval:end -->`` in README.md with one table drawn
 from that run: WikiText-2 reconstruction (ratio, stored bits/char, exact match, BLEU-4), CNN/DM summaries from
