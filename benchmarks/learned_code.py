@@ -9,7 +9,10 @@ the stored code (each code goes through ``to_bytes()`` and back first), the size
 per character (brotli-11 on the same texts beside it), bits per Z, and the segment-level Spearman correlation of
 Z count with the segment's NLL under the base model. ``--writer teacher`` replaces the trained writer by the staged
 recipe's teacher (``core/training/staged.py``: surprisal-balanced spans, residual-VQ ids of their token-group
-embeddings): what the reader reaches when the writer is perfect, to tell a writer's errors from the reader's. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
+embeddings): what the reader reaches when the writer is perfect, to tell a writer's errors from the reader's.
+``--cut`` replaces the shipped sentence-aware segment cut (diagnostic, for the Spearman check): ``tail`` splits a
+short last segment (under half ``segment_len``) evenly with the one before it; ``equal`` cuts each paragraph into
+``ceil(tokens / segment_len)`` segments of equal length, ignoring sentence ends. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
 BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
 lossless point at its measured ratio from ``benchmarks/results/exact_codec.json`` when those files exist).
 """
@@ -109,6 +112,29 @@ def use_teacher_writer(zc: object) -> None:
     code.write = write
 
 
+def use_cut(zc: object, cut: str) -> None:
+    """Replace the codec's segment cut by ``cut`` (``tail`` or ``equal``, see the module docstring; diagnostic)."""
+    codec = zc.latent_codec
+    shipped = codec.segments
+    L = codec.config.segment_len
+
+    def tail(data: bytes) -> list[list[int]]:
+        segs = shipped(data)
+        if len(segs) >= 2 and len(segs[-1]) < L // 2:
+            both = segs[-2] + segs[-1]
+            half = (len(both) + 1) // 2
+            segs[-2:] = [both[:half], both[half:]]
+        return segs
+
+    def equal(data: bytes) -> list[list[int]]:
+        ids = codec.token_bytes.encode(data)
+        n = max(1, -(-len(ids) // L))
+        bounds = [round(i * len(ids) / n) for i in range(n + 1)]
+        return [ids[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+    codec.segments = {"tail": tail, "equal": equal}[cut]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -148,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--writer", choices=["model", "teacher"], default="model", help="who writes the ids (see above)"
     )
+    parser.add_argument(
+        "--cut", choices=["sentence", "tail", "equal"], default="sentence", help="segment cut (see above)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -160,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = zc.latent_codec.config
     if args.writer == "teacher":
         use_teacher_writer(zc)
+    if args.cut != "sentence":
+        use_cut(zc, args.cut)
     rows = []
     for ratio in [float(r) for r in args.ratios.split(",")]:
         rows.append(measure(zc, texts, ratio))
@@ -169,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "adapters": args.adapters,
         "writer": args.writer,
+        "cut": args.cut,
         "code": cfg.code,
         "codebook_size": cfg.codebook_size,
         "codebooks": cfg.codebooks,
@@ -186,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Learned code on WikiText-2 test paragraphs",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['machine']}; adapters: {args.adapters}; writer: {args.writer}; K = {cfg.codebook_size} x {cfg.codebooks} "
+        f"Machine: {meta['machine']}; adapters: {args.adapters}; writer: {args.writer}; cut: {args.cut}; K = {cfg.codebook_size} x {cfg.codebooks} "
         f"codebook(s) = {meta['bits_per_z']:.0f} bits per Z; training: {json.dumps(cfg.training)}",
         "",
         f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}); brotli-11 on the same texts: "
