@@ -12,7 +12,8 @@ recipe's teacher (``core/training/staged.py``: surprisal-balanced spans, residua
 embeddings): what the reader reaches when the writer is perfect, to tell a writer's errors from the reader's.
 ``--cut`` replaces the shipped sentence-aware segment cut (diagnostic, for the Spearman check): ``tail`` splits a
 short last segment (under half ``segment_len``) evenly with the one before it; ``equal`` cuts each paragraph into
-``ceil(tokens / segment_len)`` segments of equal length, ignoring sentence ends. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
+``ceil(tokens / segment_len)`` segments of equal length, ignoring sentence ends. ``--data cnndm`` reads CNN/DM test
+articles instead, each cut to its first ``--max-tokens`` tokens as the eval suite's summaries read them. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
 BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
 lossless point at its measured ratio from ``benchmarks/results/exact_codec.json`` when those files exist).
 """
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cut", choices=["sentence", "tail", "equal"], default="sentence", help="segment cut (see above)"
     )
+    parser.add_argument("--data", choices=["wikitext", "cnndm"], default="wikitext", help="evaluation texts")
+    parser.add_argument("--max-tokens", type=int, default=256, help="cnndm: tokens kept of each article")
     args = parser.parse_args(argv)
 
     import torch
@@ -184,8 +187,17 @@ def main(argv: list[str] | None = None) -> None:
     from zcompress_integrations import ZCompressor
     from zcompress_integrations.eval.datasets import load_wikitext_paragraphs
 
-    texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=args.seed)]
     zc = ZCompressor.from_pretrained(adapters=args.adapters)
+    if args.data == "cnndm":
+        from zcompress_integrations.eval.baselines import truncate_to_tokens
+        from zcompress_integrations.eval.datasets import load_cnndm
+
+        articles = load_cnndm(limit=args.limit, seed=args.seed)
+        texts = [truncate_to_tokens(a.article, args.max_tokens, zc.backbone.tokenizer) for a in articles]
+        what = f"CNN/DM test articles, first {args.max_tokens} tokens each"
+    else:
+        texts = [p.text_detok for p in load_wikitext_paragraphs(limit=args.limit, seed=args.seed)]
+        what = "WikiText-2 test paragraphs (`text_detok`)"
     cfg = zc.latent_codec.config
     if args.writer == "teacher":
         use_teacher_writer(zc)
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         "adapters": args.adapters,
         "writer": args.writer,
         "cut": args.cut,
+        "data": what,
         "code": cfg.code,
         "codebook_size": cfg.codebook_size,
         "codebooks": cfg.codebooks,
@@ -215,13 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, out.with_suffix(".png"))
     brotli = meta["brotli11_bits_per_char"]
     lines = [
-        "# Learned code on WikiText-2 test paragraphs",
+        "# Learned code on "
+        + ("CNN/DM test articles" if args.data == "cnndm" else "WikiText-2 test paragraphs"),
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; adapters: {args.adapters}; writer: {args.writer}; cut: {args.cut}; K = {cfg.codebook_size} x {cfg.codebooks} "
         f"codebook(s) = {meta['bits_per_z']:.0f} bits per Z; training: {json.dumps(cfg.training)}",
         "",
-        f"{len(texts)} paragraphs (`text_detok`, seed {args.seed}); brotli-11 on the same texts: "
+        f"{len(texts)} {what}, seed {args.seed}; brotli-11 on the same texts: "
         + (f"{brotli:.2f} bits/char." if brotli else "not installed."),
         "",
         "| target | achieved ratio | BLEU-4 | exact match | bits/char (whole code) | bits/char (Z ids) | Spearman(Z count, segment NLL), "
