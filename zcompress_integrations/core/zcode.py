@@ -73,12 +73,11 @@ _STRING_PREFIX = "zc1:"
 _FLAG_LATENT = 1
 _FLAG_BYTES = 2
 _FLAG_SEGMENT_TOKENS = 4  # each segment's text-token count follows the segments
-_FLAG_PARAM_MASKS = (
-    8  # the parameter block starts with two bit masks over the known names (see _write_params)
-)
+# the parameter block starts with two bit masks over the known names (see _write_params)
+_FLAG_PARAM_MASKS = 8
 CodecKind = Literal["exact", "latent"]
-# Parameter names stored as a one-byte index instead of their spelling (a zero name length, then the index).
-# Append only: the index of a name is part of the binary format.
+# Parameter names stored by their index instead of their spelling: a bit of the masks since flag 8, a zero name
+# length then a one-byte index before. Append only: the index of a name is part of the binary format.
 _KNOWN_PARAMS = (
     *("window", "lanes", "lane0", "threads", "freq_bits", "start", "path"),
     # the latent codes' names, appended later: before, a latent code spelled them out (~25 bytes); those still parse
@@ -376,7 +375,7 @@ def _write_params(out: bytearray, params: dict[str, int]) -> None:
     """The masked parameter block (flag 8): a varint mask of the known names present (bit i: ``_KNOWN_PARAMS[i]``),
     a varint mask of those whose value follows (the others are at ``_PARAM_DEFAULTS``), their values in index
     order, then the count of other names and each as a length, ASCII bytes and a value. A code at the usual
-    settings spends 3 bytes here, where one index and value a name took ~21."""
+    settings spends 3 bytes here, where the indexed form (a zero, an index and a value a name) took 23."""
     present = stored = 0
     values = []
     for index, name in enumerate(_KNOWN_PARAMS):
