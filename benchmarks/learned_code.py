@@ -13,8 +13,8 @@ embeddings): what the reader reaches when the writer is perfect, to tell a write
 ``--cut`` replaces the shipped sentence-aware segment cut (diagnostic, for the Spearman check): ``tail`` splits a
 short last segment (under half ``segment_len``) evenly with the one before it; ``equal`` cuts each paragraph into
 ``ceil(tokens / segment_len)`` segments of equal length, ignoring sentence ends. ``--data cnndm`` reads CNN/DM test
-articles instead, each cut to its first ``--max-tokens`` tokens as the eval suite's summaries read them. Writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs
-BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
+articles instead, each cut to its first ``--max-tokens`` tokens as the eval suite's summaries read them. Writes
+``OUT.json``, ``OUT.md`` and ``OUT.png`` (ratio vs BLEU-4, with the token-group code's points from ``benchmarks/results/latent_default.json`` and the exact codec's
 lossless point at its measured ratio from ``benchmarks/results/exact_codec.json`` when those files exist).
 """
 

@@ -17,6 +17,7 @@ and the mixes bounds what the Z-tokens add to the text before them, as a mixture
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -39,9 +40,11 @@ def paragraph_bits(codec: object, text: str, code: object) -> dict[str, float]:
         base_all = torch.log_softmax(codec.lm(input_ids=x).logits[0, :-1].float(), -1)
     bits = {"reader": 0.0, "base": 0.0, "linear_even": 0.0, "geometric_even": 0.0, "oracle": 0.0}
     bits.update({f"linear_{w}": 0.0 for w in WEIGHTS})
+    ends = list(itertools.accumulate(code.segments))
+    z_per_segment = [code.z_ids[end - n : end] for n, end in zip(code.segments, ends, strict=True)]
     start = 0
     with codec.reading():
-        for seg, z_ids in zip(segs, codec._segment_ids(code), strict=True):
+        for seg, z_ids in zip(segs, z_per_segment, strict=True):
             inputs, positions, mask = codec.reader_inputs(torch.tensor([seg], device=x.device), [z_ids])
             logits = (
                 codec.lm(inputs_embeds=inputs, position_ids=positions, attention_mask=mask).logits[0].float()

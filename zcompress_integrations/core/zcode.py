@@ -352,6 +352,11 @@ def _read_param_name(reader: _Reader) -> str:
         if index >= len(_KNOWN_PARAMS):
             raise CorruptCodeError(f"Z code names an unknown parameter #{index}")
         return _KNOWN_PARAMS[index]
+    return _spelled_name(reader, size)
+
+
+def _spelled_name(reader: _Reader, size: int) -> str:
+    """A parameter name of ``size`` ASCII bytes (its length already read)."""
     if size > MAX_PARAM_NAME:
         raise CorruptCodeError(f"Z code has a parameter name of {size} bytes (at most {MAX_PARAM_NAME})")
     raw = reader.take(size)
@@ -402,12 +407,9 @@ def _read_masked_params(reader: _Reader, lim: CodeLimits) -> dict[str, int]:
     params = _read_known_params(reader)
     for _ in range(reader.count("parameters", max(0, lim.max_params - len(params)), 3)):
         size = reader.varint()
-        if not 1 <= size <= MAX_PARAM_NAME:
-            raise CorruptCodeError(f"Z code has a parameter name of {size} bytes (1 to {MAX_PARAM_NAME})")
-        raw = reader.take(size)
-        if not raw.isascii():
-            raise CorruptCodeError("Z code has a malformed parameter name (not ASCII)")
-        name = raw.decode("ascii")
+        if size == 0:  # the indexed form's marker: a known name belongs in the masks
+            raise CorruptCodeError("Z code has an empty parameter name")
+        name = _spelled_name(reader, size)
         if name in _KNOWN_PARAMS:
             raise CorruptCodeError(f"Z code spells out the known parameter {name!r} (it belongs in the mask)")
         if name in params:
