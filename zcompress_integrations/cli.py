@@ -293,8 +293,8 @@ def _demo_exact(zc: Any, text: str, load_s: float) -> bool:
 
 
 def _demo_latent(zc: Any, text: str, question: str) -> None:
-    """Latent mode: a shorter prompt the model reads, its lossy reconstruction, and an answer read from it."""
-    print("== latent mode: lossy, shorter prompts (the model reads these Z-tokens)", flush=True)
+    """Latent mode: a shorter prompt the model reads, what it reads back from it, and an answer read from it."""
+    print("== latent mode: shorter prompts (the model reads these Z-tokens)", flush=True)
     try:
         t0 = time.perf_counter()
         code = zc.compress(text, mode="latent", ratio=2.0)
@@ -307,7 +307,11 @@ def _demo_latent(zc: Any, text: str, question: str) -> None:
     t0 = time.perf_counter()
     back = zc.decompress(code)
     dec_s = time.perf_counter() - t0
-    print(f"reconstruction (lossy):\n  {back}")
+    print(f"decompress: {'exact' if back == text else 'not exact'} (the Z ids name the text's tokens)")
+    t0 = time.perf_counter()
+    read = zc.reconstruct(code)
+    read_s = time.perf_counter() - t0
+    print(f"what the model reads back from the Z-tokens (reconstruct, lossy):\n  {read}")
     t0 = time.perf_counter()
     answer = zc.generate(question, context=[code], max_new_tokens=32)
     gen_s = time.perf_counter() - t0
@@ -317,7 +321,9 @@ def _demo_latent(zc: Any, text: str, question: str) -> None:
         f"prompt tokens read: {answer.prompt_tokens} (the same prompt with the text: "
         f"{answer.uncompressed_prompt_tokens})"
     )
-    print(f"time: compress {enc_s:.1f}s, decompress {dec_s:.1f}s, answer {gen_s:.1f}s")
+    print(
+        f"time: compress {enc_s:.1f}s, decompress {dec_s:.2f}s, reconstruct {read_s:.1f}s, answer {gen_s:.1f}s"
+    )
 
 
 COMMANDS: dict[str, Command] = {

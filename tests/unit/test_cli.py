@@ -94,7 +94,11 @@ def test_demo_shows_latent_mode(
     assert "round trip exact: True" in out
     latent = out.split("== latent mode", 1)[1]
     assert "prompt length: text tokens" in latent and "-> Z-tokens" in latent
-    assert "reconstruction (lossy):" in latent and "question: Who jumps?" in latent
+    assert (
+        "decompress: exact" in latent
+        and "reads back from the Z-tokens" in latent
+        and "question: Who jumps?" in latent
+    )
     assert "answer from the Z code:" in latent and "prompt tokens read:" in latent
 
 

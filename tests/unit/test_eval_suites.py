@@ -206,6 +206,9 @@ class _LatentStandIn:
     def compress(self, text: str, *, mode: str = "exact", ratio: float | None = None) -> Any:
         return self._zc.compress(text)
 
+    def reconstruct_batch(self, codes: list[Any]) -> list[Any]:
+        return self._zc.decompress_batch(codes)  # the stand-in "reads" its exact codes back exactly
+
     @property
     def latent_codec(self) -> Any:
         return SimpleNamespace(code=SimpleNamespace(k=2**40))
@@ -232,6 +235,7 @@ def test_latent_rows_when_a_latent_codec_is_available(tiny_model_dir: Path) -> N
     rec = SUITES["reconstruction"](ctx)["wikitext"]
     row = rec["latent"]["2"]
     assert row["status"] == "ok" and row["exact_match"] == 1.0 and 0 <= row["bleu"] <= 100
+    assert row["decompress_exact_match"] == 1.0
     assert row["bound"] == pytest.approx(40 / rec["cross_entropy_bits_per_token"])
     qa = SUITES["qa"](ctx)
     assert qa["budget_source"] == "latent" and qa["methods"]["latent x2"]["status"] == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def test_free_running_and_exact_decoding_use_aligned_positions(codec: LatentCode
     code = codec.compress_batch([TEXT], ratio=2.0)[0]
     exact = codec.compress_batch([TEXT], ratio=2.0, exact=True)[0]
     assert codec.decompress_batch([exact]) == [TEXT]
-    free = codec.decompress_batch([code])[0]
+    free = codec.reconstruct_batch([code])[0]
     ids = codec.backbone.tokenizer(TEXT)["input_ids"][:32]
     seg = torch.tensor([ids])
     with torch.no_grad(), codec.reading():
@@ -294,13 +295,53 @@ def test_facade_round_trips_and_saves(zc: ZCompressor, codec: LatentCodec, tmp_p
     assert again.decompress(code) == zc.decompress(code)
 
 
-def test_decompress_batch_honours_batch_size_and_progress(zc: ZCompressor, capsys: Any) -> None:
+def test_reconstruct_batch_honours_batch_size_and_progress(zc: ZCompressor, capsys: Any) -> None:
     codes = zc.compress_batch([TEXT * 2, "short text", TEXT], mode="latent", ratio=2.0)
-    whole = zc.decompress_batch(codes)
-    assert zc.decompress_batch(codes, batch_size=1, show_progress_bar=True) == whole
+    whole = zc.reconstruct_batch(codes)
+    assert zc.reconstruct_batch(codes, batch_size=1, show_progress_bar=True) == whole
     assert "latent decompress" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="batch_size"):
-        zc.decompress_batch(codes, batch_size=0)
+    for call in (zc.decompress_batch, zc.reconstruct_batch):
+        with pytest.raises(ConfigError, match="batch_size"):
+            call(codes, batch_size=0)
+
+
+def test_token_group_codes_decompress_to_their_text_from_the_ids(zc: ZCompressor, monkeypatch: Any) -> None:
+    """The ids name the tokens: decompress gives the text back byte for byte without running the reader, whose
+    own reconstruction (``reconstruct``; this reader is random) differs."""
+    items = [TEXT * 2, "short text", "", "naïve café ☕", b"raw \x00 bytes"]
+    codes = [ZCode.from_bytes(c.to_bytes()) for c in zc.compress_batch(items, mode="latent", ratio=4.0)]
+    read = zc.reconstruct_batch(codes)
+    assert read[0] != items[0] and [type(x) for x in read] == [type(x) for x in items]
+
+    def no_reading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the reader ran")
+
+    monkeypatch.setattr(zc.latent_codec, "_free_running", no_reading)
+    back = zc.decompress_batch(codes)
+    assert back == items and [type(x) for x in back] == [type(x) for x in items]
+    assert zc.decompress(codes[0]) == items[0]
+
+
+def test_codes_whose_ids_do_not_spell_the_text_are_read(zc: ZCompressor) -> None:
+    """Ids that do not give the code's checksum back (generated or forged codes, or bytes the tokenizer cannot
+    spell, whose ids name a stand-in token) decompress to the reader's reconstruction, as before."""
+    from zcompress_integrations.core.zcode import text_checksum
+
+    code = zc.compress(TEXT, mode="latent", ratio=2.0)
+    other = dataclasses.replace(code, checksum=text_checksum(b"another text"))
+    assert zc.decompress(other) == zc.reconstruct(other) != TEXT
+    missing = zc.latent_codec.token_bytes.missing_bytes
+    if missing:  # a byte the tiny vocabulary cannot spell
+        item = b"abc " + bytes([missing[0]])
+        code = zc.compress(item, mode="latent", ratio=2.0)
+        assert zc.decompress(code) == zc.reconstruct(code)
+        assert zc.decompress(zc.compress(item, mode="latent", ratio=2.0, exact=True)) == item
+
+
+def test_reconstruct_reads_latent_codes_only(zc: ZCompressor) -> None:
+    with pytest.raises(ConfigError, match="latent"):
+        zc.reconstruct(zc.compress(TEXT))
+    assert zc.reconstruct_batch([]) == []
 
 
 @pytest.mark.parametrize("ratio", [0.0, -2.0, 0.5, float("nan"), float("inf"), 8.0, "2"])

@@ -364,7 +364,11 @@ class ZCompressor:
     def decompress(self, code: ZCode | bytes | str) -> str | bytes:
         """Text of a code (``bytes`` when the original was bytes). Raises rather than return wrong text.
 
-        Concurrent calls share batches where that changes no result (see ``core/scheduler.py``)."""
+        Exact codes, latent codes made with ``exact=True``, and token-group latent codes (whose ids name their
+        tokens) give the original byte for byte. Where a latent code does not hold its text (a learned code,
+        generated Z-tokens, bytes the tokenizer cannot spell) this is the reader's reconstruction, as
+        :meth:`reconstruct` gives it. Concurrent calls share batches where that changes no result (see
+        ``core/scheduler.py``)."""
         return self.scheduler.call("decompress", [ZCode.load(code)], {})[0]
 
     async def adecompress(self, code: ZCode | bytes | str) -> str | bytes:
@@ -386,7 +390,7 @@ class ZCompressor:
         show_progress_bar: bool = False,
         batch_size: int | None = None,
     ) -> list[str | bytes]:
-        """Decode many codes; codes compressed together decode together at the same speed.
+        """Decode many codes (see :meth:`decompress`); codes compressed together decode together at the same speed.
 
         ``batch_size``: exact codes decoded together (default 32), or latent segments read together in one
         left-padded batch (default 128)."""
@@ -415,6 +419,39 @@ class ZCompressor:
                 for i, text in zip(latent, texts, strict=True):
                     out[i] = text
         return out  # type: ignore[return-value]
+
+    def reconstruct(self, code: ZCode | bytes | str) -> str | bytes:
+        """What the model reads back from a latent code's Z-tokens: the reader's free-running reconstruction.
+
+        Lossy, and the same whether or not the code holds the exact text (``decompress`` returns that where it can).
+        It shows what a prompt of these Z-tokens gives the model; the evaluation's BLEU-4 is measured on it."""
+        return self.reconstruct_batch([code])[0]
+
+    def reconstruct_batch(
+        self,
+        codes: Sequence[ZCode | bytes | str],
+        *,
+        show_progress_bar: bool = False,
+        batch_size: int | None = None,
+    ) -> list[str | bytes]:
+        """:meth:`reconstruct` for many latent codes, ``batch_size`` segments read together (default 128).
+
+        Raises:
+            ConfigError: a code is not a latent code (an exact code's Z-tokens are not for the model to read).
+        """
+        _check_decode_batch_size(batch_size)
+        parsed = [ZCode.load(c) for c in codes]
+        for code in parsed:
+            if code.codec != "latent":
+                raise ConfigError(
+                    f"reconstruct reads latent codes; this is a {code.codec!r} code: use decompress for its text"
+                )
+        if not parsed:
+            return []
+        with self._lock:
+            return self.latent_codec.reconstruct_batch(
+                parsed, batch_size=batch_size or LATENT_DECODE_BATCH, progress=show_progress_bar
+            )
 
     def continue_z(
         self,

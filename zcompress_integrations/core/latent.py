@@ -5,8 +5,11 @@ Z-tokens that follows its surprisal under the base model, ``m = round(len / rati
 what the code kind can hold; the code kind (``core/codes/``) turns the segment into that many Z ids and Z ids into
 input embeddings. The reader sees ``[Z_1 .. Z_m, sep]`` and writes the segment back (greedy, KV cache, batched).
 
-With ``exact=True`` a code also carries a residual: the text arithmetic-coded under the reader's own distribution
-given the Z-tokens, through the exact codec's lane coder (``core/entropy.py``), so decoding is byte-exact.
+Decompression gives the exact text wherever a code holds it: token-group ids name their tokens, so those codes
+decode from the ids alone (checked against the code's checksum). With ``exact=True`` a code also carries a residual:
+the text arithmetic-coded under the reader's own distribution given the Z-tokens, through the exact codec's lane
+coder (``core/entropy.py``), which makes any code kind byte-exact. The reader's own free-running reconstruction
+(what the model makes of the Z-tokens) is ``reconstruct_batch``.
 
 Everything here is the same for every code kind; what differs lives in the kind's module.
 """
@@ -33,6 +36,7 @@ from zcompress_integrations.errors import (
     CorruptCodeError,
     LatentUnavailableError,
     ModelMismatchError,
+    UnsupportedTextError,
 )
 
 if TYPE_CHECKING:
@@ -584,28 +588,58 @@ class LatentCodec:
     def decompress_batch(
         self, codes: Sequence[ZCode], batch_size: int = 128, progress: bool = False
     ) -> list[str | bytes]:
-        """Text of each code: byte-exact from the residual when the code has one (``exact=True``), else the
-        free-running greedy reconstruction of every segment, left-padded into batches of ``batch_size`` segments."""
+        """Text of each code, byte-exact where the code holds it: from the residual (``exact=True``), else from the
+        tokens its ids name (token groups; checked against the code's checksum, no model call). Otherwise (a learned
+        code, generated Z-tokens, or bytes the tokenizer cannot spell, whose ids name a stand-in token) the reader's
+        free-running reconstruction, as :meth:`reconstruct_batch` gives it (lossy)."""
         for code in codes:
             self.check_compatible(code)
         out: list[str | bytes | None] = [None] * len(codes)
         with_residual = [i for i, c in enumerate(codes) if "threads" in c.params]
-        free = [i for i, c in enumerate(codes) if "threads" not in c.params]
         if with_residual:
             for i, data in zip(
                 with_residual, self._decode_residuals([codes[i] for i in with_residual]), strict=True
             ):
-                try:
-                    out[i] = data if codes[i].is_bytes else data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise CorruptCodeError(
-                        "the code says it holds text, but its decoded bytes are not UTF-8"
-                    ) from exc
-        if free:
-            texts = self._free_running([codes[i] for i in free], batch_size, progress)
-            for i, text in zip(free, texts, strict=True):
-                out[i] = text.encode("utf-8") if codes[i].is_bytes else text
+                out[i] = _as_text(codes[i], data)
+        for i, code in enumerate(codes):
+            if out[i] is None:
+                named = self._named_text(code)
+                if named is not None:
+                    out[i] = _as_text(code, named)
+        read = [i for i, text in enumerate(out) if text is None]
+        if read:
+            for i, text in zip(read, self._read([codes[i] for i in read], batch_size, progress), strict=True):
+                out[i] = text
         return out  # type: ignore[return-value]
+
+    def reconstruct_batch(
+        self, codes: Sequence[ZCode], batch_size: int = 128, progress: bool = False
+    ) -> list[str | bytes]:
+        """What the reader writes back from each code's Z-tokens (free-running, greedy), whatever the ids name and
+        whether or not the code has a residual: the model's own reading, lossy; what the evaluation measures."""
+        for code in codes:
+            self.check_compatible(code)
+        return self._read(codes, batch_size, progress)
+
+    def _named_text(self, code: ZCode) -> bytes | None:
+        """The text a code's ids name, when they name all of it and it matches the code's checksum, else None."""
+        tokens: list[int] = []
+        for ids in self._segment_ids(code):
+            named = self.code.named_tokens(ids)
+            if named is None:
+                return None
+            tokens += named
+        if len(tokens) != code.text_tokens:
+            return None
+        try:
+            data = self.token_bytes.decode(tokens)
+        except UnsupportedTextError:  # a stand-in for a byte the tokenizer cannot spell
+            return None
+        return data if text_checksum(data) == code.checksum else None
+
+    def _read(self, codes: Sequence[ZCode], batch_size: int, progress: bool) -> list[str | bytes]:
+        texts = self._free_running(codes, batch_size, progress)
+        return [t.encode("utf-8") if c.is_bytes else t for c, t in zip(codes, texts, strict=True)]
 
     def _free_running(self, codes: Sequence[ZCode], batch_size: int, progress: bool) -> list[str]:
         import torch
@@ -801,6 +835,16 @@ class LatentCodec:
         if card is not None:
             (out / "README.md").write_text(card)
         return out
+
+
+def _as_text(code: ZCode, data: bytes) -> str | bytes:
+    """A code's exact bytes as the caller gave them: bytes, or text (which must then be UTF-8)."""
+    if code.is_bytes:
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptCodeError("the code says it holds text, but its decoded bytes are not UTF-8") from exc
 
 
 def _progress(items: list[Any], enabled: bool, desc: str) -> Any:

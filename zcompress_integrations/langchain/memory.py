@@ -120,7 +120,9 @@ def recover_messages(value: Any, compressor: ZCompressor) -> list[BaseMessage]:
     parsed = [parse_code(c) for c in codes]
     for code in parsed:
         if code.codec != "exact":
-            raise CorruptCodeError("only exact memory codes are recoverable; this one is latent (lossy)")
+            raise CorruptCodeError(
+                "only exact memory codes hold the messages; this one is latent (a transcript for the model to read)"
+            )
         check_fingerprint(code, compressor)
     out: list[BaseMessage] = []
     for text in compressor.decompress_batch(parsed):

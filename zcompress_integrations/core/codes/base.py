@@ -69,6 +69,11 @@ class CodeKind(Protocol):
         """Text tokens a segment of these Z ids holds when the code says so (the reader stops there), else None."""
         ...
 
+    def named_tokens(self, z_ids: Sequence[int]) -> list[int] | None:
+        """The text tokens a segment's ids name, when the ids name them (token groups), else None (the reader must
+        rebuild the text)."""
+        ...
+
     def check_ids(self, z_ids: Sequence[int]) -> None:
         """Raise :class:`~zcompress_integrations.errors.CorruptCodeError` for ids this kind never writes."""
         ...

@@ -269,6 +269,9 @@ class LearnedCode:
     def text_length(self, z_ids: Sequence[int]) -> int | None:
         return None  # the ids do not say: the container stores it (ZCode.segment_tokens)
 
+    def named_tokens(self, z_ids: Sequence[int]) -> list[int] | None:
+        return None  # a row of the codebook stands for no particular tokens: the reader rebuilds the text
+
     # ---- persistence -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -237,6 +237,9 @@ class TokenGroupCode:
     def text_length(self, z_ids: Sequence[int]) -> int | None:
         return sum(len(g) for g in self.groups(z_ids))
 
+    def named_tokens(self, z_ids: Sequence[int]) -> list[int] | None:
+        return [t for group in self.groups(z_ids) for t in group]
+
     # ---- persistence -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         import torch
