@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         codes = zc.compress_batch(texts, mode="latent", ratio=ratio)
         t1 = time.time()
-        hyps = zc.decompress_batch(codes)
+        hyps = zc.reconstruct_batch(codes)  # the reader, not the tokens the ids name
         t2 = time.time()
         exact_texts = texts[: args.residual_limit or len(texts)]
         exact_codes = zc.compress_batch(exact_texts, mode="latent", ratio=ratio, exact=True)

@@ -32,7 +32,7 @@ def record() -> dict:
         codes = zc.compress_batch(TEXTS, mode="latent", ratio=r)
         out[f"ids{r}"] = [list(c.z_ids) for c in codes]
         out[f"segs{r}"] = [list(c.segments) for c in codes]
-        out[f"dec{r}"] = zc.decompress_batch(codes)
+        out[f"dec{r}"] = zc.reconstruct_batch(codes)
     exact = zc.compress_batch(TEXTS, mode="latent", ratio=4.0, exact=True)
     out["residual"] = [c.residual.hex() for c in exact]
     out["exact_dec"] = [zc.decompress(c) == t for c, t in zip(exact, TEXTS, strict=True)]

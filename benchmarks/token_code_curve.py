@@ -48,7 +48,7 @@ def measure(adapters: str, limit: int, seed: int, ratios: list[float]) -> dict:
     for ratio in ratios:
         t0 = time.time()
         codes = codec.compress_batch(texts, ratio=ratio)
-        hyps = codec.decompress_batch(codes)
+        hyps = codec.reconstruct_batch(codes)
         key = f"{ratio:g}x"
         point[f"ratio_{key}"] = sum(c.text_tokens for c in codes) / sum(c.z_tokens for c in codes)
         point[f"bleu_{key}"] = float(bleu(hyps, texts))

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     conts = [zc.continue_z(c, n, seed=i, **decoding) for i, c in enumerate(codes)]
     continue_seconds = time.time() - t1
     z_texts = zc.decompress_batch(conts)
-    recons = zc.decompress_batch(codes)
+    recons = zc.reconstruct_batch(codes)
     z_seconds = time.time() - t0
     kinds = KINDS[:-1] if args.skip_greedy else KINDS
     # the ids name their token groups: the continuation the infer adapter wrote, before reading
