@@ -240,7 +240,7 @@ def render() -> str:
         "superseded runs: `benchmarks/archive/`.",
         "",
     ]
-    lines += eval_section(RESULTS / "eval_limit20_run9" / "results.json") + [""]
+    lines += eval_section(RESULTS / "eval_limit20_run10" / "results.json") + [""]
     for section in SECTIONS:
         lines += section_lines(section)
     lines += infer_section(RESULTS / "infer_heldout_chain.jsonl")
