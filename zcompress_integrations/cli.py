@@ -307,7 +307,10 @@ def _demo_latent(zc: Any, text: str, question: str) -> None:
     t0 = time.perf_counter()
     back = zc.decompress(code)
     dec_s = time.perf_counter() - t0
-    print(f"decompress: {'exact' if back == text else 'not exact'} (the Z ids name the text's tokens)")
+    exact = "exact (the Z ids name the text's tokens)"
+    print(
+        f"decompress: {exact if back == text else 'the reader reconstruction (these Z ids name no tokens)'}"
+    )
     t0 = time.perf_counter()
     read = zc.reconstruct(code)
     read_s = time.perf_counter() - t0
