@@ -323,19 +323,14 @@ def test_token_group_codes_decompress_to_their_text_from_the_ids(zc: ZCompressor
 
 
 def test_codes_whose_ids_do_not_spell_the_text_are_read(zc: ZCompressor) -> None:
-    """Ids that do not give the code's checksum back (generated or forged codes, or bytes the tokenizer cannot
-    spell, whose ids name a stand-in token) decompress to the reader's reconstruction, as before."""
+    """Ids that do not give the code's checksum back (generated or forged codes; bytes the tokenizer cannot spell,
+    whose ids name a stand-in token: the tiny vocabulary spells every byte, so the default model's test has that
+    case) decompress to the reader's reconstruction, as before."""
     from zcompress_integrations.core.zcode import text_checksum
 
     code = zc.compress(TEXT, mode="latent", ratio=2.0)
     other = dataclasses.replace(code, checksum=text_checksum(b"another text"))
     assert zc.decompress(other) == zc.reconstruct(other) != TEXT
-    missing = zc.latent_codec.token_bytes.missing_bytes
-    if missing:  # a byte the tiny vocabulary cannot spell
-        item = b"abc " + bytes([missing[0]])
-        code = zc.compress(item, mode="latent", ratio=2.0)
-        assert zc.decompress(code) == zc.reconstruct(code)
-        assert zc.decompress(zc.compress(item, mode="latent", ratio=2.0, exact=True)) == item
 
 
 def test_reconstruct_reads_latent_codes_only(zc: ZCompressor) -> None:
